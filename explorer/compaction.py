@@ -1,0 +1,136 @@
+"""Surgery: turn a structured plan into a physically smaller model with the same outputs.
+
+The masked model already computes exactly what the smaller one computes (every parameter entry
+of a removed channel or head is zero), so compaction only has to drop those entries. Channel
+groups go through torch-pruning's dependency graph, which keeps coupled layers (residual adds,
+BatchNorm, flatten -> Linear) consistent; attention heads are cut here, row by row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from explorer.inspection import example_input
+from explorer.pruning import PrunedState, Pruner, get_method
+from explorer.structure import ChannelGroup, HeadGroup
+
+Compactor = Callable[[nn.Module, Pruner, PrunedState], None]
+COMPACTORS: dict[str, Compactor] = {}
+
+
+def register_compactor(*methods: str) -> Callable[[Compactor], Compactor]:
+    def decorate(function: Compactor) -> Compactor:
+        for method in methods:
+            COMPACTORS[method] = function
+        return function
+
+    return decorate
+
+
+def _removable(keep: torch.Tensor) -> list[int]:
+    """Indices to remove; a fully pruned unit keeps one (all-zero, so outputs stay equal)."""
+    removed = torch.nonzero(~keep).flatten().tolist()
+    return removed[1:] if len(removed) == len(keep) else removed
+
+
+@register_compactor("filters", "channels")
+def _compact_channels(model: nn.Module, pruner: Pruner, state: PrunedState) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=example_input(pruner.structure.input_shape).to(
+                next(model.parameters()).device
+            ),
+        )
+    modules = dict(model.named_modules())
+    for unit in state.units:
+        if unit.name not in state.keeps:
+            continue
+        group: ChannelGroup = unit.detail
+        root = modules[group.root]
+        handler = (
+            tp.prune_conv_out_channels
+            if isinstance(root, nn.Conv2d)
+            else tp.prune_linear_out_channels
+        )
+        removed = _removable(state.keeps[unit.name])
+        if removed:
+            graph.get_pruning_group(root, handler, removed).prune()
+
+
+@register_compactor("heads")
+def _compact_heads(model: nn.Module, pruner: Pruner, state: PrunedState) -> None:
+    modules = dict(model.named_modules())
+    for unit in state.units:
+        if unit.name not in state.keeps:
+            continue
+        heads: HeadGroup = unit.detail
+        attention = modules[heads.name]
+        removed = set(_removable(state.keeps[unit.name]))
+        kept = [h for h in range(heads.num_heads) if h not in removed]
+        inner = heads.num_heads * heads.head_dim
+        # New qkv keeps the [q heads | k heads | v heads] layout with only the kept heads.
+        rows = torch.cat(
+            [
+                torch.arange(heads.head_dim) + h * heads.head_dim + part * inner
+                for part in range(3)
+                for h in kept
+            ]
+        )
+        columns = torch.cat([heads.proj_columns(h) for h in kept])
+        attention.qkv = _take_linear(attention.qkv, rows=rows)
+        attention.proj = _take_linear(attention.proj, columns=columns)
+        attention.num_heads = len(kept)
+
+
+def _take_linear(
+    layer: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None
+) -> nn.Linear:
+    weight = layer.weight.detach()
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if rows is not None:
+        weight = weight[rows]
+        bias = bias[rows] if bias is not None else None
+    if columns is not None:
+        weight = weight[:, columns]
+    smaller = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        smaller.weight.copy_(weight)
+        if bias is not None:
+            smaller.bias.copy_(bias)
+    return smaller
+
+
+def can_compact(method: str) -> bool:
+    """Whether plans of ``method`` can become a physically smaller model."""
+    return method in COMPACTORS
+
+
+def compact(pruner: Pruner, plan_or_state: object) -> nn.Module:
+    """A new, physically smaller model equal in outputs to the masked one (structured plans).
+
+    Raises ValueError for unstructured and N:M plans: their zeros are scattered inside dense
+    tensors, so nothing can be removed (they need sparse kernels or sparse hardware instead).
+    """
+    state = pruner._state(plan_or_state)
+    method = get_method(state.plan.method)
+    if method.name not in COMPACTORS:
+        raise ValueError(
+            f"{method.title} cannot be removed physically: its zeros are scattered inside dense "
+            f"weight tensors. Choose one of {sorted(COMPACTORS)} for a smaller, faster model"
+        )
+    model = pruner.pruned_model(state)
+    COMPACTORS[method.name](model, pruner, state)
+    return model.eval()

@@ -1,0 +1,138 @@
+"""What a pruned model costs: parameters, sparsity per layer, FLOPs, size on disk."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from explorer.inspection import model_flops
+from explorer.pruning import PrunedState, Pruner
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One prunable layer under a plan.
+
+    Attributes:
+        name: layer name.
+        weights: weight entries.
+        nonzero: weight entries that are not zero.
+        flops_dense: FLOPs of the dense layer for one sample.
+        flops_effective: FLOPs counting only multiply-adds with a nonzero weight.
+    """
+
+    name: str
+    weights: int
+    nonzero: int
+    flops_dense: int
+    flops_effective: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.weights if self.weights else 0.0
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Counts for a whole model under a plan (FLOPs per sample; bytes of a torch.save)."""
+
+    params_total: int
+    params_nonzero: int
+    flops_dense: int
+    flops_effective: int
+    layers: tuple[LayerCost, ...]
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all parameters that are zero."""
+        return 1.0 - self.params_nonzero / self.params_total
+
+    @property
+    def prunable_sparsity(self) -> float:
+        """Fraction of the prunable layers' weights that are zero."""
+        weights = sum(layer.weights for layer in self.layers)
+        return 1.0 - sum(layer.nonzero for layer in self.layers) / weights
+
+
+def model_cost(pruner: Pruner, state: PrunedState | None = None) -> ModelCost:
+    """Parameter counts and FLOPs of the dense model with ``state``'s masks applied."""
+    structure = pruner.structure
+    masked = state.parameters if state is not None else {}
+    params_total = params_nonzero = 0
+    for name, param in structure.parameters.items():
+        value = masked.get(name, param)
+        params_total += value.numel()
+        params_nonzero += int(torch.count_nonzero(value))
+    layers = []
+    for layer in structure.layers:
+        weight = masked.get(f"{layer.name}.weight", structure.parameters[f"{layer.name}.weight"])
+        nonzero = int(torch.count_nonzero(weight))
+        density = nonzero / weight.numel()
+        layers.append(
+            LayerCost(
+                layer.name, weight.numel(), nonzero, layer.flops, round(layer.flops * density)
+            )
+        )
+    flops_dense = model_flops(pruner.model, structure.input_shape)
+    saved = sum(layer.flops_dense - layer.flops_effective for layer in layers)
+    return ModelCost(params_total, params_nonzero, flops_dense, flops_dense - saved, tuple(layers))
+
+
+def _saved_bytes(obj: object) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def sparse_encoding(tensor: torch.Tensor) -> dict[str, torch.Tensor | tuple[int, ...]]:
+    """A tensor as a packed bitmap of its nonzeros plus their values (1 bit per entry)."""
+    flat = tensor.detach().cpu().flatten()
+    nonzero = flat != 0
+    bitmap = torch.from_numpy(np.packbits(nonzero.numpy()))
+    return {"shape": tuple(tensor.shape), "bitmap": bitmap, "values": flat[nonzero].clone()}
+
+
+def decode_sparse(encoded: dict[str, torch.Tensor | tuple[int, ...]]) -> torch.Tensor:
+    """Inverse of ``sparse_encoding``."""
+    shape = tuple(encoded["shape"])
+    count = int(np.prod(shape)) if shape else 1
+    bits = np.unpackbits(encoded["bitmap"].numpy())[:count].astype(bool)
+    flat = torch.zeros(count, dtype=encoded["values"].dtype)
+    flat[torch.from_numpy(bits)] = encoded["values"]
+    return flat.reshape(shape)
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """Bytes of ``torch.save`` for the dense, the sparse-encoded and the compacted model."""
+
+    dense: int
+    sparse: int
+    compacted: int | None
+
+
+def size_report(
+    model: nn.Module, state: PrunedState | None, compacted: nn.Module | None = None
+) -> SizeReport:
+    """Serialised sizes: the dense state_dict; the pruned one with every tensor that is at least
+    half zeros stored as bitmap + values; the compacted model's state_dict if there is one."""
+    dense_state = model.state_dict()
+    masked = state.parameters if state is not None else {}
+    encoded: dict[str, object] = {}
+    for name, value in dense_state.items():
+        value = masked.get(name, value)
+        sparse = (
+            value.is_floating_point()
+            and value.numel() >= 64
+            and int(torch.count_nonzero(value)) * 2 <= value.numel()
+        )
+        encoded[name] = sparse_encoding(value) if sparse else value
+    return SizeReport(
+        _saved_bytes(dense_state),
+        _saved_bytes(encoded),
+        _saved_bytes(compacted.state_dict()) if compacted is not None else None,
+    )

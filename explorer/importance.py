@@ -1,0 +1,289 @@
+"""Importance criteria: how much each weight, channel or head matters. Low score = pruned first.
+
+A criterion gives element-wise scores for a layer's weight (``weight_scores``); a pruning method
+aggregates those into channel or head scores with an Ln norm. Criteria measured on activations
+override the channel / head scores directly. Add a criterion by subclassing ``Criterion`` and
+decorating it with ``@register_criterion``.
+
+Data-dependent criteria use a calibration batch of the **fit** split, never the eval split.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from abc import ABC
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.data import ImageDataset
+from explorer.structure import ChannelGroup, HeadGroup, ModelStructure
+
+
+class UnsupportedCriterion(ValueError):
+    """A criterion asked for a kind of unit it cannot score."""
+
+
+class ScoringContext:
+    """A dense model, its structure and a calibration batch; statistics are computed lazily, once.
+
+    The model is never changed: gradients are taken with ``torch.autograd.grad`` on detached
+    copies of the parameters, hooks are removed before returning.
+    """
+
+    def __init__(
+        self, structure: ModelStructure, calibration: ImageDataset | None = None, seed: int = 0
+    ) -> None:
+        self.structure = structure
+        self.model = structure.model
+        self.calibration = calibration
+        self.seed = seed
+        self._cache: dict[str, Any] = {}  # shared by seeded views: statistics are seed-free
+
+    def seeded(self, seed: int) -> ScoringContext:
+        """A view of this context with another seed for random scores, sharing its statistics."""
+        if seed == self.seed:
+            return self
+        view = copy.copy(self)
+        view.seed = seed
+        return view
+
+    def _cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def require_calibration(self, criterion: str) -> ImageDataset:
+        if self.calibration is None:
+            raise UnsupportedCriterion(
+                f"criterion {criterion!r} needs calibration data from the fit split; "
+                "none was given (use 'magnitude' or 'random', or pass calibration data)"
+            )
+        return self.calibration
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """d(mean cross-entropy on the calibration batch) / d(parameter), per parameter name."""
+        return self._cached("gradients", self._compute_gradients)
+
+    def _compute_gradients(self) -> dict[str, torch.Tensor]:
+        data = self.require_calibration("taylor")
+        params = {
+            name: p.detach().clone().requires_grad_(True)
+            for name, p in self.model.named_parameters()
+        }
+        x, y = data.images.to(self._device()), data.labels.to(self._device())
+        with torch.enable_grad():
+            logits = torch.func.functional_call(self.model, params, (x,))
+            loss = F.cross_entropy(logits, y)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        return {
+            name: (g if g is not None else torch.zeros_like(params[name])).detach()
+            for name, g in zip(params, grads, strict=True)
+        }
+
+    def _compute_activation_stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per prunable layer: L2 norm, mean |x| and fraction of zeros of each *input* channel.
+
+        Channel = dim 1 for conv inputs (N, C, H, W), the last dim for Linear inputs (..., C).
+        """
+        data = self.require_calibration("activation")
+        stats: dict[str, dict[str, torch.Tensor]] = {}
+        modules = self.structure.modules
+
+        def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+            def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+                x = inputs[0].detach().float()
+                x = x.transpose(0, 1).flatten(1) if x.ndim == 4 else x.reshape(-1, x.shape[-1]).T
+                stats[name] = {
+                    "l2": x.norm(dim=1),
+                    "mean_abs": x.abs().mean(dim=1),
+                    "zeros": (x == 0).float().mean(dim=1),
+                }
+
+            return record
+
+        handles = [
+            modules[layer.name].register_forward_pre_hook(hook_for(layer.name))
+            for layer in self.structure.layers
+        ]
+        try:
+            with torch.inference_mode():
+                self.model(data.images.to(self._device()))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return stats
+
+    def input_stats(self, layer: str) -> dict[str, torch.Tensor]:
+        """Statistics of the input channels of ``layer`` on the calibration batch."""
+        return self._cached("activations", self._compute_activation_stats)[layer]
+
+    def channel_stat(self, group: ChannelGroup, stat: str) -> torch.Tensor:
+        """A statistic of each group channel, measured where consumers read it, averaged."""
+        total = torch.zeros(group.size)
+        count = torch.zeros(group.size)
+        for piece in group.slices:
+            if piece.role != "consumer":
+                continue
+            layer = piece.param.rsplit(".", 1)[0]
+            values = self.input_stats(layer)[stat].cpu()
+            valid = piece.channel_of >= 0
+            total.index_add_(0, piece.channel_of[valid], values[valid])
+            count.index_add_(0, piece.channel_of[valid], torch.ones(int(valid.sum())))
+        return total / count.clamp(min=1)
+
+    def layer_generator(self, layer: str) -> torch.Generator:
+        """A generator seeded by (seed, layer name): the same scores for the same plan, always."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(layer.encode()))
+
+
+class Criterion(ABC):
+    """Scores weights (element-wise), and optionally channels and heads directly."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    help: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
+        """Scores shaped like ``layer``'s weight; low = less important."""
+        raise UnsupportedCriterion(
+            f"criterion {self.name!r} does not score individual weights; "
+            "use it with a structured method (filters, channels, heads)"
+        )
+
+    def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor | None:
+        """Scores (group.size,) measured on the channels, or None to aggregate weights."""
+        return None
+
+    def head_scores(self, ctx: ScoringContext, heads: HeadGroup) -> torch.Tensor | None:
+        """Scores (heads.num_heads,) measured on the heads themselves, or None to aggregate."""
+        return None
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: make a criterion available by its ``name``."""
+    CRITERIA[cls.name] = cls()
+    return cls
+
+
+def get_criterion(name: str) -> Criterion:
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {sorted(CRITERIA)}") from None
+
+
+def _weight(ctx: ScoringContext, layer: str) -> torch.Tensor:
+    return ctx.structure.parameters[f"{layer}.weight"].detach()
+
+
+@register_criterion
+class Magnitude(Criterion):
+    name = "magnitude"
+    title = "Weight magnitude"
+    help = (
+        "|w|: small weights matter least (Han et al. 2015). Channels and heads use the "
+        "Ln norm of their weights."
+    )
+
+    def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
+        return _weight(ctx, layer).abs()
+
+
+@register_criterion
+class Random(Criterion):
+    name = "random"
+    title = "Random"
+    help = (
+        "Uniform random scores (seeded): the baseline every pruning result should beat. "
+        "If a criterion is no better than random, it is not telling you much."
+    )
+
+    def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
+        shape = _weight(ctx, layer).shape
+        return torch.rand(shape, generator=ctx.layer_generator(layer))
+
+    def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor:
+        return torch.rand(group.size, generator=ctx.layer_generator(group.name))
+
+    def head_scores(self, ctx: ScoringContext, heads: HeadGroup) -> torch.Tensor:
+        return torch.rand(heads.num_heads, generator=ctx.layer_generator(heads.name))
+
+
+@register_criterion
+class Taylor(Criterion):
+    name = "taylor"
+    title = "First-order Taylor"
+    help = (
+        "|gradient x weight| on a calibration batch of the fit split: the loss change a "
+        "first-order Taylor expansion predicts if the weight were set to zero "
+        "(Molchanov et al. 2017/2019)."
+    )
+    needs_data = True
+
+    def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
+        name = f"{layer}.weight"
+        return (ctx.gradients[name].cpu() * _weight(ctx, layer).cpu()).abs()
+
+
+@register_criterion
+class Activation(Criterion):
+    name = "activation"
+    title = "Activation (mean |a|; Wanda for weights)"
+    help = (
+        "Channels: mean |activation| a channel carries on the calibration batch; heads: "
+        "mean |output| of each head. Weights: |w| x ||input feature||_2 (Wanda, Sun et al. "
+        "2023), so weights on quiet inputs go first."
+    )
+    needs_data = True
+
+    def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
+        weight = _weight(ctx, layer).cpu().abs()
+        norms = ctx.input_stats(layer)["l2"].cpu()
+        shape = [1, -1] + [1] * (weight.ndim - 2)
+        return weight * norms.reshape(shape)
+
+    def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor:
+        return ctx.channel_stat(group, "mean_abs")
+
+    def head_scores(self, ctx: ScoringContext, heads: HeadGroup) -> torch.Tensor:
+        per_dim = ctx.input_stats(heads.proj)["mean_abs"].cpu()
+        return per_dim.reshape(heads.num_heads, heads.head_dim).mean(1)
+
+
+@register_criterion
+class APoZ(Criterion):
+    name = "apoz"
+    title = "APoZ (average percentage of zeros)"
+    help = (
+        "Channels whose activations are most often zero after ReLU carry least "
+        "(Hu et al. 2016). For channels only."
+    )
+    needs_data = True
+
+    def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor:
+        zeros = ctx.channel_stat(group, "zeros")
+        if not bool((zeros > 0).any()):
+            raise UnsupportedCriterion(
+                f"APoZ needs ReLU-like activations, but the channels of {group.name!r} are never "
+                "exactly zero (e.g. after GELU); use activation, magnitude or taylor"
+            )
+        return 1.0 - zeros
+
+    def head_scores(self, ctx: ScoringContext, heads: HeadGroup) -> torch.Tensor:
+        raise UnsupportedCriterion(
+            "APoZ counts zeros after ReLU; attention heads have none. "
+            "Use magnitude, taylor, activation or random for heads"
+        )

@@ -1,0 +1,117 @@
+"""Latency, measured honestly: warm-up, many repeats, median and spread, fixed threads, models
+interleaved so drift on a noisy machine hits them all alike.
+
+Masked (unstructured or structured) sparsity runs through the same dense kernels as the dense
+model: it is not faster. Only a physically smaller (compacted) model is.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from explorer.inspection import example_input
+
+HONEST_NOTE = (
+    "Masked sparsity is multiplied through dense kernels, so a masked model runs as "
+    "fast as the dense one; only the compacted (physically smaller) model can be "
+    "faster."
+)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timing of one model at one batch size (milliseconds per forward pass)."""
+
+    model: str
+    batch: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    repeats: int
+    threads: int
+
+    @property
+    def spread_ms(self) -> float:
+        """Interquartile range."""
+        return self.p75_ms - self.p25_ms
+
+
+@contextmanager
+def fixed_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op threads (None = leave as is), restoring afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = (1, 32),
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+    budget_s: float | None = None,
+) -> list[Latency]:
+    """Median latency of each model for each batch size.
+
+    Args:
+        models: name -> model in eval mode (all on the same device).
+        input_shape: one sample's shape, e.g. (1, 28, 28).
+        batch_sizes: batch sizes to time.
+        repeats: timed forward passes per model and batch size (interleaved across models).
+        warmup: untimed passes first.
+        threads: intra-op threads while timing (None = current setting).
+        budget_s: stop repeating early once this many seconds are spent per batch size
+            (at least 5 repeats are kept).
+    """
+    results = []
+    device = next(next(iter(models.values())).parameters()).device
+    with fixed_threads(threads) as used_threads:
+        for batch in batch_sizes:
+            x = example_input(input_shape, batch).to(device).normal_()
+            for model in models.values():
+                for _ in range(warmup):
+                    model(x)
+            times: dict[str, list[float]] = {name: [] for name in models}
+            start = time.perf_counter()
+            for repeat in range(repeats):
+                for name, model in models.items():
+                    _synchronize(device)
+                    began = time.perf_counter()
+                    model(x)
+                    _synchronize(device)
+                    times[name].append((time.perf_counter() - began) * 1000)
+                if budget_s is not None and repeat >= 4 and time.perf_counter() - start > budget_s:
+                    break
+            for name, samples in times.items():
+                quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
+                results.append(
+                    Latency(
+                        name,
+                        batch,
+                        statistics.median(samples),
+                        quartiles[0],
+                        quartiles[2],
+                        len(samples),
+                        used_threads,
+                    )
+                )
+    return results

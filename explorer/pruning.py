@@ -1,0 +1,625 @@
+"""Plans -> masks -> masked parameters, fast; the dense model is never modified.
+
+Three layers, kept apart (as in Torch-Pruning):
+
+- *scoring* — ``explorer.importance`` criteria give scores, once per (model, criterion);
+- *selection* — a ``Method`` defines the units (weights, channels, heads) and turns a count into
+  a keep-mask: a prefix of the unit's sorted order, so a new amount is a threshold pick, not a
+  re-sort;
+- *surgery* — ``explorer.compaction`` removes what the masks zeroed.
+
+Global scope ranks the units of all participating layers together; a layer with its own amount
+is pruned by exactly that amount and leaves the global ranking; dense layers are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from explorer.data import ImageDataset
+from explorer.importance import Criterion, ScoringContext, get_criterion
+from explorer.plan import PruningPlan
+from explorer.structure import ChannelGroup, HeadGroup, ModelStructure, ParamSlice
+
+# --- units and methods --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Unit:
+    """What one slider prunes: a layer's weights, a channel group, or an attention's heads.
+
+    Attributes:
+        name: the name plans use (a layer name, a group's first layer, an attention module).
+        size: number of prunable elements (weights, channels or heads).
+        layers: every layer whose parameters the unit touches.
+        kind: ``"weights"``, ``"channels"`` or ``"heads"``.
+        detail: the underlying ``LayerInfo``, ``ChannelGroup`` or ``HeadGroup``.
+    """
+
+    name: str
+    size: int
+    layers: tuple[str, ...]
+    kind: str
+    detail: object = field(repr=False)
+
+
+def _ln_rows(scores: torch.Tensor, dim: int, p: float) -> torch.Tensor:
+    """sum(|s|^p) over everything but ``dim``: one value per index along ``dim``."""
+    moved = scores.movedim(dim, 0).reshape(scores.shape[dim], -1)
+    return moved.abs().pow(p).sum(1)
+
+
+def _broadcast_keep(keep_along: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[dim] = -1
+    return keep_along.reshape(view).expand(shape).float()
+
+
+class Method(ABC):
+    """A pruning granularity: which units exist, how they are scored, what a kept set masks."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    help: ClassVar[str]
+    unit_kind: ClassVar[str]
+    structured: ClassVar[bool] = True
+    #: Divide each unit's scores by their mean before a global ranking, so that layers with
+    #: different fan-in (and so different norm scales) compete fairly.
+    normalize_globally: ClassVar[bool] = False
+    supports_global: ClassVar[bool] = True
+
+    @abstractmethod
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        """The units of this method in graph order."""
+
+    @abstractmethod
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        """One score per element of ``unit`` (shape (unit.size,)); low = prune first."""
+
+    @abstractmethod
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """0/1 float masks (parameter shape) per parameter name for a keep vector (unit.size,)."""
+
+    def keep(
+        self, order: torch.Tensor, scores: torch.Tensor, pruned: int, plan: PruningPlan
+    ) -> torch.Tensor:
+        """Which elements survive when ``pruned`` of them go: the lowest-scored ones."""
+        keep = torch.ones(len(order), dtype=torch.bool)
+        keep[order[:pruned]] = False
+        return keep
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        """Why ``layer`` (a real layer but not a unit name) cannot be set, or None if unknown."""
+        return None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+
+
+@register_method
+class Unstructured(Method):
+    name = "unstructured"
+    title = "Unstructured (individual weights)"
+    help = (
+        "Zero individual weights. Reaches high sparsity at little accuracy cost, but dense "
+        "kernels still multiply the zeros: no speed-up without sparse hardware or kernels."
+    )
+    unit_kind = "weights"
+    structured = False
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(layer.name, layer.weight_numel, (layer.name,), self.unit_kind, layer)
+            for layer in structure.layers
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        return criterion.weight_scores(ctx, unit.name).flatten().float().cpu()
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        param = f"{unit.name}.weight"
+        return {param: keep.reshape(structure.parameters[param].shape).float()}
+
+
+@register_method
+class NM(Unstructured):
+    name = "nm"
+    title = "N:M semi-structured (e.g. 2:4)"
+    help = (
+        "Keep the N most important of every M consecutive input weights of each output "
+        "(2:4 = 50%). Sparse tensor cores on recent GPUs run 2:4 about twice as fast; "
+        "the amount only switches a layer on (> 0) or off (0)."
+    )
+    supports_global = False
+
+    def keep(
+        self, order: torch.Tensor, scores: torch.Tensor, pruned: int, plan: PruningPlan
+    ) -> torch.Tensor:
+        if pruned == 0:
+            return torch.ones(len(scores), dtype=torch.bool)
+        blocks = scores.reshape(-1, plan.m)
+        # Stable choice: argsort within each block, drop the M-N lowest (ties: lower index first).
+        drop = torch.argsort(blocks, dim=1, stable=True)[:, : plan.m - plan.n]
+        keep = torch.ones_like(blocks, dtype=torch.bool)
+        keep.scatter_(1, drop, False)
+        return keep.flatten()
+
+    def fits(self, unit: Unit, m: int) -> bool:
+        """N:M groups run along each output's inputs, so their count must divide by M."""
+        shape = unit.detail.weight_shape
+        return (unit.size // shape[0]) % m == 0
+
+
+class _ChannelMethod(Method):
+    """Shared by the two structured channel methods: same groups, scored from one side."""
+
+    unit_kind = "channels"
+    normalize_globally = True
+    score_role: ClassVar[str]
+
+    def _name(self, group: ChannelGroup) -> str:
+        return group.producers[0] if self.score_role == "producer" else group.consumers[0]
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(self._name(g), g.size, g.layers, self.unit_kind, g)
+            for g in structure.channel_groups
+            if g.consumers
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        group: ChannelGroup = unit.detail
+        direct = criterion.channel_scores(ctx, group)
+        if direct is not None:
+            return direct.float().cpu()
+        total = torch.zeros(group.size)
+        for piece in group.slices:
+            if piece.role != self.score_role or not piece.param.endswith(".weight"):
+                continue
+            layer = piece.param.rsplit(".", 1)[0]
+            rows = _ln_rows(criterion.weight_scores(ctx, layer).float().cpu(), piece.dim, norm)
+            valid = piece.channel_of >= 0
+            total.index_add_(0, piece.channel_of[valid], rows[valid])
+        return total.pow(1.0 / norm)
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        group: ChannelGroup = unit.detail
+        out = {}
+        for piece in group.slices:
+            out[piece.param] = self._slice_mask(structure, piece, keep)
+        return out
+
+    @staticmethod
+    def _slice_mask(
+        structure: ModelStructure, piece: ParamSlice, keep: torch.Tensor
+    ) -> torch.Tensor:
+        padded = torch.cat([keep, torch.ones(1, dtype=torch.bool)])  # index -1 -> kept
+        keep_along = padded[piece.channel_of]
+        return _broadcast_keep(keep_along, structure.parameters[piece.param].shape, piece.dim)
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        units = {u.name: u for u in self.units(structure)}
+        for unit in units.values():
+            if layer in unit.layers:
+                return (
+                    f"layer {layer!r} is coupled with {list(unit.layers)}: their channels "
+                    f"are pruned together; set the amount on {unit.name!r}"
+                )
+        reasons = structure.unsupported_channel_layers
+        if layer in reasons and self.score_role == "producer":
+            return f"layer {layer!r} cannot lose output channels: {reasons[layer]}"
+        return (
+            f"layer {layer!r} has no prunable channels for {self.name!r} "
+            "(its inputs are the model's input, or masking could not equal removal)"
+        )
+
+
+@register_method
+class Filters(_ChannelMethod):
+    name = "filters"
+    title = "Structured: output neurons / conv filters"
+    help = (
+        "Remove whole neurons or conv filters, scored by the Ln norm of their own weights "
+        "(Li et al. 2017). Coupled channels (residual adds) go together. The model can be "
+        "made physically smaller, so it really gets faster."
+    )
+    score_role = "producer"
+
+
+@register_method
+class Channels(_ChannelMethod):
+    name = "channels"
+    title = "Structured: input channels"
+    help = (
+        "Remove whole input channels of a layer, scored by the Ln norm of the weights that "
+        "read them. Removing an input channel removes the neuron/filter that produced it."
+    )
+    score_role = "consumer"
+
+
+@register_method
+class Heads(Method):
+    name = "heads"
+    title = "Attention heads"
+    help = (
+        "Remove whole attention heads (their q, k, v rows and output-projection columns). "
+        "Many heads are redundant (Michel et al. 2019)."
+    )
+    unit_kind = "heads"
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(h.name, h.num_heads, (h.qkv, h.proj), self.unit_kind, h) for h in structure.heads
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        heads: HeadGroup = unit.detail
+        direct = criterion.head_scores(ctx, heads)
+        if direct is not None:
+            return direct.float().cpu()
+        qkv = criterion.weight_scores(ctx, heads.qkv).float().cpu().abs().pow(norm)
+        proj = criterion.weight_scores(ctx, heads.proj).float().cpu().abs().pow(norm)
+        return torch.stack(
+            [
+                qkv[heads.qkv_rows(h)].sum() + proj[:, heads.proj_columns(h)].sum()
+                for h in range(heads.num_heads)
+            ]
+        ).pow(1.0 / norm)
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        heads: HeadGroup = unit.detail
+        rows = torch.ones(heads.num_heads * heads.head_dim * 3, dtype=torch.bool)
+        cols = torch.ones(heads.num_heads * heads.head_dim, dtype=torch.bool)
+        for h in torch.nonzero(~keep).flatten().tolist():
+            rows[heads.qkv_rows(h)] = False
+            cols[heads.proj_columns(h)] = False
+        params = structure.parameters
+        out = {
+            f"{heads.qkv}.weight": _broadcast_keep(rows, params[f"{heads.qkv}.weight"].shape, 0),
+            f"{heads.proj}.weight": _broadcast_keep(cols, params[f"{heads.proj}.weight"].shape, 1),
+        }
+        if f"{heads.qkv}.bias" in params:
+            out[f"{heads.qkv}.bias"] = rows.float()
+        return out
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        for heads in structure.heads:
+            if layer in (heads.qkv, heads.proj):
+                return f"layer {layer!r} belongs to attention {heads.name!r}; set it by that name"
+        return f"layer {layer!r} is not an attention module; head pruning applies to attention"
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ScoreTable:
+    """Scores of every unit for one (method, criterion, norm, seed), sorted once."""
+
+    units: list[Unit]
+    scores: list[torch.Tensor]
+    orders: list[torch.Tensor]
+    #: Per unit, the ascending positions of its elements in the global ranking of all units.
+    global_positions: list[torch.Tensor]
+
+    def prefix_counts(self, length: int, units: list[int]) -> list[int]:
+        """How many elements of each of ``units`` lie among the first ``length`` ranked."""
+        return [int(torch.searchsorted(self.global_positions[i], length)) for i in units]
+
+
+@dataclass(frozen=True, eq=False)
+class PrunedState:
+    """A plan resolved against a model: what is pruned, and the masked parameters.
+
+    Attributes:
+        plan: the plan.
+        units: the method's units in graph order.
+        pruned: number of pruned elements per unit name.
+        keeps: bool keep-vector (unit.size,) per unit that lost anything.
+        masks: 0/1 float mask per masked parameter name (parameters not listed are dense).
+        parameters: ``dense * mask`` per masked parameter name.
+        signatures: per masked parameter, a hashable key of what determined its mask.
+        warnings: things the user should know (100% layers, skipped layers).
+    """
+
+    plan: PruningPlan
+    units: list[Unit]
+    pruned: dict[str, int]
+    keeps: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    parameters: dict[str, torch.Tensor]
+    signatures: dict[str, Hashable]
+    warnings: tuple[str, ...]
+
+    def unit_sparsity(self) -> dict[str, float]:
+        """Fraction of each unit's elements (weights, channels, heads) that is pruned."""
+        return {u.name: self.pruned[u.name] / u.size if u.size else 0.0 for u in self.units}
+
+
+class _LRU(OrderedDict):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def remember(self, key: Hashable, value: object) -> object:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+        return value
+
+
+class Pruner:
+    """Resolves plans on one dense model, fast; never modifies it.
+
+    Args:
+        model: the dense model, in eval mode. It is read, never written.
+        input_shape: shape of one input sample, e.g. (1, 28, 28).
+        calibration: a batch of the fit split for data-dependent criteria (taylor, activation,
+            apoz); ``None`` allows only magnitude and random.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: tuple[int, ...],
+        calibration: ImageDataset | None = None,
+    ) -> None:
+        self.model = model
+        self.structure = ModelStructure(model, input_shape)
+        self.context = ScoringContext(self.structure, calibration)
+        self._tables: dict[Hashable, ScoreTable] = {}
+        self._units: dict[str, list[Unit]] = {}
+        self._keeps = _LRU(4096)
+        self._unit_masks = _LRU(4096)
+        self._param_masks = _LRU(2048)
+        self._lock = threading.RLock()
+
+    # --- units ----------------------------------------------------------------------------------
+
+    def units(self, method: str) -> list[Unit]:
+        """The prunable units of ``method`` for this model, in graph order."""
+        with self._lock:
+            if method not in self._units:
+                self._units[method] = get_method(method).units(self.structure)
+            return self._units[method]
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def check(self, plan: PruningPlan) -> list[str]:
+        """Raise ValueError for a plan this model cannot take; return warnings otherwise."""
+        method = get_method(plan.method)
+        criterion = get_criterion(plan.criterion)
+        units = {u.name: u for u in self.units(plan.method)}
+        if not units:
+            raise ValueError(
+                f"this model has nothing that {method.title!r} can prune"
+                + (" (it has no attention heads)" if method.name == "heads" else "")
+            )
+        if criterion.needs_data and self.context.calibration is None:
+            raise ValueError(f"criterion {criterion.name!r} needs calibration data")
+        layer_names = {layer.name for layer in self.structure.layers}
+        for name in sorted(plan.layer_names()):
+            if name in units:
+                continue
+            if name in layer_names:
+                raise ValueError(
+                    method.reason_unavailable(self.structure, name)
+                    or f"layer {name!r} cannot be pruned by {method.name!r}"
+                )
+            raise ValueError(f"unknown layer {name!r}; choose one of {sorted(units)}")
+        warnings = []
+        if isinstance(method, NM):
+            for unit in units.values():
+                if not method.fits(unit, plan.m) and plan.amount_for(unit.name) > 0:
+                    if unit.name in plan.overrides:
+                        raise ValueError(
+                            f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: its "
+                            f"{unit.size // unit.detail.weight_shape[0]} inputs per output do "
+                            f"not divide into groups of {plan.m}"
+                        )
+                    warnings.append(
+                        f"{unit.name} left dense: its inputs per output do not "
+                        f"divide into groups of {plan.m}"
+                    )
+        return warnings
+
+    # --- scoring (once per method, criterion, norm, seed) ---------------------------------------
+
+    def _table_key(self, plan: PruningPlan) -> tuple[Hashable, ...]:
+        method = get_method(plan.method)
+        return (
+            plan.method,
+            plan.criterion,
+            plan.norm if method.structured else None,
+            plan.seed if plan.criterion == "random" else None,
+        )
+
+    def score_table(self, plan: PruningPlan) -> ScoreTable:
+        """Scores and sort orders for the plan's method and criterion (computed once)."""
+        key = self._table_key(plan)
+        with self._lock:
+            if key not in self._tables:
+                self._tables[key] = self._build_table(plan)
+            return self._tables[key]
+
+    def _build_table(self, plan: PruningPlan) -> ScoreTable:
+        method, criterion = get_method(plan.method), get_criterion(plan.criterion)
+        context = self.context.seeded(plan.seed)
+        units = self.units(plan.method)
+        scores = [method.scores(context, criterion, unit, plan.norm) for unit in units]
+        orders = [torch.argsort(s, stable=True) for s in scores]
+        ranked = [s / s.mean().clamp(min=1e-12) if method.normalize_globally else s for s in scores]
+        ids = torch.cat([torch.full((len(s),), i, dtype=torch.int32) for i, s in enumerate(ranked)])
+        ids_in_rank_order = ids[torch.argsort(torch.cat(ranked), stable=True)]
+        positions = [torch.nonzero(ids_in_rank_order == i).flatten() for i in range(len(units))]
+        return ScoreTable(units, scores, orders, positions)
+
+    # --- selection ------------------------------------------------------------------------------
+
+    def pruned_counts(self, plan: PruningPlan) -> dict[str, int]:
+        """How many elements of each unit the plan prunes (exact: round(amount x size))."""
+        method = get_method(plan.method)
+        table = self.score_table(plan)
+        counts = {}
+        participating = torch.zeros(len(table.units), dtype=torch.bool)
+        for i, unit in enumerate(table.units):
+            if unit.name in plan.dense_layers:
+                counts[unit.name] = 0
+            elif plan.scope == "layer" or not method.supports_global or unit.name in plan.overrides:
+                counts[unit.name] = round(plan.amount_for(unit.name) * unit.size)
+            else:
+                participating[i] = True
+        members = torch.nonzero(participating).flatten().tolist()
+        if members:
+            total = round(plan.amount * sum(table.units[i].size for i in members))
+            # The smallest global prefix holding `total` participating elements: binary search
+            # on its length (the ranking is fixed, so this is a threshold pick, not a sort).
+            low, high = 0, sum(len(p) for p in table.global_positions)
+            while low < high:
+                middle = (low + high) // 2
+                if sum(table.prefix_counts(middle, members)) >= total:
+                    high = middle
+                else:
+                    low = middle + 1
+            for i, count in zip(members, table.prefix_counts(low, members), strict=True):
+                counts[table.units[i].name] = count
+        return counts
+
+    def _keep(self, plan: PruningPlan, key: Hashable, index: int, pruned: int) -> torch.Tensor:
+        table = self.score_table(plan)
+        cache_key = (key, index, pruned, plan.n, plan.m)
+        if cache_key not in self._keeps:
+            keep = get_method(plan.method).keep(
+                table.orders[index], table.scores[index], pruned, plan
+            )
+            self._keeps.remember(cache_key, keep)
+        return self._keeps[cache_key]
+
+    def resolve(self, plan: PruningPlan) -> PrunedState:
+        """Masks and masked parameters for ``plan``; raises ValueError for an invalid plan."""
+        warnings = self.check(plan)
+        method = get_method(plan.method)
+        table_key = self._table_key(plan)
+        with self._lock:
+            table = self.score_table(plan)
+            counts = self.pruned_counts(plan)
+            contributions: dict[str, list[tuple[Hashable, torch.Tensor]]] = {}
+            pruned: dict[str, int] = {}
+            keeps: dict[str, torch.Tensor] = {}
+            for index, unit in enumerate(table.units):
+                count = counts[unit.name]
+                if isinstance(method, NM) and count and not method.fits(unit, plan.m):
+                    count = 0
+                if count == 0:
+                    pruned[unit.name] = 0
+                    continue
+                keep = self._keep(plan, table_key, index, count)
+                keeps[unit.name] = keep
+                pruned[unit.name] = int((~keep).sum()) if isinstance(method, NM) else count
+                mask_key = (table_key, unit.name, count, plan.n, plan.m)
+                if mask_key not in self._unit_masks:
+                    self._unit_masks.remember(mask_key, method.masks(self.structure, unit, keep))
+                for param, mask in self._unit_masks[mask_key].items():
+                    contributions.setdefault(param, []).append((mask_key, mask))
+                if pruned[unit.name] == unit.size:
+                    warnings.append(
+                        f"{unit.name} is pruned 100%: the model still runs, but "
+                        "nothing flows through this layer any more"
+                    )
+            masks, parameters, signatures = {}, {}, {}
+            for param, parts in contributions.items():
+                signature = tuple(key for key, _ in parts)
+                if (param, signature) not in self._param_masks:
+                    mask = parts[0][1]
+                    for _, other in parts[1:]:
+                        mask = mask * other
+                    dense = self.structure.parameters[param].detach()
+                    self._param_masks.remember(
+                        (param, signature), (mask, dense * mask.to(dense.device))
+                    )
+                masks[param], parameters[param] = self._param_masks[(param, signature)]
+                signatures[param] = signature
+        return PrunedState(
+            plan, table.units, pruned, keeps, masks, parameters, signatures, tuple(warnings)
+        )
+
+    # --- materialising ---------------------------------------------------------------------------
+
+    def pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
+        """A new model (deep copy) whose pruned weights are permanent zeros."""
+        state = self._state(plan_or_state)
+        model = copy.deepcopy(self.model)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in state.parameters.items():
+                params[name].copy_(value)
+        return model
+
+    def torch_pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
+        """A deep copy pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``)."""
+        state = self._state(plan_or_state)
+        model = copy.deepcopy(self.model)
+        modules = dict(model.named_modules())
+        for name, mask in state.masks.items():
+            module_name, _, param = name.rpartition(".")
+            torch_prune.custom_from_mask(modules[module_name], param, mask)
+        return model
+
+    def _state(self, plan_or_state: PruningPlan | PrunedState) -> PrunedState:
+        if isinstance(plan_or_state, PrunedState):
+            return plan_or_state
+        return self.resolve(plan_or_state)
+
+
+def masked_state_dict(
+    pruner: Pruner, plan: PruningPlan, style: str = "zeros"
+) -> dict[str, torch.Tensor]:
+    """The pruned model's state_dict: ``"zeros"`` (loads into the plain architecture) or
+    ``"torch_prune"`` (``*_orig`` / ``*_mask`` pairs as ``torch.nn.utils.prune`` writes them)."""
+    exporters: Mapping[str, object] = {
+        "zeros": pruner.pruned_model,
+        "torch_prune": pruner.torch_pruned_model,
+    }
+    if style not in exporters:
+        raise ValueError(f"unknown export style {style!r}; choose one of {sorted(exporters)}")
+    return exporters[style](plan).state_dict()

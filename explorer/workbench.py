@@ -1,0 +1,172 @@
+"""One model on its data, ready to prune: plan in, honest numbers out (CLI and app share it)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from explorer.compaction import can_compact, compact
+from explorer.cost import LayerCost, model_cost, size_report
+from explorer.data import ImageDataset, calibration_batch, load_dataset
+from explorer.evaluation import EvalResult, IncrementalEvaluator
+from explorer.inspection import model_flops
+from explorer.latency import HONEST_NOTE, Latency, measure_latency
+from explorer.models import get_spec, load_card, load_model
+from explorer.plan import PruningPlan
+from explorer.pruning import PrunedState, Pruner
+
+CALIBRATION_SIZE = 256
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything measured for one plan. Counts are per eval sample; sizes in bytes."""
+
+    plan: dict[str, Any]
+    accuracy: float
+    dense_accuracy: float
+    loss: float
+    dense_loss: float
+    changed: int
+    eval_samples: int
+    per_class_accuracy: list[float]
+    dense_per_class_accuracy: list[float]
+    params_total: int
+    params_nonzero: int
+    sparsity: float
+    prunable_sparsity: float
+    flops_dense: int
+    flops_effective: int
+    flops_compacted: int | None
+    params_compacted: int | None
+    size_dense: int
+    size_sparse: int
+    size_compacted: int | None
+    layers: list[dict[str, Any]]
+    units: list[dict[str, Any]]
+    warnings: list[str]
+    seconds: float
+    resumed_from_stage: int
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    latency_note: str = HONEST_NOTE
+
+    @property
+    def accuracy_delta(self) -> float:
+        return self.accuracy - self.dense_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Workbench:
+    """A zoo model with its eval split, calibration batch, pruner and incremental evaluator.
+
+    Heavy parts are built once and then only read; ``report(plan)`` never modifies the model.
+    """
+
+    def __init__(self, name: str, model: nn.Module, eval_set: ImageDataset,
+                 calibration: ImageDataset | None, card: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.model = model.eval()
+        self.eval_set = eval_set
+        self.card = card or {}
+        self.pruner = Pruner(self.model, eval_set.input_shape, calibration)
+
+    @cached_property
+    def evaluator(self) -> IncrementalEvaluator:
+        return IncrementalEvaluator(self.model, self.eval_set)
+
+    @property
+    def dense(self) -> EvalResult:
+        return self.evaluator.dense.result
+
+    @cached_property
+    def dense_flops(self) -> int:
+        return model_flops(self.model, self.eval_set.input_shape)
+
+    def resolve(self, plan: PruningPlan) -> PrunedState:
+        return self.pruner.resolve(plan)
+
+    def evaluate(self, plan: PruningPlan) -> tuple[PrunedState, EvalResult, int]:
+        """Masks and eval metrics for ``plan`` (incremental), plus the stage it resumed at."""
+        state = self.pruner.resolve(plan)
+        outcome = self.evaluator.evaluate_state(state)
+        return state, outcome.result, outcome.resumed_from
+
+    def report(self, plan: PruningPlan, latency: bool = False, latency_repeats: int = 30,
+               batch_sizes: tuple[int, ...] = (1, 32), threads: int | None = None) -> Report:
+        """All numbers for ``plan``: quality vs dense, counts, FLOPs, sizes, optional latency."""
+        start = time.perf_counter()
+        state, result, resumed = self.evaluate(plan)
+        cost = model_cost(self.pruner, state)
+        compacted = compact(self.pruner, state) if can_compact(plan.method) else None
+        sizes = size_report(self.model, state, compacted)
+        dense = self.dense
+        units = [{"name": u.name, "kind": u.kind, "size": u.size, "pruned": state.pruned[u.name],
+                  "layers": list(u.layers)} for u in state.units]
+        report = Report(
+            plan=plan.to_dict(),
+            accuracy=result.accuracy,
+            dense_accuracy=dense.accuracy,
+            loss=result.loss,
+            dense_loss=dense.loss,
+            changed=int(len(result.changed_vs(dense))),
+            eval_samples=len(self.eval_set),
+            per_class_accuracy=[round(float(a), 6) for a in result.per_class_accuracy],
+            dense_per_class_accuracy=[round(float(a), 6) for a in dense.per_class_accuracy],
+            params_total=cost.params_total,
+            params_nonzero=cost.params_nonzero,
+            sparsity=cost.sparsity,
+            prunable_sparsity=cost.prunable_sparsity,
+            flops_dense=cost.flops_dense,
+            flops_effective=cost.flops_effective,
+            flops_compacted=(model_flops(compacted, self.eval_set.input_shape)
+                             if compacted is not None else None),
+            params_compacted=(sum(p.numel() for p in compacted.parameters())
+                              if compacted is not None else None),
+            size_dense=sizes.dense,
+            size_sparse=sizes.sparse,
+            size_compacted=sizes.compacted,
+            layers=[_layer_row(layer) for layer in cost.layers],
+            units=units,
+            warnings=list(state.warnings),
+            seconds=time.perf_counter() - start,
+            resumed_from_stage=resumed,
+        )
+        if not latency:
+            return report
+        models = {"dense": self.model, "masked": self.pruner.pruned_model(state)}
+        if compacted is not None:
+            models["compacted"] = compacted
+        timings = measure_latency(models, self.eval_set.input_shape, batch_sizes,
+                                  repeats=latency_repeats, threads=threads)
+        return _with_latency(report, timings)
+
+
+def _layer_row(layer: LayerCost) -> dict[str, Any]:
+    return {**asdict(layer), "sparsity": layer.sparsity}
+
+
+def _with_latency(report: Report, timings: list[Latency]) -> Report:
+    rows = [{**asdict(t), "spread_ms": t.spread_ms} for t in timings]
+    return Report(**{**asdict(report), "latency": rows})
+
+
+def open_workbench(name: str, device: torch.device | None = None) -> Workbench:
+    """A zoo model (committed weights) on its dataset's eval split, calibrated on the fit split."""
+    spec = get_spec(name)
+    device = device or default_device()
+    model = load_model(name).to(device)
+    eval_set = load_dataset(spec.dataset, "eval")
+    calibration = calibration_batch(load_dataset(spec.dataset, "fit"), CALIBRATION_SIZE)
+    return Workbench(name, model, eval_set, calibration, load_card(name))
