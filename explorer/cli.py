@@ -83,7 +83,9 @@ def _layer_amount(text: str) -> tuple[str, float]:
     try:
         return name, float(amount)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"amount of {name!r} must be a number, got {amount!r}")
+        raise argparse.ArgumentTypeError(
+            f"amount of {name!r} must be a number, got {amount!r}"
+        ) from None
 
 
 def plan_from_args(args: argparse.Namespace) -> PruningPlan:

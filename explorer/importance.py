@@ -152,6 +152,8 @@ class Criterion(ABC):
     title: ClassVar[str]
     help: ClassVar[str]
     needs_data: ClassVar[bool] = False
+    #: Unit kinds (weights, channels, heads) this criterion can score.
+    unit_kinds: ClassVar[frozenset[str]] = frozenset({"weights", "channels", "heads"})
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         """Scores shaped like ``layer``'s weight; low = less important."""
@@ -176,6 +178,11 @@ def register_criterion(cls: type[Criterion]) -> type[Criterion]:
     """Class decorator: make a criterion available by its ``name``."""
     CRITERIA[cls.name] = cls()
     return cls
+
+
+def criteria_for(unit_kind: str) -> list[str]:
+    """Names of the criteria that can score units of ``unit_kind``."""
+    return [name for name, criterion in CRITERIA.items() if unit_kind in criterion.unit_kinds]
 
 
 def get_criterion(name: str) -> Criterion:
@@ -272,6 +279,7 @@ class APoZ(Criterion):
         "(Hu et al. 2016). For channels only."
     )
     needs_data = True
+    unit_kinds = frozenset({"channels"})
 
     def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor:
         zeros = ctx.channel_stat(group, "zeros")

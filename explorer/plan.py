@@ -16,9 +16,19 @@ SCOPES = ("global", "layer")
 PLAN_VERSION = 1
 
 
+def _is_number(value: object) -> bool:
+    """An int or float, but not a bool (JSON ``true`` is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_whole(value: object) -> bool:
+    """An int, but not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_amount(amount: object, what: str = "amount") -> float:
     """``amount`` as a float in [0, 1], or a ValueError that says what was wrong."""
-    if isinstance(amount, bool) or not isinstance(amount, int | float):
+    if not _is_number(amount):
         raise ValueError(f"{what} must be a number between 0 and 1, got {amount!r}")
     value = float(amount)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
@@ -67,9 +77,9 @@ class PruningPlan:
         set_(self, "layer_amounts", tuple(sorted(overrides.items())))
         set_(self, "_overrides", overrides)
         set_(self, "dense_layers", tuple(sorted(set(map(str, self.dense_layers)))))
-        if not (isinstance(self.norm, int | float) and self.norm > 0):
+        if not (_is_number(self.norm) and 0 < self.norm < math.inf):
             raise ValueError(f"norm must be a positive number (1 = L1, 2 = L2), got {self.norm!r}")
-        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
+        if not (_is_whole(self.n) and _is_whole(self.m) and 0 < self.n < self.m):
             raise ValueError(f"N:M needs whole numbers 0 < N < M, got {self.n}:{self.m}")
 
     # --- queries --------------------------------------------------------------------------------
@@ -167,7 +177,7 @@ class PruningPlan:
             if key in data and not isinstance(data[key], str):
                 raise ValueError(f'"{key}" must be a string, got {data[key]!r}')
         seed = data.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not _is_whole(seed):
             raise ValueError(f'"seed" must be a whole number, got {seed!r}')
         return cls(
             method=data.get("method", "unstructured"),
@@ -190,3 +200,64 @@ class PruningPlan:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"the plan is not valid JSON: {err}") from None
         return cls.from_dict(data)
+
+
+# --- URL query parameters -----------------------------------------------------------------------
+
+
+def plan_to_query(plan: PruningPlan) -> dict[str, str]:
+    """The plan as short, readable URL query parameters (defaults left out).
+
+    ``layers=fc1:0.9,fc2:0.5`` and ``dense=fc3,conv1`` carry the per-layer parts.
+    """
+    default = PruningPlan()
+    query = {"method": plan.method, "criterion": plan.criterion, "scope": plan.scope,
+             "amount": f"{plan.amount:g}"}
+    if plan.layer_amounts:
+        query["layers"] = ",".join(f"{name}:{amount:g}" for name, amount in plan.layer_amounts)
+    if plan.dense_layers:
+        query["dense"] = ",".join(plan.dense_layers)
+    if plan.norm != default.norm:
+        query["norm"] = f"{plan.norm:g}"
+    if (plan.n, plan.m) != (default.n, default.m):
+        query["nm"] = f"{plan.n}:{plan.m}"
+    if plan.seed != default.seed:
+        query["seed"] = str(plan.seed)
+    return query
+
+
+def _number(text: str, what: str, kind: type = float) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+
+
+def plan_from_query(query: Mapping[str, str]) -> PruningPlan:
+    """Inverse of ``plan_to_query``; a ValueError that names the bad parameter otherwise."""
+    data: dict[str, Any] = {}
+    for key in ("method", "criterion", "scope"):
+        if key in query:
+            data[key] = query[key]
+    if "amount" in query:
+        data["amount"] = _number(query["amount"], "amount")
+    if query.get("layers"):
+        layers = {}
+        for item in query["layers"].split(","):
+            name, sep, amount = item.rpartition(":")
+            if not sep or not name:
+                raise ValueError(f"layers must look like fc1:0.9,fc2:0.5; got {item!r}")
+            layers[name] = _number(amount, f"amount of layer {name!r}")
+        data["layers"] = layers
+    if query.get("dense"):
+        data["dense"] = query["dense"].split(",")
+    if "norm" in query:
+        data["norm"] = _number(query["norm"], "norm")
+    if "nm" in query:
+        n, sep, m = query["nm"].partition(":")
+        if not (sep and n.isdigit() and m.isdigit()):
+            raise ValueError(f"nm must look like 2:4, got {query['nm']!r}")
+        data["nm"] = [int(n), int(m)]
+    if "seed" in query:
+        data["seed"] = int(_number(query["seed"], "seed", int))
+    return PruningPlan.from_dict(data)

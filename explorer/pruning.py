@@ -19,7 +19,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from explorer.data import ImageDataset
-from explorer.importance import Criterion, ScoringContext, get_criterion
+from explorer.importance import CRITERIA, Criterion, ScoringContext, get_criterion
 from explorer.plan import PruningPlan
 from explorer.structure import ChannelGroup, HeadGroup, ModelStructure, ParamSlice
 
@@ -233,9 +233,12 @@ class _ChannelMethod(Method):
         return _broadcast_keep(keep_along, structure.parameters[piece.param].shape, piece.dim)
 
     def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
-        units = {u.name: u for u in self.units(structure)}
-        for unit in units.values():
-            if layer in unit.layers:
+        for unit in self.units(structure):
+            group: ChannelGroup = unit.detail
+            # Only the scored side counts: the output layer *reads* a group, but its own
+            # outputs (the classes) are not in it.
+            side = group.producers if self.score_role == "producer" else group.consumers
+            if layer in side:
                 return (
                     f"layer {layer!r} is coupled with {list(unit.layers)}: their channels "
                     f"are pruned together; set the amount on {unit.name!r}"
@@ -375,16 +378,33 @@ class PrunedState:
         return {u.name: self.pruned[u.name] / u.size if u.size else 0.0 for u in self.units}
 
 
+def _nbytes(value: object) -> int:
+    """Bytes held by the tensors in ``value`` (a tensor, or a dict / tuple of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
 class _LRU(OrderedDict):
-    def __init__(self, capacity: int) -> None:
+    """Least-recently-used cache bounded by the bytes of the tensors it holds."""
+
+    def __init__(self, budget_bytes: int) -> None:
         super().__init__()
-        self.capacity = capacity
+        self.budget = budget_bytes
+        self.used = 0
 
     def remember(self, key: Hashable, value: object) -> object:
+        if key in self:
+            self.used -= _nbytes(self.pop(key))
         self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
+        self.used += _nbytes(value)
+        while self.used > self.budget and len(self) > 1:
+            _, evicted = self.popitem(last=False)
+            self.used -= _nbytes(evicted)
         return value
 
 
@@ -409,9 +429,10 @@ class Pruner:
         self.context = ScoringContext(self.structure, calibration)
         self._tables: dict[Hashable, ScoreTable] = {}
         self._units: dict[str, list[Unit]] = {}
-        self._keeps = _LRU(4096)
-        self._unit_masks = _LRU(4096)
-        self._param_masks = _LRU(2048)
+        # Budgets bound memory per model; a few hundred recent amounts per layer fit easily.
+        self._keeps = _LRU(32 * 2**20)
+        self._unit_masks = _LRU(96 * 2**20)
+        self._param_masks = _LRU(128 * 2**20)
         self._lock = threading.RLock()
 
     # --- units ----------------------------------------------------------------------------------
@@ -435,6 +456,10 @@ class Pruner:
                 f"this model has nothing that {method.title!r} can prune"
                 + (" (it has no attention heads)" if method.name == "heads" else "")
             )
+        if method.unit_kind not in criterion.unit_kinds:
+            usable = sorted(n for n, c in CRITERIA.items() if method.unit_kind in c.unit_kinds)
+            raise ValueError(f"criterion {criterion.name!r} cannot score {method.unit_kind} "
+                             f"(method {method.name!r}); choose one of {usable}")
         if criterion.needs_data and self.context.calibration is None:
             raise ValueError(f"criterion {criterion.name!r} needs calibration data")
         layer_names = {layer.name for layer in self.structure.layers}
@@ -462,6 +487,17 @@ class Pruner:
                         f"divide into groups of {plan.m}"
                     )
         return warnings
+
+    def adapt(self, plan: PruningPlan) -> tuple[PruningPlan, list[str]]:
+        """``plan`` without the layer settings this model / method does not have, and the names
+        dropped (for when the user switches model or method and keeps the rest of the plan)."""
+        units = {u.name for u in self.units(plan.method)}
+        dropped = sorted(plan.layer_names() - units)
+        if not dropped:
+            return plan, []
+        layers = tuple((k, v) for k, v in plan.layer_amounts if k in units)
+        dense = tuple(name for name in plan.dense_layers if name in units)
+        return replace(plan, layer_amounts=layers, dense_layers=dense), dropped
 
     # --- scoring (once per method, criterion, norm, seed) ---------------------------------------
 
@@ -493,6 +529,21 @@ class Pruner:
         ids_in_rank_order = ids[torch.argsort(torch.cat(ranked), stable=True)]
         positions = [torch.nonzero(ids_in_rank_order == i).flatten() for i in range(len(units))]
         return ScoreTable(units, scores, orders, positions)
+
+    def unit_scores(self, plan: PruningPlan, unit: str) -> tuple[torch.Tensor, float | None]:
+        """Scores of ``unit``'s elements under the plan's criterion (flat, (unit.size,)) and the
+        threshold: the highest pruned score (None when nothing is pruned)."""
+        state = self.resolve(plan)
+        table = self.score_table(plan)
+        index = next((i for i, u in enumerate(table.units) if u.name == unit), None)
+        if index is None:
+            raise ValueError(f"unknown unit {unit!r}; choose one of "
+                             f"{[u.name for u in table.units]}")
+        scores = table.scores[index]
+        keep = state.keeps.get(unit)
+        if keep is None or bool(keep.all()):
+            return scores, None
+        return scores, float(scores[~keep].max())
 
     # --- selection ------------------------------------------------------------------------------
 

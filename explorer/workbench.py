@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -120,7 +121,7 @@ class Workbench:
             dense_accuracy=dense.accuracy,
             loss=result.loss,
             dense_loss=dense.loss,
-            changed=int(len(result.changed_vs(dense))),
+            changed=len(result.changed_vs(dense)),
             eval_samples=len(self.eval_set),
             per_class_accuracy=[round(float(a), 6) for a in result.per_class_accuracy],
             dense_per_class_accuracy=[round(float(a), 6) for a in dense.per_class_accuracy],
@@ -145,12 +146,31 @@ class Workbench:
         )
         if not latency:
             return report
+        timings = self.latency(state, compacted, batch_sizes, latency_repeats, threads)
+        return _with_latency(report, timings)
+
+    def latency(self, state: PrunedState, compacted: nn.Module | None = None,
+                batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 30,
+                threads: int | None = None, budget_s: float | None = None) -> list[Latency]:
+        """Dense, masked and (structured plans) compacted latency, timed side by side."""
+        if compacted is None and can_compact(state.plan.method):
+            compacted = compact(self.pruner, state)
         models = {"dense": self.model, "masked": self.pruner.pruned_model(state)}
         if compacted is not None:
             models["compacted"] = compacted
-        timings = measure_latency(models, self.eval_set.input_shape, batch_sizes,
-                                  repeats=latency_repeats, threads=threads)
-        return _with_latency(report, timings)
+        return measure_latency(models, self.eval_set.input_shape, batch_sizes, repeats=repeats,
+                               threads=threads, budget_s=budget_s)
+
+    def curve(self, plan: PruningPlan, amounts: Sequence[float],
+              progress: Callable[[float], None] | None = None) -> list[tuple[float, float]]:
+        """(sparsity of prunable weights, eval accuracy) for ``plan`` at each global amount."""
+        points = []
+        for i, amount in enumerate(amounts):
+            state, result, _ = self.evaluate(plan.with_amount(amount))
+            points.append((model_cost(self.pruner, state).prunable_sparsity, result.accuracy))
+            if progress is not None:
+                progress((i + 1) / len(amounts))
+        return points
 
 
 def _layer_row(layer: LayerCost) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+"""Streamlit glue, the only module of ``explorer`` that imports streamlit.
+
+Caches (one dense model per name, shared by every session and never mutated), session-state
+keys, the URL <-> plan sync, and reusable widget groups (``*_ui``) that return plain values.
+A session holds only plain data: the model name and the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from explorer.data import ImageDataset
+from explorer.importance import CRITERIA, criteria_for
+from explorer.models import ZOO, load_card
+from explorer.plan import PruningPlan, plan_from_query, plan_to_query
+from explorer.pruning import METHODS, PrunedState
+from explorer.workbench import Workbench, open_workbench
+
+DEFAULT_MODEL = "lenet5"
+MODEL_KEY = "model"
+PLAN_KEY = "plan"
+NOTICES_KEY = "notices"
+PLAN_QUERY_KEYS = ("method", "criterion", "scope", "amount", "layers", "dense", "norm", "nm",
+                   "seed")
+
+HELP = {
+    "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
+             "on the held-out eval split (5,000 images) that no training ever saw.",
+    "method": "What gets removed: single weights (unstructured), whole neurons/filters or input "
+              "channels (structured), N of every M weights (N:M) or attention heads.",
+    "criterion": "How importance is scored. Magnitude: small weights matter least. Taylor: "
+                 "|gradient x weight|, the first-order loss change if the weight were zeroed. "
+                 "Activation/APoZ: measured on real inputs. Random: the baseline to beat.",
+    "scope": "Global: rank all layers together, so sparsity flows to the layers that can "
+             "afford it. Layer-wise: every layer loses exactly its own fraction.",
+    "amount": "Fraction of weights (or channels, heads) to remove. In global scope it is the "
+              "fraction over all layers without their own setting.",
+    "latency": "Measured now on this machine (median of repeated runs). A masked model uses the "
+               "same dense kernels as the original, so it is not faster; only the compacted "
+               "model, physically smaller, can be.",
+}
+
+
+# --- caches -------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the model, its data and its structure…")
+def get_workbench(name: str) -> Workbench:
+    """The model ``name`` with its data, pruner and evaluator; shared, never mutated."""
+    bench = open_workbench(name)
+    bench.evaluator  # noqa: B018 - warm the dense pass once, here, behind the spinner
+    return bench
+
+
+# --- session state and the URL ------------------------------------------------------------------
+
+
+def notify(message: str, kind: str = "warning") -> None:
+    """Queue a message to show once at the top of the next page drawn."""
+    st.session_state.setdefault(NOTICES_KEY, []).append((kind, message))
+
+
+def show_notices() -> None:
+    for kind, message in st.session_state.pop(NOTICES_KEY, []):
+        getattr(st, kind)(message)
+
+
+def init_session() -> None:
+    """On a session's first run, take the model and plan from the URL (or defaults)."""
+    if MODEL_KEY in st.session_state:
+        return
+    params = st.query_params.to_dict()
+    model = params.get("model", DEFAULT_MODEL)
+    if model not in ZOO:
+        notify(f"The link names an unknown model {model!r}; showing {DEFAULT_MODEL!r}. "
+               f"Models: {', '.join(ZOO)}.")
+        model = DEFAULT_MODEL
+    plan = PruningPlan()
+    query = {key: params[key] for key in PLAN_QUERY_KEYS if key in params}
+    if query:
+        try:
+            candidate = plan_from_query(query)
+            get_workbench(model).resolve(candidate)
+            plan = candidate
+        except ValueError as err:
+            notify(f"The link's pruning plan could not be used: {err}. Showing the dense model "
+                   "instead.")
+    st.session_state[PLAN_KEY] = plan
+    st.session_state[MODEL_KEY] = model
+    write_url()
+
+
+def current_model() -> str:
+    init_session()  # a fragment rerun can reach a session whose full run never happened
+    return st.session_state[MODEL_KEY]
+
+
+def current_plan() -> PruningPlan:
+    init_session()
+    return st.session_state[PLAN_KEY]
+
+
+def current_workbench() -> Workbench:
+    return get_workbench(current_model())
+
+
+def write_url() -> None:
+    """Mirror the model and plan into the URL so that a link reopens this exact state."""
+    target = {"model": current_model(), **plan_to_query(current_plan())}
+    if st.query_params.to_dict() != target:
+        st.query_params.from_dict(target)
+
+
+def set_plan(plan: PruningPlan) -> bool:
+    """Adopt ``plan`` if the current model can take it; otherwise keep the last good plan and
+    queue the reason. Returns whether the plan was adopted."""
+    try:
+        current_workbench().resolve(plan)
+    except ValueError as err:
+        notify(f"That change was not applied: {err}", "error")
+        return False
+    st.session_state[PLAN_KEY] = plan
+    write_url()
+    return True
+
+
+def set_model(name: str) -> None:
+    """Switch model, keeping what of the plan still applies."""
+    st.session_state[MODEL_KEY] = name
+    bench = get_workbench(name)
+    plan = current_plan()
+    if plan.method not in usable_methods(bench):
+        notify(f"{name} has nothing for {METHODS[plan.method].title!r}; switched to "
+               "unstructured pruning.", "info")
+        plan = PruningPlan(amount=plan.amount)
+    plan, dropped = bench.pruner.adapt(plan)
+    if dropped:
+        notify(f"Per-layer settings for {', '.join(dropped)} do not apply to {name} and were "
+               "dropped.", "info")
+    if not set_plan(plan):
+        st.session_state[PLAN_KEY] = PruningPlan()
+        write_url()
+
+
+def usable_methods(bench: Workbench) -> list[str]:
+    """Methods that have at least one unit in this model."""
+    return [name for name in METHODS if bench.pruner.units(name)]
+
+
+# --- widget groups ------------------------------------------------------------------------------
+
+
+def model_picker_ui() -> str:
+    """Sidebar model choice; switching keeps the parts of the plan that still apply."""
+    names = list(ZOO)
+
+    def changed() -> None:
+        set_model(st.session_state["model_picker"])
+
+    st.session_state["model_picker"] = current_model()
+    st.selectbox("Model", names, key="model_picker", on_change=changed, help=HELP["model"],
+                 format_func=lambda n: load_card(n).get("title", n))
+    return current_model()
+
+
+def plan_summary_ui(plan: PruningPlan) -> None:
+    """A compact description of the plan, for the sidebar."""
+    method = METHODS[plan.method].title
+    st.caption(f"**Plan:** {method}, {CRITERIA[plan.criterion].title.lower()}, "
+               f"{'global' if plan.scope == 'global' else 'layer-wise'}, {plan.amount:.0%}"
+               + (f", {len(plan.layer_amounts)} layer override(s)" if plan.layer_amounts else "")
+               + (f", {len(plan.dense_layers)} dense" if plan.dense_layers else ""))
+
+
+def method_controls_ui(bench: Workbench, plan: PruningPlan) -> PruningPlan:
+    """Method, criterion and scope selectors; returns the plan they describe."""
+    methods = usable_methods(bench)
+    cols = st.columns([3, 3, 2])
+    method = cols[0].selectbox("Method", methods, index=methods.index(plan.method),
+                               format_func=lambda m: METHODS[m].title, help=HELP["method"])
+    kinds = criteria_for(METHODS[method].unit_kind)
+    criterion = plan.criterion if plan.criterion in kinds else "magnitude"
+    criterion = cols[1].selectbox("Criterion", kinds, index=kinds.index(criterion),
+                                  format_func=lambda c: CRITERIA[c].title,
+                                  help=HELP["criterion"] + " Only criteria that can score "
+                                  f"{METHODS[method].unit_kind} are listed.")
+    scope = cols[2].radio("Scope", ["global", "layer"], index=["global", "layer"].index(plan.scope),
+                          format_func=lambda s: "Global" if s == "global" else "Layer-wise",
+                          horizontal=True, help=HELP["scope"],
+                          disabled=not METHODS[method].supports_global)
+    data = plan.to_dict() | {"method": method, "criterion": criterion, "scope": scope}
+    return PruningPlan.from_dict(data)
+
+
+def sample_picker_ui(dataset: ImageDataset, changed: list[int] | None = None,
+                     key: str = "sample") -> int:
+    """Choose an eval sample by index, by class, or among those whose prediction changed."""
+    modes = ["by index", "by class"] + (["prediction changed"] if changed is not None else [])
+    mode = st.radio("Choose a sample", modes, horizontal=True, key=f"{key}_mode")
+    if mode == "by class":
+        cols = st.columns(2)
+        label = cols[0].selectbox("Class", list(range(len(dataset.classes))),
+                                  format_func=lambda c: dataset.classes[c], key=f"{key}_class")
+        members = (dataset.labels == label).nonzero().flatten().tolist()
+        nth = cols[1].number_input(f"Which one (of {len(members)})", 0, len(members) - 1, 0,
+                                   key=f"{key}_nth")
+        return members[int(nth)]
+    if mode == "prediction changed":
+        if not changed:
+            st.info("No eval prediction changed under this plan: prune more to see some.")
+            return 0
+        return st.selectbox(f"{len(changed)} samples changed prediction", changed,
+                            key=f"{key}_changed")
+    return int(st.number_input(f"Sample index (0-{len(dataset) - 1})", 0, len(dataset) - 1, 0,
+                               key=f"{key}_index"))
+
+
+def guarded(render: Callable[[], None]) -> None:
+    """Run a page body; an unexpected error becomes a message, never a traceback."""
+    try:
+        render()
+    except Exception as err:
+        st.error(f"Something went wrong drawing this page: {type(err).__name__}: {err}. "
+                 "Your plan is kept; try another setting, or reset the plan.")
+
+
+def resolve_current() -> PrunedState:
+    """The current plan resolved on the current model (falls back to dense if it broke)."""
+    bench = current_workbench()
+    try:
+        return bench.resolve(current_plan())
+    except ValueError as err:
+        notify(f"The plan no longer applies ({err}); showing the dense model.", "error")
+        st.session_state[PLAN_KEY] = PruningPlan()
+        write_url()
+        return bench.resolve(PruningPlan())

@@ -1,0 +1,459 @@
+"""Prune: method, criterion, scope, a global slider and one per layer; live, honest numbers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import streamlit as st
+
+from explorer import ui
+from explorer.compaction import can_compact, compact
+from explorer.cost import model_cost, size_report
+from explorer.latency import HONEST_NOTE
+from explorer.plan import PruningPlan
+from explorer.plots import curve_figure, layer_sparsity_figure
+from explorer.pruning import METHODS
+
+CURVE_AMOUNTS = tuple(a / 20 for a in range(20))  # 0%, 5%, ... 95%
+
+
+# --- callbacks: widgets write the plan, the plan is the only truth ------------------------------
+
+
+def _widget_key(kind: str, unit: str = "") -> str:
+    plan = ui.current_plan()
+    return f"{kind}::{ui.current_model()}::{plan.method}::{unit}"
+
+
+def _on_controls() -> None:
+    plan = ui.current_plan()
+    data = plan.to_dict() | {
+        "method": st.session_state["ctl_method"],
+        "criterion": st.session_state["ctl_criterion"],
+        "scope": st.session_state["ctl_scope"],
+    }
+    bench = ui.current_workbench()
+    new, dropped = bench.pruner.adapt(PruningPlan.from_dict(data))
+    if new.method != plan.method:
+        usable = ui.criteria_for(METHODS[new.method].unit_kind)
+        if new.criterion not in usable:
+            new = PruningPlan.from_dict(new.to_dict() | {"criterion": "magnitude"})
+    if dropped:
+        ui.notify(
+            f"Per-layer settings of {', '.join(dropped)} do not apply to "
+            f"{METHODS[new.method].title} and were cleared.",
+            "info",
+        )
+    ui.set_plan(new)
+
+
+def _on_global() -> None:
+    ui.set_plan(ui.current_plan().with_amount(st.session_state["ctl_amount"] / 100))
+
+
+def _on_layer(unit: str) -> None:
+    value = st.session_state[_widget_key("amount", unit)] / 100
+    ui.set_plan(ui.current_plan().with_layer(unit, value))
+
+
+def _on_dense(unit: str) -> None:
+    dense = st.session_state[_widget_key("dense", unit)]
+    ui.set_plan(ui.current_plan().with_dense(unit, dense))
+
+
+def _reset_layer(unit: str) -> None:
+    ui.set_plan(ui.current_plan().without_layer(unit).with_dense(unit, False))
+
+
+def _reset_all() -> None:
+    plan = ui.current_plan()
+    ui.set_plan(PruningPlan(method=plan.method, criterion=plan.criterion, scope=plan.scope))
+
+
+def _global_everywhere() -> None:
+    ui.set_plan(ui.current_plan().with_global_everywhere())
+
+
+# --- the workbench --------------------------------------------------------------------------------
+
+
+def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
+    methods = ui.usable_methods(bench)
+    method = METHODS[plan.method]
+    criteria = ui.criteria_for(method.unit_kind)
+    st.session_state["ctl_method"] = plan.method
+    st.session_state["ctl_criterion"] = plan.criterion
+    st.session_state["ctl_scope"] = plan.scope if method.supports_global else "layer"
+    st.session_state["ctl_amount"] = round(plan.amount * 100)
+    cols = st.columns([3, 3, 2, 4])
+    cols[0].selectbox(
+        "Method",
+        methods,
+        key="ctl_method",
+        on_change=_on_controls,
+        format_func=lambda m: METHODS[m].title,
+        help=ui.HELP["method"] + " " + method.help,
+    )
+    cols[1].selectbox(
+        "Criterion",
+        criteria,
+        key="ctl_criterion",
+        on_change=_on_controls,
+        format_func=lambda c: ui.CRITERIA[c].title,
+        help=ui.HELP["criterion"] + " " + ui.CRITERIA[plan.criterion].help,
+    )
+    cols[2].radio(
+        "Scope",
+        ["global", "layer"],
+        key="ctl_scope",
+        on_change=_on_controls,
+        horizontal=True,
+        disabled=not method.supports_global,
+        format_func=lambda s: "Global" if s == "global" else "Layer-wise",
+        help=ui.HELP["scope"],
+    )
+    label = "Apply N:M to every layer" if plan.method == "nm" else "Global sparsity"
+    cols[3].slider(
+        f"{label} (%)",
+        0,
+        100,
+        step=1,
+        key="ctl_amount",
+        on_change=_on_global,
+        help=ui.HELP["amount"]
+        + (
+            f" For N:M any value above 0 applies the {plan.n}:{plan.m} pattern."
+            if plan.method == "nm"
+            else ""
+        ),
+    )
+
+
+def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
+    sparsity = state.unit_sparsity()
+    units = state.units
+    st.markdown(
+        "**Per channel group**"
+        if plan.method in ("filters", "channels")
+        else "**Per attention module**"
+        if plan.method == "heads"
+        else "**Per layer**"
+    )
+    buttons = st.columns(2)
+    buttons[0].button(
+        "Global everywhere",
+        on_click=_global_everywhere,
+        width="stretch",
+        icon=":material/public:",
+        help="Drop every per-layer setting: all layers follow the global slider.",
+    )
+    buttons[1].button(
+        "Reset all",
+        on_click=_reset_all,
+        width="stretch",
+        icon=":material/restart_alt:",
+        help="Back to the dense model (method, criterion and scope are kept).",
+    )
+    with st.container(height=min(86 * len(units) + 10, 520), border=False):
+        for unit in units:
+            own = unit.name in plan.overrides
+            dense = unit.name in plan.dense_layers
+            amount_key = _widget_key("amount", unit.name)
+            dense_key = _widget_key("dense", unit.name)
+            st.session_state[amount_key] = round(sparsity[unit.name] * 100)
+            st.session_state[dense_key] = dense
+            tag = (
+                "dense"
+                if dense
+                else (
+                    "own setting"
+                    if own
+                    else ("global ranking" if plan.scope == "global" else "global amount")
+                )
+            )
+            cols = st.columns([8, 2, 1], vertical_alignment="bottom")
+            coupled = (
+                f" Coupled, pruned together: {', '.join(unit.layers)}."
+                if len(unit.layers) > 1
+                else ""
+            )
+            cols[0].slider(
+                f"{unit.name} · {unit.size:,} {unit.kind} · {tag}",
+                0,
+                100,
+                step=1,
+                key=amount_key,
+                on_change=_on_layer,
+                args=(unit.name,),
+                disabled=dense,
+                format="%d%%",
+                help="Drag to give this layer its own amount; it then leaves the "
+                "global ranking." + coupled,
+            )
+            cols[1].checkbox(
+                "dense",
+                key=dense_key,
+                on_change=_on_dense,
+                args=(unit.name,),
+                help="Lock this layer dense: never pruned.",
+            )
+            cols[2].button(
+                "",
+                icon=":material/restart_alt:",
+                key=_widget_key("reset", unit.name),
+                on_click=_reset_layer,
+                args=(unit.name,),
+                disabled=not (own or dense),
+                help="Reset: follow the global setting again.",
+            )
+
+
+def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Callable[[], None]:
+    """The headline metrics (full width); returns a function that draws the details."""
+    outcome = bench.evaluator.evaluate_state(state)
+    result, dense = outcome.result, bench.dense
+    cost = model_cost(bench.pruner, state)
+    structured = can_compact(state.plan.method)
+    compacted = compact(bench.pruner, state) if structured else None
+    sizes = size_report(bench.model, state, compacted)
+    seconds = time.perf_counter() - started
+    if not result.finite:
+        st.error(
+            "The pruned model produces NaN or infinite outputs: its loss is undefined and "
+            "its predictions are arbitrary. Prune less, or lock a layer dense."
+        )
+    row = st.columns(8)
+    row[0].metric(
+        "Accuracy",
+        f"{result.accuracy:.2%}",
+        f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts vs dense",
+        help=f"Top-1 on the {len(bench.eval_set):,} held-out eval images "
+        f"(dense {dense.accuracy:.2%}).",
+    )
+    row[1].metric(
+        "Loss",
+        f"{result.loss:.4f}",
+        f"{result.loss - dense.loss:+.4f}",
+        delta_color="inverse",
+        help="Mean cross-entropy on the eval split.",
+    )
+    changed = len(result.changed_vs(dense))
+    row[2].metric(
+        "Predictions changed",
+        f"{changed:,}",
+        help="Eval images whose predicted class differs from the dense model's; "
+        "browse them on the Activations and Saliency pages.",
+    )
+    row[3].metric(
+        "Sparsity",
+        f"{cost.prunable_sparsity:.1%}",
+        help=f"Zero weights in prunable layers; {cost.sparsity:.1%} of all "
+        "parameters (biases and norms included).",
+    )
+    row = row[4:]
+    row[0].metric(
+        "Nonzero parameters",
+        f"{cost.params_nonzero:,}",
+        f"of {cost.params_total:,}",
+        delta_color="off",
+    )
+    flops_text = f"{cost.flops_effective / 1e6:.2f} M"
+    row[1].metric(
+        "Effective FLOPs / image",
+        flops_text,
+        f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
+        delta_color="off",
+        help="Multiply-adds with a nonzero weight. Dense kernels still do all of them.",
+    )
+    row[2].metric(
+        "Size (sparse-encoded)",
+        f"{sizes.sparse / 1024:,.0f} KiB",
+        f"dense {sizes.dense / 1024:,.0f} KiB"
+        + (f", compacted {sizes.compacted / 1024:,.0f} KiB" if compacted else ""),
+        delta_color="off",
+        help="torch.save bytes: zeros stored as a bitmap + values.",
+    )
+    timings = bench.latency(state, compacted, batch_sizes=(1, 32), repeats=12, budget_s=0.12)
+    by_key = {(t.model, t.batch): t for t in timings}
+    dense32, masked32 = by_key[("dense", 32)], by_key[("masked", 32)]
+    fastest = by_key.get(("compacted", 32), masked32)
+    row[3].metric(
+        "Latency, batch 32",
+        f"{fastest.median_ms:.2f} ms",
+        f"{dense32.median_ms / fastest.median_ms:.2f}x vs dense "
+        f"({'compacted' if compacted else 'masked'})",
+        delta_color="off",
+        help=ui.HELP["latency"],
+    )
+    for warning in state.warnings:
+        st.warning(warning)
+    st.caption(
+        f"Re-evaluated in {seconds:.2f} s"
+        + (
+            f" (resumed at stage {outcome.resumed_from} of {outcome.stages})"
+            if outcome.resumed_from
+            else " (full pass)"
+        )
+        + f" on {len(bench.eval_set):,} eval images."
+    )
+    return lambda: details_ui(state, cost, timings, compacted is not None)
+
+
+def details_ui(state: ui.PrunedState, cost: object, timings: list, compacted: bool) -> None:
+    layer_table_ui(state, cost)
+    with st.expander("Latency details", expanded=False):
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "model": t.model,
+                        "batch": t.batch,
+                        "median ms": round(t.median_ms, 3),
+                        "IQR ms": round(t.spread_ms, 3),
+                        "runs": t.repeats,
+                        "threads": t.threads,
+                    }
+                    for t in timings
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        st.caption(
+            HONEST_NOTE
+            + (
+                " This plan is structured, so the compacted model is physically smaller."
+                if compacted
+                else " This plan is not structured: nothing can be removed."
+            )
+        )
+
+
+def layer_table_ui(state: ui.PrunedState, cost: object) -> None:
+    frame = pd.DataFrame(
+        [
+            {
+                "layer": layer.name,
+                "weights": layer.weights,
+                "nonzero": layer.nonzero,
+                "sparsity": layer.sparsity,
+                "FLOPs dense": layer.flops_dense,
+                "FLOPs effective": layer.flops_effective,
+            }
+            for layer in cost.layers
+        ]
+    )
+    own = set(state.plan.overrides)
+    tabs = st.tabs(["Per-layer table", "Sparsity by layer"])
+    with tabs[0]:
+        st.dataframe(
+            frame,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "sparsity": st.column_config.ProgressColumn(
+                    format="percent", min_value=0.0, max_value=1.0
+                )
+            },
+        )
+    with tabs[1]:
+        st.plotly_chart(
+            layer_sparsity_figure(
+                list(frame["layer"]),
+                list(frame["sparsity"]),
+                [name in own for name in frame["layer"]],
+            ),
+            config={"displayModeBar": False},
+        )
+
+
+def curve_ui(bench: ui.Workbench, plan: PruningPlan, state: ui.PrunedState) -> None:
+    st.markdown("#### Accuracy vs sparsity")
+    key = (
+        "curve",
+        ui.current_model(),
+        PruningPlan.from_dict(plan.to_dict() | {"amount": 0}).to_json(indent=None),
+    )
+    curves = st.session_state.setdefault("curves", {})
+    if key not in curves:
+        st.caption(
+            "The global slider swept from 0 to 95% with this method, criterion and scope "
+            f"({len(CURVE_AMOUNTS)} full evaluations)."
+        )
+        if not st.button("Compute the curve", key="compute_curve"):
+            return
+        bar = st.progress(0.0, text="Evaluating…")
+        curves[key] = bench.curve(
+            plan, CURVE_AMOUNTS, lambda f: bar.progress(f, text=f"Evaluating… {f:.0%}")
+        )
+        bar.empty()
+    points = curves[key]
+    here = (
+        model_cost(bench.pruner, state).prunable_sparsity,
+        bench.evaluator.evaluate_state(state).result.accuracy,
+    )
+    label = f"{METHODS[plan.method].title}, {plan.criterion}, {plan.scope}"
+    st.plotly_chart(
+        curve_figure(
+            [p[0] for p in points], [p[1] for p in points], here, bench.dense.accuracy, label
+        ),
+        config={"displayModeBar": False},
+    )
+
+
+@st.fragment
+def workbench_fragment() -> None:
+    """Controls and results together: moving a slider reruns only this fragment."""
+    ui.guarded(_workbench)
+
+
+def _workbench() -> None:
+    started = time.perf_counter()
+    ui.show_notices()
+    bench = ui.current_workbench()
+    plan = ui.current_plan()
+    state = ui.resolve_current()
+    plan = state.plan
+    controls_ui(bench, plan)
+    details = metrics_ui(bench, state, started)
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        layer_sliders_ui(plan, state)
+    with right:
+        details()
+    curve_ui(bench, plan, state)
+
+
+def plan_file_ui() -> None:
+    """Download the plan as JSON; upload one (a bad file gives an error, the plan stays)."""
+    st.markdown("#### Plan file")
+    cols = st.columns(2)
+    cols[0].download_button(
+        "Download plan (JSON)",
+        ui.current_plan().to_json(),
+        file_name=f"plan-{ui.current_model()}.json",
+        mime="application/json",
+    )
+    upload = cols[1].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
+    if upload is not None and st.session_state.get("plan_upload_seen") != upload.file_id:
+        st.session_state["plan_upload_seen"] = upload.file_id
+        try:
+            plan = PruningPlan.from_json(upload.getvalue())
+        except ValueError as err:
+            st.error(f"{upload.name} is not a usable plan: {err}")
+            return
+        if ui.set_plan(plan):
+            st.success(f"Loaded {upload.name}.")
+            st.rerun()
+        ui.show_notices()
+
+
+def main() -> None:
+    st.title("Prune")
+    workbench_fragment()
+    plan_file_ui()
+
+
+ui.guarded(main)

@@ -1,0 +1,165 @@
+"""The app driven through Streamlit's AppTest: every page renders, and what the widgets show
+agrees with ``explorer`` evaluated directly (the oracle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.plan import PruningPlan
+from explorer.workbench import open_workbench
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES_DIR = "pages"
+PAGES = ("home", "prune", "weights", "activations", "saliency")
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def lenet5():
+    return open_workbench("lenet5")
+
+
+def start(page: str = "home", **query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params.update(query)
+    at.run()
+    if page != "home":
+        at.switch_page(f"{PAGES_DIR}/{page}.py").run()
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def expected_accuracy(bench, plan: PruningPlan) -> str:
+    return f"{bench.evaluate(plan)[1].accuracy:.2%}"
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_exception(page):
+    at = start(page, model="lenet5", amount="0.5")
+    assert_clean(at)
+    assert at.title, f"{page} shows no title"
+
+
+def test_global_slider_changes_accuracy_as_explorer_says(lenet5):
+    at = start("prune", model="lenet5")
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, PruningPlan())
+    at.slider(key="ctl_amount").set_value(90).run()
+    assert_clean(at)
+    plan = PruningPlan(amount=0.9)
+    assert at.session_state["plan"] == plan
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
+    assert metric(at, "Accuracy") != expected_accuracy(lenet5, PruningPlan())
+    assert at.query_params["amount"] == "0.9"
+
+
+def test_layer_slider_overrides_one_layer(lenet5):
+    at = start("prune", model="lenet5", amount="0.5", scope="layer")
+    at.slider(key="amount::lenet5::unstructured::fc1").set_value(95).run()
+    assert_clean(at)
+    plan = PruningPlan(scope="layer", amount=0.5, layer_amounts=(("fc1", 0.95),))
+    assert at.session_state["plan"] == plan
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
+    assert at.query_params["layers"] == "fc1:0.95"
+    # Reset brings the layer back to the global amount.
+    at.button(key="reset::lenet5::unstructured::fc1").click().run()
+    assert at.session_state["plan"] == PruningPlan(scope="layer", amount=0.5)
+
+
+def test_switching_method_and_scope(lenet5):
+    at = start("prune", model="lenet5", amount="0.5")
+    at.selectbox(key="ctl_method").set_value("filters").run()
+    assert_clean(at)
+    assert at.session_state["plan"].method == "filters"
+    assert metric(at, "Accuracy") == expected_accuracy(
+        lenet5, PruningPlan(method="filters", amount=0.5)
+    )
+    at.radio(key="ctl_scope").set_value("layer").run()
+    plan = PruningPlan(method="filters", scope="layer", amount=0.5)
+    assert at.session_state["plan"] == plan
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
+
+
+def test_locking_a_layer_dense(lenet5):
+    at = start("prune", model="lenet5", amount="0.8")
+    at.checkbox(key="dense::lenet5::unstructured::fc1").check().run()
+    plan = PruningPlan(amount=0.8, dense_layers=("fc1",))
+    assert at.session_state["plan"] == plan
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
+
+
+def test_full_layer_gives_a_warning_not_an_exception():
+    at = start("prune", model="lenet5", scope="layer", layers="fc2:1")
+    assert_clean(at)
+    assert any("100%" in w.value for w in at.warning)
+
+
+def test_malformed_plan_upload_is_an_error_element_and_keeps_the_plan():
+    at = start("prune", model="lenet5", amount="0.3")
+    before = at.session_state["plan"]
+    at.file_uploader(key="plan_upload").upload("bad.json", b"{not json", "application/json")
+    at.run()
+    assert_clean(at)
+    assert any("not a usable plan" in e.value for e in at.error)
+    assert at.session_state["plan"] == before
+
+
+def test_valid_plan_upload_is_adopted():
+    at = start("prune", model="lenet5")
+    plan = PruningPlan(method="filters", scope="layer", amount=0.25)
+    at.file_uploader(key="plan_upload").upload(
+        "p.json", plan.to_json().encode(), "application/json"
+    )
+    at.run()
+    assert_clean(at)
+    assert at.session_state["plan"] == plan
+
+
+def test_link_with_unknown_layer_falls_back_with_a_message():
+    at = start("prune", model="lenet5", amount="0.4", layers="nosuch:0.5")
+    assert_clean(at)
+    assert any("nosuch" in w.value for w in at.warning)
+    assert at.session_state["plan"] == PruningPlan()
+
+
+def test_link_with_unknown_model_falls_back_with_a_message():
+    at = start("home", model="resnet9000")
+    assert_clean(at)
+    assert any("resnet9000" in w.value for w in at.warning)
+    assert at.session_state["model"] == "lenet5"
+
+
+def test_link_reopens_the_same_state():
+    plan = PruningPlan(
+        method="filters",
+        scope="layer",
+        amount=0.3,
+        layer_amounts=(("conv2", 0.5),),
+        dense_layers=("fc1",),
+    )
+    query = {"model": "lenet5", **json.loads(json.dumps(plan.to_dict()))}
+    from explorer.plan import plan_to_query
+
+    at = start("prune", model="lenet5", **plan_to_query(plan))
+    assert_clean(at)
+    assert at.session_state["plan"] == plan
+    assert query["model"] == at.session_state["model"]
+
+
+def test_switching_model_keeps_what_applies():
+    at = start("prune", model="lenet5", amount="0.5", layers="fc1:0.9")
+    at.sidebar.selectbox(key="model_picker").set_value("lenet300").run()
+    assert_clean(at)
+    plan = at.session_state["plan"]
+    assert at.session_state["model"] == "lenet300"
+    assert plan.amount == 0.5 and dict(plan.layer_amounts) == {"fc1": 0.9}

@@ -1,0 +1,161 @@
+"""Start the real app and drive it with Debian's chromium through Playwright (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+METRIC = "[data-testid=stMetric]"
+
+
+def chromium_available() -> bool:
+    return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(timeout: float = 120) -> Iterator[str]:
+    """``streamlit run app.py`` headless on a loopback port; yields its base URL."""
+    port = free_port()
+    log = open(ROOT / "artifacts" / f"streamlit-{port}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextmanager
+def browser_page(width: int = 1500, height: int = 1000) -> Iterator[object]:
+    """A Playwright page in Debian's headless chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def metric_value(page: object, label: str) -> str:
+    """The displayed value of the st.metric whose label starts with ``label``."""
+    return page.evaluate(
+        """(label) => {
+            for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
+                const l = m.querySelector('[data-testid=stMetricLabel]');
+                if (l && l.innerText.trim().startsWith(label)) {
+                    return m.querySelector('[data-testid=stMetricValue]').innerText.trim();
+                }
+            }
+            return null;
+        }""",
+        label,
+    )
+
+
+def wait_for_metric(page: object, label: str, timeout_ms: float = 120_000) -> str:
+    page.wait_for_function(
+        """(label) => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => {
+            const l = m.querySelector('[data-testid=stMetricLabel]');
+            return l && l.innerText.trim().startsWith(label);
+        })""",
+        arg=label,
+        timeout=timeout_ms,
+    )
+    return metric_value(page, label)
+
+
+def wait_until_idle(page: object, timeout_ms: float = 120_000) -> None:
+    """Until the app is not running a script (no 'running' status widget)."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout_ms
+    )
+
+
+def slider_thumb(page: object, label: str) -> object:
+    """The draggable thumb of the slider whose label starts with ``label``."""
+    slider = page.locator("[data-testid=stSlider]").filter(
+        has=page.locator("[data-testid=stWidgetLabel]", has_text=re.compile(f"^{re.escape(label)}"))
+    )
+    return slider.first.locator("[role=slider]")
+
+
+def set_slider_by_keys(page: object, label: str, presses: int) -> None:
+    """Move a slider by ``presses`` steps with the keyboard (negative = left)."""
+    thumb = slider_thumb(page, label)
+    thumb.focus()
+    key = "ArrowRight" if presses > 0 else "ArrowLeft"
+    for _ in range(abs(presses)):
+        page.keyboard.press(key)
+
+
+def server_seconds(page: object) -> float | None:
+    """The server-side re-evaluation time the Prune page reports ('Re-evaluated in X s')."""
+    text = page.evaluate("() => document.body.innerText")
+    match = re.search(r"Re-evaluated in ([0-9.]+) s", text)
+    return float(match.group(1)) if match else None
+
+
+def exceptions(page: object) -> list[str]:
+    return [e.inner_text() for e in page.query_selector_all("[data-testid=stException]")]

@@ -1,0 +1,74 @@
+"""The real app in Debian's headless chromium: a slider moved by a user updates the numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.harness import (
+    ROOT,
+    browser_page,
+    chromium_available,
+    exceptions,
+    metric_value,
+    running_app,
+    set_slider_by_keys,
+    wait_for_metric,
+    wait_until_idle,
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not chromium_available(), reason="needs Debian's chromium: apt-get install -y chromium"
+    ),
+]
+SHOTS = ROOT / "artifacts"
+PAGES = ("weights", "activations", "saliency")
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    SHOTS.mkdir(exist_ok=True)
+    with running_app() as url:
+        yield url
+
+
+def test_moving_the_global_slider_updates_metrics_and_url(app_url):
+    with browser_page() as page:
+        page.goto(f"{app_url}/prune?model=lenet5&amount=0.5")
+        before = wait_for_metric(page, "Accuracy")
+        wait_until_idle(page)
+        page.screenshot(path=SHOTS / "prune-before.png", full_page=True)
+        set_slider_by_keys(page, "Global sparsity", 40)  # 50% -> 90%
+        page.wait_for_function(
+            """(before) => {
+                for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
+                    const l = m.querySelector('[data-testid=stMetricLabel]');
+                    if (l && l.innerText.trim().startsWith('Accuracy')) {
+                        return m.querySelector('[data-testid=stMetricValue]').innerText.trim()
+                            !== before;
+                    }
+                }
+                return false;
+            }""",
+            arg=before,
+            timeout=120_000,
+        )
+        wait_until_idle(page)
+        page.wait_for_url("**amount=0.9**", timeout=30_000)
+        after = metric_value(page, "Accuracy")
+        page.screenshot(path=SHOTS / "prune-after.png", full_page=True)
+        assert after != before
+        assert float(after.rstrip("%")) < float(before.rstrip("%"))  # 90% sparsity hurts
+        assert not exceptions(page)
+        assert page.locator("[data-testid=stPlotlyChart]").count() >= 1
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_other_pages_draw_figures_without_exceptions(app_url, name):
+    with browser_page() as page:
+        page.goto(f"{app_url}/{name}?model=lenet5&amount=0.7")
+        page.wait_for_selector("[data-testid=stPlotlyChart]", timeout=120_000)
+        wait_until_idle(page)
+        page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+        assert not exceptions(page)
