@@ -7,11 +7,11 @@ import streamlit as st
 from explorer import ui
 
 PAGES = [
-    st.Page("pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
-    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
-    st.Page("pages/activations.py", title="Activations", icon=":material/bolt:"),
-    st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
+    st.Page("app_pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
+    st.Page("app_pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("app_pages/weights.py", title="Weights", icon=":material/grid_on:"),
+    st.Page("app_pages/activations.py", title="Activations", icon=":material/bolt:"),
+    st.Page("app_pages/saliency.py", title="Saliency", icon=":material/visibility:"),
 ]
 
 
@@ -19,14 +19,14 @@ def main() -> None:
     st.set_page_config(page_title="Pruning Explorer", page_icon=":scissors:", layout="wide")
     page = st.navigation(PAGES)
     ui.init_session()
+    ui.write_url()  # a page switch drops the query string: put the model and plan back
     with st.sidebar:
         ui.model_picker_ui()
-        ui.plan_summary_ui(ui.current_plan())
         st.caption(
             "The address bar always holds the model and plan: copy it to share this exact state."
         )
     ui.show_notices()
-    page.run()
+    ui.guarded(page.run)
 
 
 main()

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.inspection import model_flops
 from explorer.pruning import PrunedState, Pruner
 
 
@@ -77,7 +76,7 @@ def model_cost(pruner: Pruner, state: PrunedState | None = None) -> ModelCost:
                 layer.name, weight.numel(), nonzero, layer.flops, round(layer.flops * density)
             )
         )
-    flops_dense = model_flops(pruner.model, structure.input_shape)
+    flops_dense = structure.total_flops
     saved = sum(layer.flops_dense - layer.flops_effective for layer in layers)
     return ModelCost(params_total, params_nonzero, flops_dense, flops_dense - saved, tuple(layers))
 

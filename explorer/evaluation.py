@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass
 
@@ -118,11 +119,13 @@ class IncrementalEvaluator:
     def __init__(
         self, model: nn.Module, dataset: ImageDataset, batch_size: int = EVAL_BATCH
     ) -> None:
-        self.model = model
+        # A private copy: functional_call swaps parameters in place while it runs, which other
+        # threads (app sessions) using the shared model must never see.
+        self.model = copy.deepcopy(model)
         self.dataset = dataset
         self.batch_size = batch_size
-        self.stages = stages_of(model)
-        self.device = next(model.parameters()).device
+        self.stages = stages_of(self.model)
+        self.device = next(self.model.parameters()).device
         self._stage_of_param = {}
         for index, (stage_name, stage) in enumerate(self.stages):
             for param_name, _ in stage.named_parameters():

@@ -211,8 +211,12 @@ def plan_to_query(plan: PruningPlan) -> dict[str, str]:
     ``layers=fc1:0.9,fc2:0.5`` and ``dense=fc3,conv1`` carry the per-layer parts.
     """
     default = PruningPlan()
-    query = {"method": plan.method, "criterion": plan.criterion, "scope": plan.scope,
-             "amount": f"{plan.amount:g}"}
+    query = {
+        "method": plan.method,
+        "criterion": plan.criterion,
+        "scope": plan.scope,
+        "amount": f"{plan.amount:g}",
+    }
     if plan.layer_amounts:
         query["layers"] = ",".join(f"{name}:{amount:g}" for name, amount in plan.layer_amounts)
     if plan.dense_layers:

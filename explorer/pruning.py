@@ -458,8 +458,10 @@ class Pruner:
             )
         if method.unit_kind not in criterion.unit_kinds:
             usable = sorted(n for n, c in CRITERIA.items() if method.unit_kind in c.unit_kinds)
-            raise ValueError(f"criterion {criterion.name!r} cannot score {method.unit_kind} "
-                             f"(method {method.name!r}); choose one of {usable}")
+            raise ValueError(
+                f"criterion {criterion.name!r} cannot score {method.unit_kind} "
+                f"(method {method.name!r}); choose one of {usable}"
+            )
         if criterion.needs_data and self.context.calibration is None:
             raise ValueError(f"criterion {criterion.name!r} needs calibration data")
         layer_names = {layer.name for layer in self.structure.layers}
@@ -537,8 +539,9 @@ class Pruner:
         table = self.score_table(plan)
         index = next((i for i, u in enumerate(table.units) if u.name == unit), None)
         if index is None:
-            raise ValueError(f"unknown unit {unit!r}; choose one of "
-                             f"{[u.name for u in table.units]}")
+            raise ValueError(
+                f"unknown unit {unit!r}; choose one of {[u.name for u in table.units]}"
+            )
         scores = table.scores[index]
         keep = state.keeps.get(unit)
         if keep is None or bool(keep.all()):

@@ -17,7 +17,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.inspection import LayerInfo, attention_modules, example_input, prunable_layers
+from explorer.inspection import (
+    LayerInfo,
+    attention_modules,
+    example_input,
+    model_flops,
+    prunable_layers,
+)
 
 # Parameter entries removed with a channel, by module type and side. Modules with parameters
 # not listed here (LayerNorm: its statistics mix channels, so masking != removing) make a group
@@ -111,6 +117,7 @@ class ModelStructure:
         self.model = model
         self.input_shape = tuple(input_shape)
         self.layers: list[LayerInfo] = prunable_layers(model, self.input_shape)
+        self.total_flops = model_flops(model, self.input_shape)
         self.layer_by_name = {layer.name: layer for layer in self.layers}
         self.modules = dict(model.named_modules())
         self.parameters = dict(model.named_parameters())

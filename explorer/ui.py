@@ -13,7 +13,7 @@ import streamlit as st
 
 from explorer.data import ImageDataset
 from explorer.importance import CRITERIA, criteria_for
-from explorer.models import ZOO, load_card
+from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PruningPlan, plan_from_query, plan_to_query
 from explorer.pruning import METHODS, PrunedState
 from explorer.workbench import Workbench, open_workbench
@@ -22,24 +22,33 @@ DEFAULT_MODEL = "lenet5"
 MODEL_KEY = "model"
 PLAN_KEY = "plan"
 NOTICES_KEY = "notices"
-PLAN_QUERY_KEYS = ("method", "criterion", "scope", "amount", "layers", "dense", "norm", "nm",
-                   "seed")
+PLAN_QUERY_KEYS = (
+    "method",
+    "criterion",
+    "scope",
+    "amount",
+    "layers",
+    "dense",
+    "norm",
+    "nm",
+    "seed",
+)
 
 HELP = {
     "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
-             "on the held-out eval split (5,000 images) that no training ever saw.",
+    "on the held-out eval split (5,000 images) that no training ever saw.",
     "method": "What gets removed: single weights (unstructured), whole neurons/filters or input "
-              "channels (structured), N of every M weights (N:M) or attention heads.",
+    "channels (structured), N of every M weights (N:M) or attention heads.",
     "criterion": "How importance is scored. Magnitude: small weights matter least. Taylor: "
-                 "|gradient x weight|, the first-order loss change if the weight were zeroed. "
-                 "Activation/APoZ: measured on real inputs. Random: the baseline to beat.",
+    "|gradient x weight|, the first-order loss change if the weight were zeroed. "
+    "Activation/APoZ: measured on real inputs. Random: the baseline to beat.",
     "scope": "Global: rank all layers together, so sparsity flows to the layers that can "
-             "afford it. Layer-wise: every layer loses exactly its own fraction.",
+    "afford it. Layer-wise: every layer loses exactly its own fraction.",
     "amount": "Fraction of weights (or channels, heads) to remove. In global scope it is the "
-              "fraction over all layers without their own setting.",
+    "fraction over all layers without their own setting.",
     "latency": "Measured now on this machine (median of repeated runs). A masked model uses the "
-               "same dense kernels as the original, so it is not faster; only the compacted "
-               "model, physically smaller, can be.",
+    "same dense kernels as the original, so it is not faster; only the compacted "
+    "model, physically smaller, can be.",
 }
 
 
@@ -74,8 +83,16 @@ def init_session() -> None:
     params = st.query_params.to_dict()
     model = params.get("model", DEFAULT_MODEL)
     if model not in ZOO:
-        notify(f"The link names an unknown model {model!r}; showing {DEFAULT_MODEL!r}. "
-               f"Models: {', '.join(ZOO)}.")
+        notify(
+            f"The link names an unknown model {model!r}; showing {DEFAULT_MODEL!r}. "
+            f"Models: {', '.join(ZOO)}."
+        )
+        model = DEFAULT_MODEL
+    elif not weights_path(model).exists():
+        notify(
+            f"{model!r} has no trained weights yet (run `python sample_models/train.py "
+            f"{model}`); showing {DEFAULT_MODEL!r}."
+        )
         model = DEFAULT_MODEL
     plan = PruningPlan()
     query = {key: params[key] for key in PLAN_QUERY_KEYS if key in params}
@@ -85,8 +102,10 @@ def init_session() -> None:
             get_workbench(model).resolve(candidate)
             plan = candidate
         except ValueError as err:
-            notify(f"The link's pruning plan could not be used: {err}. Showing the dense model "
-                   "instead.")
+            notify(
+                f"The link's pruning plan could not be used: {err}. Showing the dense model "
+                "instead."
+            )
     st.session_state[PLAN_KEY] = plan
     st.session_state[MODEL_KEY] = model
     write_url()
@@ -128,17 +147,28 @@ def set_plan(plan: PruningPlan) -> bool:
 
 def set_model(name: str) -> None:
     """Switch model, keeping what of the plan still applies."""
+    if not weights_path(name).exists():
+        notify(
+            f"{name!r} has no trained weights yet: run `python sample_models/train.py {name}`.",
+            "error",
+        )
+        return
     st.session_state[MODEL_KEY] = name
     bench = get_workbench(name)
     plan = current_plan()
     if plan.method not in usable_methods(bench):
-        notify(f"{name} has nothing for {METHODS[plan.method].title!r}; switched to "
-               "unstructured pruning.", "info")
+        notify(
+            f"{name} has nothing for {METHODS[plan.method].title!r}; switched to "
+            "unstructured pruning.",
+            "info",
+        )
         plan = PruningPlan(amount=plan.amount)
     plan, dropped = bench.pruner.adapt(plan)
     if dropped:
-        notify(f"Per-layer settings for {', '.join(dropped)} do not apply to {name} and were "
-               "dropped.", "info")
+        notify(
+            f"Per-layer settings for {', '.join(dropped)} do not apply to {name} and were dropped.",
+            "info",
+        )
     if not set_plan(plan):
         st.session_state[PLAN_KEY] = PruningPlan()
         write_url()
@@ -160,61 +190,117 @@ def model_picker_ui() -> str:
         set_model(st.session_state["model_picker"])
 
     st.session_state["model_picker"] = current_model()
-    st.selectbox("Model", names, key="model_picker", on_change=changed, help=HELP["model"],
-                 format_func=lambda n: load_card(n).get("title", n))
+    st.selectbox(
+        "Model",
+        names,
+        key="model_picker",
+        on_change=changed,
+        help=HELP["model"],
+        format_func=lambda n: load_card(n).get("title", n),
+    )
     return current_model()
 
 
-def plan_summary_ui(plan: PruningPlan) -> None:
-    """A compact description of the plan, for the sidebar."""
+def plan_summary_ui(plan: PruningPlan | None = None) -> None:
+    """A compact description of the plan in the sidebar (pages call it inside their fragments,
+    so that it follows fragment reruns)."""
+    plan = plan or current_plan()
     method = METHODS[plan.method].title
-    st.caption(f"**Plan:** {method}, {CRITERIA[plan.criterion].title.lower()}, "
-               f"{'global' if plan.scope == 'global' else 'layer-wise'}, {plan.amount:.0%}"
-               + (f", {len(plan.layer_amounts)} layer override(s)" if plan.layer_amounts else "")
-               + (f", {len(plan.dense_layers)} dense" if plan.dense_layers else ""))
+    st.sidebar.caption(
+        f"**Plan:** {method}, {CRITERIA[plan.criterion].title.lower()}, "
+        f"{'global' if plan.scope == 'global' else 'layer-wise'}, {plan.amount:.0%}"
+        + (f", {len(plan.layer_amounts)} layer override(s)" if plan.layer_amounts else "")
+        + (f", {len(plan.dense_layers)} dense" if plan.dense_layers else "")
+    )
 
 
 def method_controls_ui(bench: Workbench, plan: PruningPlan) -> PruningPlan:
     """Method, criterion and scope selectors; returns the plan they describe."""
     methods = usable_methods(bench)
     cols = st.columns([3, 3, 2])
-    method = cols[0].selectbox("Method", methods, index=methods.index(plan.method),
-                               format_func=lambda m: METHODS[m].title, help=HELP["method"])
+    method = cols[0].selectbox(
+        "Method",
+        methods,
+        index=methods.index(plan.method),
+        format_func=lambda m: METHODS[m].title,
+        help=HELP["method"],
+    )
     kinds = criteria_for(METHODS[method].unit_kind)
     criterion = plan.criterion if plan.criterion in kinds else "magnitude"
-    criterion = cols[1].selectbox("Criterion", kinds, index=kinds.index(criterion),
-                                  format_func=lambda c: CRITERIA[c].title,
-                                  help=HELP["criterion"] + " Only criteria that can score "
-                                  f"{METHODS[method].unit_kind} are listed.")
-    scope = cols[2].radio("Scope", ["global", "layer"], index=["global", "layer"].index(plan.scope),
-                          format_func=lambda s: "Global" if s == "global" else "Layer-wise",
-                          horizontal=True, help=HELP["scope"],
-                          disabled=not METHODS[method].supports_global)
+    criterion = cols[1].selectbox(
+        "Criterion",
+        kinds,
+        index=kinds.index(criterion),
+        format_func=lambda c: CRITERIA[c].title,
+        help=HELP["criterion"] + " Only criteria that can score "
+        f"{METHODS[method].unit_kind} are listed.",
+    )
+    scope = cols[2].radio(
+        "Scope",
+        ["global", "layer"],
+        index=["global", "layer"].index(plan.scope),
+        format_func=lambda s: "Global" if s == "global" else "Layer-wise",
+        horizontal=True,
+        help=HELP["scope"],
+        disabled=not METHODS[method].supports_global,
+    )
     data = plan.to_dict() | {"method": method, "criterion": criterion, "scope": scope}
     return PruningPlan.from_dict(data)
 
 
-def sample_picker_ui(dataset: ImageDataset, changed: list[int] | None = None,
-                     key: str = "sample") -> int:
+def sample_picker_ui(
+    dataset: ImageDataset, changed: list[int] | None = None, key: str = "sample"
+) -> int:
     """Choose an eval sample by index, by class, or among those whose prediction changed."""
     modes = ["by index", "by class"] + (["prediction changed"] if changed is not None else [])
-    mode = st.radio("Choose a sample", modes, horizontal=True, key=f"{key}_mode")
+    mode = st.radio(
+        "Choose a sample",
+        modes,
+        horizontal=True,
+        key=f"{key}_mode",
+        help="Browse the held-out eval images by position, by true class, or only "
+        "those whose predicted class the current plan changed.",
+    )
     if mode == "by class":
         cols = st.columns(2)
-        label = cols[0].selectbox("Class", list(range(len(dataset.classes))),
-                                  format_func=lambda c: dataset.classes[c], key=f"{key}_class")
+        label = cols[0].selectbox(
+            "Class",
+            list(range(len(dataset.classes))),
+            format_func=lambda c: dataset.classes[c],
+            key=f"{key}_class",
+            help="The true class of the images to browse.",
+        )
         members = (dataset.labels == label).nonzero().flatten().tolist()
-        nth = cols[1].number_input(f"Which one (of {len(members)})", 0, len(members) - 1, 0,
-                                   key=f"{key}_nth")
+        nth = cols[1].number_input(
+            "Which one",
+            0,
+            len(members) - 1,
+            0,
+            key=f"{key}_nth",
+            help=f"{len(members)} eval images of this class; 0 is the first.",
+        )
         return members[int(nth)]
     if mode == "prediction changed":
         if not changed:
             st.info("No eval prediction changed under this plan: prune more to see some.")
             return 0
-        return st.selectbox(f"{len(changed)} samples changed prediction", changed,
-                            key=f"{key}_changed")
-    return int(st.number_input(f"Sample index (0-{len(dataset) - 1})", 0, len(dataset) - 1, 0,
-                               key=f"{key}_index"))
+        return st.selectbox(
+            "Samples whose prediction changed",
+            changed,
+            key=f"{key}_changed",
+            help=f"{len(changed)} eval images are classified differently from the dense model "
+            "under this plan (eval index shown).",
+        )
+    return int(
+        st.number_input(
+            "Sample index",
+            0,
+            len(dataset) - 1,
+            0,
+            key=f"{key}_index",
+            help=f"Position in the eval split, 0 to {len(dataset) - 1}.",
+        )
+    )
 
 
 def guarded(render: Callable[[], None]) -> None:
@@ -222,8 +308,10 @@ def guarded(render: Callable[[], None]) -> None:
     try:
         render()
     except Exception as err:
-        st.error(f"Something went wrong drawing this page: {type(err).__name__}: {err}. "
-                 "Your plan is kept; try another setting, or reset the plan.")
+        st.error(
+            f"Something went wrong drawing this page: {type(err).__name__}: {err}. "
+            "Your plan is kept; try another setting, or reset the plan."
+        )
 
 
 def resolve_current() -> PrunedState:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -75,13 +78,21 @@ class Workbench:
     Heavy parts are built once and then only read; ``report(plan)`` never modifies the model.
     """
 
-    def __init__(self, name: str, model: nn.Module, eval_set: ImageDataset,
-                 calibration: ImageDataset | None, card: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        eval_set: ImageDataset,
+        calibration: ImageDataset | None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.model = model.eval()
         self.eval_set = eval_set
         self.card = card or {}
         self.pruner = Pruner(self.model, eval_set.input_shape, calibration)
+        self._scratch: nn.Module | None = None
+        self._scratch_lock = threading.Lock()
 
     @cached_property
     def evaluator(self) -> IncrementalEvaluator:
@@ -91,9 +102,21 @@ class Workbench:
     def dense(self) -> EvalResult:
         return self.evaluator.dense.result
 
-    @cached_property
+    @property
     def dense_flops(self) -> int:
-        return model_flops(self.model, self.eval_set.input_shape)
+        return self.pruner.structure.total_flops
+
+    @contextmanager
+    def borrowed_model(self) -> Iterator[nn.Module]:
+        """A private copy of the dense model, lent to one caller at a time.
+
+        For code that runs ``torch.func.functional_call`` (which swaps parameters in place while
+        it runs): the shared ``self.model`` must stay untouched for every other session.
+        """
+        with self._scratch_lock:
+            if self._scratch is None:
+                self._scratch = copy.deepcopy(self.model)
+            yield self._scratch
 
     def resolve(self, plan: PruningPlan) -> PrunedState:
         return self.pruner.resolve(plan)
@@ -104,8 +127,14 @@ class Workbench:
         outcome = self.evaluator.evaluate_state(state)
         return state, outcome.result, outcome.resumed_from
 
-    def report(self, plan: PruningPlan, latency: bool = False, latency_repeats: int = 30,
-               batch_sizes: tuple[int, ...] = (1, 32), threads: int | None = None) -> Report:
+    def report(
+        self,
+        plan: PruningPlan,
+        latency: bool = False,
+        latency_repeats: int = 30,
+        batch_sizes: tuple[int, ...] = (1, 32),
+        threads: int | None = None,
+    ) -> Report:
         """All numbers for ``plan``: quality vs dense, counts, FLOPs, sizes, optional latency."""
         start = time.perf_counter()
         state, result, resumed = self.evaluate(plan)
@@ -113,8 +142,16 @@ class Workbench:
         compacted = compact(self.pruner, state) if can_compact(plan.method) else None
         sizes = size_report(self.model, state, compacted)
         dense = self.dense
-        units = [{"name": u.name, "kind": u.kind, "size": u.size, "pruned": state.pruned[u.name],
-                  "layers": list(u.layers)} for u in state.units]
+        units = [
+            {
+                "name": u.name,
+                "kind": u.kind,
+                "size": u.size,
+                "pruned": state.pruned[u.name],
+                "layers": list(u.layers),
+            }
+            for u in state.units
+        ]
         report = Report(
             plan=plan.to_dict(),
             accuracy=result.accuracy,
@@ -131,10 +168,12 @@ class Workbench:
             prunable_sparsity=cost.prunable_sparsity,
             flops_dense=cost.flops_dense,
             flops_effective=cost.flops_effective,
-            flops_compacted=(model_flops(compacted, self.eval_set.input_shape)
-                             if compacted is not None else None),
-            params_compacted=(sum(p.numel() for p in compacted.parameters())
-                              if compacted is not None else None),
+            flops_compacted=(
+                model_flops(compacted, self.eval_set.input_shape) if compacted is not None else None
+            ),
+            params_compacted=(
+                sum(p.numel() for p in compacted.parameters()) if compacted is not None else None
+            ),
             size_dense=sizes.dense,
             size_sparse=sizes.sparse,
             size_compacted=sizes.compacted,
@@ -149,20 +188,36 @@ class Workbench:
         timings = self.latency(state, compacted, batch_sizes, latency_repeats, threads)
         return _with_latency(report, timings)
 
-    def latency(self, state: PrunedState, compacted: nn.Module | None = None,
-                batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 30,
-                threads: int | None = None, budget_s: float | None = None) -> list[Latency]:
+    def latency(
+        self,
+        state: PrunedState,
+        compacted: nn.Module | None = None,
+        batch_sizes: tuple[int, ...] = (1, 32),
+        repeats: int = 30,
+        threads: int | None = None,
+        budget_s: float | None = None,
+    ) -> list[Latency]:
         """Dense, masked and (structured plans) compacted latency, timed side by side."""
         if compacted is None and can_compact(state.plan.method):
             compacted = compact(self.pruner, state)
         models = {"dense": self.model, "masked": self.pruner.pruned_model(state)}
         if compacted is not None:
             models["compacted"] = compacted
-        return measure_latency(models, self.eval_set.input_shape, batch_sizes, repeats=repeats,
-                               threads=threads, budget_s=budget_s)
+        return measure_latency(
+            models,
+            self.eval_set.input_shape,
+            batch_sizes,
+            repeats=repeats,
+            threads=threads,
+            budget_s=budget_s,
+        )
 
-    def curve(self, plan: PruningPlan, amounts: Sequence[float],
-              progress: Callable[[float], None] | None = None) -> list[tuple[float, float]]:
+    def curve(
+        self,
+        plan: PruningPlan,
+        amounts: Sequence[float],
+        progress: Callable[[float], None] | None = None,
+    ) -> list[tuple[float, float]]:
         """(sparsity of prunable weights, eval accuracy) for ``plan`` at each global amount."""
         points = []
         for i, amount in enumerate(amounts):

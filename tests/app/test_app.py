@@ -13,7 +13,7 @@ from explorer.plan import PruningPlan
 from explorer.workbench import open_workbench
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES_DIR = "pages"
+PAGES_DIR = "app_pages"
 PAGES = ("home", "prune", "weights", "activations", "saliency")
 TIMEOUT = 120
 
@@ -126,7 +126,7 @@ def test_valid_plan_upload_is_adopted():
 
 
 def test_link_with_unknown_layer_falls_back_with_a_message():
-    at = start("prune", model="lenet5", amount="0.4", layers="nosuch:0.5")
+    at = start("home", model="lenet5", amount="0.4", layers="nosuch:0.5")
     assert_clean(at)
     assert any("nosuch" in w.value for w in at.warning)
     assert at.session_state["plan"] == PruningPlan()

@@ -193,7 +193,7 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
                 "global ranking." + coupled,
             )
             cols[1].checkbox(
-                "dense",
+                ":material/lock:",
                 key=dense_key,
                 on_change=_on_dense,
                 args=(unit.name,),
@@ -228,7 +228,7 @@ def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Ca
     row[0].metric(
         "Accuracy",
         f"{result.accuracy:.2%}",
-        f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts vs dense",
+        f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts",
         help=f"Top-1 on the {len(bench.eval_set):,} held-out eval images "
         f"(dense {dense.accuracy:.2%}).",
     )
@@ -241,9 +241,10 @@ def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Ca
     )
     changed = len(result.changed_vs(dense))
     row[2].metric(
-        "Predictions changed",
+        "Flipped",
         f"{changed:,}",
-        help="Eval images whose predicted class differs from the dense model's; "
+        help="Eval predictions changed: images whose predicted class differs from the dense "
+        "model's; "
         "browse them on the Activations and Saliency pages.",
     )
     row[3].metric(
@@ -254,38 +255,46 @@ def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Ca
     )
     row = row[4:]
     row[0].metric(
-        "Nonzero parameters",
+        "Nonzero",
         f"{cost.params_nonzero:,}",
         f"of {cost.params_total:,}",
         delta_color="off",
+        delta_arrow="off",
+        help="Parameters that are not zero, of all parameters.",
     )
     flops_text = f"{cost.flops_effective / 1e6:.2f} M"
     row[1].metric(
-        "Effective FLOPs / image",
+        "FLOPs",
         flops_text,
         f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
         delta_color="off",
-        help="Multiply-adds with a nonzero weight. Dense kernels still do all of them.",
+        delta_arrow="off",
+        help="Effective FLOPs per image: multiply-adds with a nonzero weight (dense "
+        f"{cost.flops_dense / 1e6:.2f} M). Dense kernels still do all of them.",
     )
     row[2].metric(
-        "Size (sparse-encoded)",
-        f"{sizes.sparse / 1024:,.0f} KiB",
-        f"dense {sizes.dense / 1024:,.0f} KiB"
-        + (f", compacted {sizes.compacted / 1024:,.0f} KiB" if compacted else ""),
+        "Size",
+        f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
+        f"of {sizes.dense / 1024:,.0f} KiB dense",
         delta_color="off",
-        help="torch.save bytes: zeros stored as a bitmap + values.",
+        delta_arrow="off",
+        help="Bytes of torch.save: "
+        + (f"the compacted model ({sizes.compacted / 1024:,.0f} KiB); " if compacted else "")
+        + f"sparse-encoded, zeros as a bitmap + values ({sizes.sparse / 1024:,.0f} KiB); "
+        f"dense ({sizes.dense / 1024:,.0f} KiB).",
     )
     timings = bench.latency(state, compacted, batch_sizes=(1, 32), repeats=12, budget_s=0.12)
     by_key = {(t.model, t.batch): t for t in timings}
     dense32, masked32 = by_key[("dense", 32)], by_key[("masked", 32)]
     fastest = by_key.get(("compacted", 32), masked32)
     row[3].metric(
-        "Latency, batch 32",
+        "Latency",
         f"{fastest.median_ms:.2f} ms",
-        f"{dense32.median_ms / fastest.median_ms:.2f}x vs dense "
-        f"({'compacted' if compacted else 'masked'})",
+        f"{dense32.median_ms / fastest.median_ms:.2f}x dense speed",
         delta_color="off",
-        help=ui.HELP["latency"],
+        delta_arrow="off",
+        help=f"Batch of 32, {'compacted' if compacted else 'masked'} model, median ms "
+        f"(dense {dense32.median_ms:.2f} ms). " + ui.HELP["latency"],
     )
     for warning in state.warnings:
         st.warning(warning)
@@ -412,6 +421,7 @@ def workbench_fragment() -> None:
 def _workbench() -> None:
     started = time.perf_counter()
     ui.show_notices()
+    ui.plan_summary_ui()
     bench = ui.current_workbench()
     plan = ui.current_plan()
     state = ui.resolve_current()

@@ -16,45 +16,64 @@ def model_card_ui(card: dict) -> None:
         st.warning("This model has no trained weights yet: run `python sample_models/train.py`.")
         return
     cols = st.columns(4)
-    cols[0].metric("Eval accuracy", f"{card['eval_accuracy']:.2%}",
-                   help=f"On the {card['eval_samples']:,} held-out eval images.")
+    cols[0].metric(
+        "Eval accuracy",
+        f"{card['eval_accuracy']:.2%}",
+        help=f"On the {card['eval_samples']:,} held-out eval images.",
+    )
     cols[1].metric("Parameters", f"{card['params']:,}")
-    cols[2].metric("FLOPs / image", f"{card['flops'] / 1e6:.2f} M",
-                   help="torch.utils.flop_counter; a multiply-add counts as 2 FLOPs.")
+    cols[2].metric(
+        "FLOPs / image",
+        f"{card['flops'] / 1e6:.2f} M",
+        help="torch.utils.flop_counter; a multiply-add counts as 2 FLOPs.",
+    )
     cols[3].metric("Task", "10-class digits")
     with st.expander("Training recipe and architecture"):
         recipe = card["recipe"]
-        st.write(f"{recipe['epochs']} epochs of {recipe['optimizer']} (lr {recipe['lr']}, weight "
-                 f"decay {recipe['weight_decay']}, batch {recipe['batch_size']}), "
-                 f"{recipe['schedule']}; augmentation: {recipe['augmentation']}. Trained in "
-                 f"{card['train_minutes']} min on {card['train_hardware']}.")
+        st.write(
+            f"{recipe['epochs']} epochs of {recipe['optimizer']} (lr {recipe['lr']}, weight "
+            f"decay {recipe['weight_decay']}, batch {recipe['batch_size']}), "
+            f"{recipe['schedule']}; augmentation: {recipe['augmentation']}. Trained in "
+            f"{card['train_minutes']} min on {card['train_hardware']}."
+        )
         st.code(card["architecture"], language="text")
 
 
 def layer_table_ui(bench: ui.Workbench) -> None:
     layers = bench.pruner.structure.layers
     total = bench.dense_flops
-    frame = pd.DataFrame({
-        "layer": [la.name for la in layers],
-        "type": [la.kind for la in layers],
-        "weight shape": ["×".join(map(str, la.weight_shape)) for la in layers],
-        "params": [la.params for la in layers],
-        "FLOPs / image": [la.flops for la in layers],
-        "share of FLOPs": [la.flops / total for la in layers],
-    })
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
-        "share of FLOPs": st.column_config.ProgressColumn(
-            format="percent", min_value=0.0, max_value=1.0),
-        "params": st.column_config.NumberColumn(format="localized"),
-        "FLOPs / image": st.column_config.NumberColumn(format="localized"),
-    })
+    frame = pd.DataFrame(
+        {
+            "layer": [la.name for la in layers],
+            "type": [la.kind for la in layers],
+            "weight shape": ["×".join(map(str, la.weight_shape)) for la in layers],
+            "params": [la.params for la in layers],
+            "FLOPs / image": [la.flops for la in layers],
+            "share of FLOPs": [la.flops / total for la in layers],
+        }
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "share of FLOPs": st.column_config.ProgressColumn(
+                format="percent", min_value=0.0, max_value=1.0
+            ),
+            "params": st.column_config.NumberColumn(format="localized"),
+            "FLOPs / image": st.column_config.NumberColumn(format="localized"),
+        },
+    )
 
 
 def main() -> None:
     st.title("Pruning Explorer")
-    st.write("Remove parts of a trained network and watch, live, what it costs in accuracy and "
-             "what it buys in size, FLOPs and measured speed.")
+    st.write(
+        "Remove parts of a trained network and watch, live, what it costs in accuracy and "
+        "what it buys in size, FLOPs and measured speed."
+    )
     bench = ui.current_workbench()
+    ui.plan_summary_ui()
     left, right = st.columns([3, 2], gap="large")
     with left:
         model_card_ui(bench.card)
@@ -63,9 +82,11 @@ def main() -> None:
     with right:
         st.markdown("#### The data")
         data = bench.eval_set
-        st.write(f"**MNIST** handwritten digits, 28×28 grey. The **fit** split (10,000 images) "
-                 f"trains and calibrates; the **eval** split ({len(data):,} images) is only ever "
-                 "measured. Bundled with the app: nothing is downloaded.")
+        st.write(
+            f"**MNIST** handwritten digits, 28×28 grey. The **fit** split (10,000 images) "
+            f"trains and calibrates; the **eval** split ({len(data):,} images) is only ever "
+            "measured. Bundled with the app: nothing is downloaded."
+        )
         st.plotly_chart(sample_grid_figure(data, count=24), config={"displayModeBar": False})
         with st.expander("What is pruning?", expanded=True):
             st.markdown(
@@ -78,7 +99,8 @@ def main() -> None:
                 "- **Global** ranking lets the most redundant layers lose the most; "
                 "**layer-wise** takes the same fraction from every layer.\n"
                 "- Accuracy lost can often be **recovered by fine-tuning** after pruning.\n\n"
-                "Go to **Prune** to try it.")
+                "Go to **Prune** to try it."
+            )
 
 
 ui.guarded(main)

@@ -1,0 +1,70 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the last Conv2d, via captum's ``LayerGradCam``."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from explorer.inspection import execution_order
+from explorer.saliency.base import AttributionMethod, private_copy, register_attribution
+
+#: How the coarse (h, w) map is brought to the input's (H, W) (a ``F.interpolate`` mode).
+UPSAMPLE_MODE = "bilinear"
+
+
+#: Last-conv layer name per (architecture, input shape): finding it costs a forward pass, and
+#: every pruned copy of a model has the same architecture.
+_LAST_CONV: dict[tuple[Hashable, ...], str | None] = {}
+
+
+def _architecture(model: nn.Module) -> tuple[tuple[str, type], ...]:
+    return tuple((name, type(module)) for name, module in model.named_modules())
+
+
+def last_conv(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Name of the last ``nn.Conv2d`` a forward pass of one (C, H, W) input reaches, or None.
+
+    The probe runs on a private copy (the caller's model gets no hooks) and is remembered per
+    architecture and input shape.
+    """
+    key = (_architecture(model), tuple(input_shape))
+    if key not in _LAST_CONV:
+        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            _LAST_CONV[key] = None
+        else:
+            work = private_copy(model)
+            modules = dict(work.named_modules())
+            order = execution_order(work, tuple(input_shape))
+            convs = [name for name in order if isinstance(modules[name], nn.Conv2d)]
+            _LAST_CONV[key] = convs[-1] if convs else None
+    return _LAST_CONV[key]
+
+
+@register_attribution
+class GradCam(AttributionMethod):
+    name = "gradcam"
+    title = "Grad-CAM (last conv layer)"
+    help = (
+        "Where the last convolution's feature maps support the class: each map weighted by its "
+        "mean gradient, summed, ReLU'd, upsampled to the image. Coarse but class-specific."
+    )
+    requires = "a convolution (Conv2d) layer"
+
+    def applies_to(self, model: nn.Module) -> bool:
+        return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    def describe(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
+        layer = last_conv(model, input_shape)
+        return f"Grad-CAM reads `{layer}`, the last convolution the input reaches." if layer else ""
+
+    def _attribute(self, model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+        layer_name = last_conv(model, tuple(x.shape[1:]))
+        if layer_name is None:
+            raise ValueError("Grad-CAM needs a Conv2d layer that the forward pass uses")
+        layer = model.get_submodule(layer_name)
+        # (1, 1, h, w): sum_k alpha_k A_k with alpha_k the spatial mean of d logit / d A_k
+        cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), UPSAMPLE_MODE)
