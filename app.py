@@ -7,7 +7,9 @@ import streamlit as st
 from explorer import ui
 
 PAGES = [
-    st.Page("app_pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
+    st.Page(
+        "app_pages/home.py", title="Model & data", icon=":material/model_training:", default=True
+    ),
     st.Page("app_pages/prune.py", title="Prune", icon=":material/content_cut:"),
     st.Page("app_pages/weights.py", title="Weights", icon=":material/grid_on:"),
     st.Page("app_pages/activations.py", title="Activations", icon=":material/bolt:"),

@@ -27,7 +27,7 @@ def model_card_ui(card: dict) -> None:
         f"{card['flops'] / 1e6:.2f} M",
         help="torch.utils.flop_counter; a multiply-add counts as 2 FLOPs.",
     )
-    cols[3].metric("Task", "10-class digits")
+    cols[3].metric("Classes", "10", help="Handwritten digits 0-9.")
     with st.expander("Training recipe and architecture"):
         recipe = card["recipe"]
         st.write(

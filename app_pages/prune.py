@@ -290,7 +290,7 @@ def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Ca
     row[3].metric(
         "Latency",
         f"{fastest.median_ms:.2f} ms",
-        f"{dense32.median_ms / fastest.median_ms:.2f}x dense speed",
+        f"{dense32.median_ms / fastest.median_ms:.2f}x dense",
         delta_color="off",
         delta_arrow="off",
         help=f"Batch of 32, {'compacted' if compacted else 'masked'} model, median ms "

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.models import ZOO, weights_path  # noqa: E402
-from tests.e2e.harness import (  # noqa: E402
+from explorer.models import ZOO, weights_path
+from tests.e2e.harness import (
     ROOT,
     browser_page,
     metric_value,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             totals, server = time_prune_moves(page, url, model, args.moves)
             try:
                 figures = time_weights_moves(page, url, model, args.moves)
-            except Exception as err:  # noqa: BLE001 - report, do not stop the benchmark
+            except Exception as err:
                 print(f"{model}: weights page not timed ({type(err).__name__})")
                 figures = [float("nan")]
             rows.append(

@@ -1,0 +1,174 @@
+"""Evaluation: metrics by hand, and incremental re-evaluation bit-identical to a full pass."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from explorer.evaluation import (
+    IncrementalEvaluator,
+    evaluate,
+    metrics_from_logits,
+    predict,
+    stages_of,
+)
+from explorer.models import load_model
+from explorer.plan import PruningPlan
+from explorer.pruning import Pruner
+from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, snapshot
+
+
+@pytest.fixture(scope="module")
+def mlp() -> nn.Module:
+    return load_model("lenet300")
+
+
+@pytest.fixture(scope="module")
+def mlp_pruner(mlp) -> Pruner:
+    return Pruner(mlp, INPUT_SHAPE)
+
+
+def test_metrics_from_logits_by_hand():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 0.5], [0.0, 0.0, 4.0]])
+    labels = torch.tensor([0, 2, 0, 2])
+    result = metrics_from_logits(logits, labels, 3)
+    assert result.predictions.tolist() == [0, 1, 0, 2]
+    assert result.accuracy == 0.75
+    expected_loss = 0.0
+    for row, label in zip(logits.tolist(), labels.tolist(), strict=True):
+        expected_loss -= row[label] - math.log(sum(math.exp(v) for v in row))
+    assert result.loss == pytest.approx(expected_loss / 4, rel=1e-6)
+    assert result.finite
+    assert result.confusion.tolist() == [[2, 0, 0], [0, 0, 0], [0, 1, 1]]
+    per_class = result.per_class_accuracy
+    assert per_class[0] == 1.0 and per_class[2] == 0.5
+    assert math.isnan(per_class[1])  # no sample of class 1
+
+
+def test_non_finite_logits_are_flagged_and_give_a_nan_loss():
+    logits = torch.tensor([[0.0, float("nan")], [1.0, 0.0]])
+    result = metrics_from_logits(logits, torch.tensor([1, 0]), 2)
+    assert not result.finite
+    assert math.isnan(result.loss)
+
+
+def test_per_class_accuracy_confusion_and_changed_by_hand(mlp, mlp_pruner, eval_set):
+    dense = evaluate(mlp, eval_set)
+    result = evaluate(mlp_pruner.pruned_model(PruningPlan(amount=0.95)), eval_set)
+    preds, labels = result.predictions.tolist(), eval_set.labels.tolist()
+    confusion = [[0] * 10 for _ in range(10)]
+    for true, pred in zip(labels, preds, strict=True):
+        confusion[true][pred] += 1
+    assert result.confusion.tolist() == confusion
+    assert result.accuracy == pytest.approx(sum(confusion[c][c] for c in range(10)) / len(labels))
+    expected = [confusion[c][c] / sum(confusion[c]) for c in range(10)]
+    assert result.per_class_accuracy.tolist() == pytest.approx(expected)
+    changed = [
+        i for i, (a, b) in enumerate(zip(preds, dense.predictions.tolist(), strict=True)) if a != b
+    ]
+    assert changed  # 95% sparsity changes something, so the check is not vacuous
+    assert result.changed_vs(dense).tolist() == changed
+    assert dense.changed_vs(dense).tolist() == []
+
+
+def test_evaluate_is_predict_then_metrics(mlp, eval_set):
+    result = evaluate(mlp, eval_set)
+    logits = predict(mlp, eval_set.images)
+    assert logits.shape == (len(eval_set), 10)
+    assert torch.equal(result.predictions, logits.argmax(1))
+    assert result.labels is eval_set.labels
+
+
+def full_pass(pruner: Pruner, plan: PruningPlan, images: torch.Tensor, batch: int) -> torch.Tensor:
+    return predict(pruner.pruned_model(plan), images, batch)
+
+
+def test_incremental_evaluation_equals_full_passes_and_resumes_late(mlp, mlp_pruner, eval_set):
+    before = snapshot(mlp)
+    stage = {name: i for i, (name, _) in enumerate(stages_of(mlp))}
+    assert list(stage) == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
+    data = eval_set.subset(range(2500))
+    evaluator = IncrementalEvaluator(mlp, data, batch_size=600)  # 4 chunks of 600 and one of 100
+    assert torch.equal(evaluator.dense.logits, predict(mlp, data.images, 600))
+    last_only = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6),))
+    early = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6), ("fc1", 0.9)))
+    last_again = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.95), ("fc1", 0.9)))
+    steps = [
+        (last_only, stage["fc3"]),
+        (early, stage["fc1"]),  # flatten has no parameters: its output is reused
+        (last_again, stage["fc3"]),
+        (last_again, stage["fc3"]),  # unchanged: only the last stage runs again
+        (PruningPlan(), stage["fc1"]),  # back to dense: fc1's input is still the stored one
+        (PruningPlan(amount=0.8), stage["fc1"]),
+    ]
+    accuracies = set()
+    for plan, resumed in steps:
+        outcome = evaluator.evaluate_state(mlp_pruner.resolve(plan))
+        assert outcome.resumed_from == resumed, plan
+        assert outcome.resumed_from > 0
+        assert outcome.stages == 6
+        expected = full_pass(mlp_pruner, plan, data.images, 600)
+        assert torch.equal(outcome.logits, expected), plan
+        correct = sum(
+            int(p == y)
+            for p, y in zip(expected.argmax(1).tolist(), data.labels.tolist(), strict=True)
+        )
+        assert outcome.result.accuracy == pytest.approx(correct / len(data), abs=1e-6)
+        accuracies.add(outcome.result.accuracy)
+    assert len(accuracies) > 2  # the plans really differ in what they compute
+    assert_unchanged(mlp, before)
+
+
+def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
+    model = load_model("resnet_mini")
+    data = eval_set.subset(range(64))
+    pruner = Pruner(model, INPUT_SHAPE)
+    stage = {name: i for i, (name, _) in enumerate(stages_of(model))}
+    evaluator = IncrementalEvaluator(model, data, batch_size=24)  # chunks of 24, 24, 16
+    plans = [
+        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
+        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("block2.conv1", 0.8))), 2),
+        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.9), ("block2.conv1", 0.8))), 6),
+        (PruningPlan(scope="layer", layer_amounts=(("stem.conv", 0.5),)), 0),
+    ]
+    assert stage["block2"] == 2 and stage["fc"] == 6
+    for plan, resumed in plans:
+        outcome = evaluator.evaluate_state(pruner.resolve(plan))
+        assert outcome.resumed_from == resumed
+        assert torch.equal(outcome.logits, full_pass(pruner, plan, data.images, 24))
+
+
+def test_parameters_without_signatures_are_recomputed(mlp, eval_set):
+    data = eval_set.subset(range(300))
+    evaluator = IncrementalEvaluator(mlp, data)
+    zero_fc2 = {"fc2.weight": torch.zeros_like(mlp.fc2.weight)}
+    outcome = evaluator.evaluate(zero_fc2)
+    reference = copy.deepcopy(mlp)
+    with torch.no_grad():
+        reference.fc2.weight.zero_()
+    assert torch.equal(outcome.logits, predict(reference, data.images))
+    assert outcome.resumed_from == 3  # fc2 is stage 3
+
+
+def test_a_model_that_is_not_sequential_is_one_stage(mlp, eval_set):
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(mlp)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    model = Wrapped().eval()
+    assert stages_of(model) == [("", model)]
+    data = eval_set.subset(range(200))
+    evaluator = IncrementalEvaluator(model, data)
+    pruner = Pruner(model, INPUT_SHAPE)
+    plan = PruningPlan(scope="layer", layer_amounts=(("inner.fc3", 0.5),))
+    outcome = evaluator.evaluate_state(pruner.resolve(plan))
+    assert outcome.resumed_from == 0
+    assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))

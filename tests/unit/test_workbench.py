@@ -1,0 +1,90 @@
+"""The workbench report: every number it shows, recomputed independently."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from explorer.compaction import compact
+from explorer.evaluation import evaluate
+from explorer.inspection import model_flops
+from explorer.models import load_model
+from explorer.plan import PruningPlan
+from explorer.workbench import Workbench
+from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, snapshot
+
+
+@pytest.fixture(scope="module")
+def bench(eval_set, calibration) -> Workbench:
+    model = load_model("resnet_mini")
+    return Workbench("resnet_mini", model, eval_set.subset(range(200)), calibration)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def nonzero(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def test_structured_report_matches_independent_computations(bench):
+    before = snapshot(bench.model)
+    plan = PruningPlan(method="filters", criterion="taylor", amount=0.4)
+    report = bench.report(plan)
+    pruner = bench.pruner
+    masked = pruner.pruned_model(plan)
+    small = compact(pruner, plan)
+    dense = evaluate(bench.model, bench.eval_set)
+    result = evaluate(masked, bench.eval_set)
+
+    assert report.plan == plan.to_dict()
+    assert report.accuracy == result.accuracy
+    assert report.dense_accuracy == dense.accuracy
+    assert report.accuracy_delta == pytest.approx(result.accuracy - dense.accuracy)
+    assert report.changed == int((result.predictions != dense.predictions).sum())
+    assert report.eval_samples == 200
+    assert report.params_total == n_params(bench.model)
+    assert report.params_nonzero == nonzero(masked)
+    assert report.params_compacted == n_params(small) < report.params_total
+    assert report.flops_dense == model_flops(bench.model, INPUT_SHAPE)
+    assert report.flops_compacted == model_flops(small, INPUT_SHAPE) < report.flops_dense
+    assert report.size_compacted is not None and report.size_compacted < report.size_dense
+    units = {u["name"]: u["pruned"] for u in report.units}
+    state = pruner.resolve(plan)
+    assert units == state.pruned
+    total = sum(u.size for u in state.units)
+    assert sum(units.values()) == round(0.4 * total)
+    json.dumps(report.to_dict())  # plain data, ready for --json
+    assert_unchanged(bench.model, before)
+
+
+def test_unstructured_report_has_no_compacted_model_and_warns_at_100_percent(bench):
+    bench.evaluate(PruningPlan())  # the evaluator now holds the dense model's stage inputs
+    plan = PruningPlan(scope="layer", layer_amounts=(("fc", 1.0),))
+    report = bench.report(plan)
+    assert report.params_compacted is None and report.flops_compacted is None
+    assert report.size_compacted is None
+    assert any(w.startswith("fc is pruned 100%") for w in report.warnings)
+    fc = next(layer for layer in report.layers if layer["name"] == "fc")
+    assert fc["nonzero"] == 0 and fc["sparsity"] == 1.0
+    # Only the classifier changed, so evaluation resumed at the last stage (fc is stage 6).
+    assert report.resumed_from_stage == 6
+    # With a zero classifier every logit is the bias: the prediction is its argmax.
+    fc_bias = bench.model.fc.bias.detach()
+    expected = (bench.eval_set.labels == fc_bias.argmax()).float().mean()
+    assert report.accuracy == pytest.approx(float(expected))
+
+
+def test_latency_rows_are_reported_for_each_model_and_batch(bench):
+    plan = PruningPlan(method="filters", amount=0.5)
+    report = bench.report(plan, latency=True, latency_repeats=3, batch_sizes=(1, 4), threads=1)
+    rows = {(row["model"], row["batch"]): row for row in report.latency}
+    assert set(rows) == {(m, b) for m in ("dense", "masked", "compacted") for b in (1, 4)}
+    for row in rows.values():
+        assert row["repeats"] == 3 and row["threads"] == 1
+        assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
+        assert row["spread_ms"] == pytest.approx(row["p75_ms"] - row["p25_ms"])
