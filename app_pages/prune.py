@@ -22,9 +22,22 @@ CURVE_AMOUNTS = tuple(a / 20 for a in range(20))  # 0%, 5%, ... 95%
 # --- callbacks: widgets write the plan, the plan is the only truth ------------------------------
 
 
-def _widget_key(kind: str, unit: str = "") -> str:
-    plan = ui.current_plan()
-    return f"{kind}::{ui.current_model()}::{plan.method}::{unit}"
+def _layer_key(kind: str, unit: str, plan: PruningPlan) -> str:
+    """Key of a per-layer widget, versioned by the plan.
+
+    A per-layer slider shows a *derived* value (the layer's actual sparsity, which the global
+    ranking moves). Writing such values into session state races with fast interactions: an
+    interrupted rerun leaves the browser showing stale values, which it sends back as if the
+    user had set them. A fresh key per plan gives fresh widgets that start at their ``value=``.
+    """
+    return f"{kind}::{ui.current_model()}::{plan.method}::{unit}::{hash(plan) & 0xFFFFFFFF:08x}"
+
+
+def _sync(key: str, value: object) -> None:
+    """Show ``value`` in a user-owned control, writing only when the plan changed elsewhere
+    (reset, upload, model switch) so a control the user is moving is never overwritten."""
+    if st.session_state.get(key) != value:
+        st.session_state[key] = value
 
 
 def _on_controls() -> None:
@@ -53,13 +66,26 @@ def _on_global() -> None:
     ui.set_plan(ui.current_plan().with_amount(st.session_state["ctl_amount"] / 100))
 
 
-def _on_layer(unit: str) -> None:
-    value = st.session_state[_widget_key("amount", unit)] / 100
+def _current(kind: str, unit: str, key: str) -> bool:
+    """Whether a per-layer event comes from a widget drawn for the current plan.
+
+    Widgets registered in a rerun that a newer event interrupted have no committed state, so
+    the browser echoing their (stale) values looks like a change; such echoes are ignored.
+    """
+    return key == _layer_key(kind, unit, ui.current_plan())
+
+
+def _on_layer(unit: str, key: str) -> None:
+    if not _current("amount", unit, key):
+        return
+    value = st.session_state[key] / 100
     ui.set_plan(ui.current_plan().with_layer(unit, value))
 
 
-def _on_dense(unit: str) -> None:
-    dense = st.session_state[_widget_key("dense", unit)]
+def _on_dense(unit: str, key: str) -> None:
+    if not _current("dense", unit, key):
+        return
+    dense = st.session_state[key]
     ui.set_plan(ui.current_plan().with_dense(unit, dense))
 
 
@@ -83,10 +109,10 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
     methods = ui.usable_methods(bench)
     method = METHODS[plan.method]
     criteria = ui.criteria_for(method.unit_kind)
-    st.session_state["ctl_method"] = plan.method
-    st.session_state["ctl_criterion"] = plan.criterion
-    st.session_state["ctl_scope"] = plan.scope if method.supports_global else "layer"
-    st.session_state["ctl_amount"] = round(plan.amount * 100)
+    _sync("ctl_method", plan.method)
+    _sync("ctl_criterion", plan.criterion)
+    _sync("ctl_scope", plan.scope if method.supports_global else "layer")
+    _sync("ctl_amount", round(plan.amount * 100))
     cols = st.columns([3, 3, 2, 4])
     cols[0].selectbox(
         "Method",
@@ -160,10 +186,8 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
         for unit in units:
             own = unit.name in plan.overrides
             dense = unit.name in plan.dense_layers
-            amount_key = _widget_key("amount", unit.name)
-            dense_key = _widget_key("dense", unit.name)
-            st.session_state[amount_key] = round(sparsity[unit.name] * 100)
-            st.session_state[dense_key] = dense
+            amount_key = _layer_key("amount", unit.name, plan)
+            dense_key = _layer_key("dense", unit.name, plan)
             tag = (
                 "dense"
                 if dense
@@ -183,10 +207,11 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
                 f"{unit.name} · {unit.size:,} {unit.kind} · {tag}",
                 0,
                 100,
+                value=round(sparsity[unit.name] * 100),
                 step=1,
                 key=amount_key,
                 on_change=_on_layer,
-                args=(unit.name,),
+                args=(unit.name, amount_key),
                 disabled=dense,
                 format="%d%%",
                 help="Drag to give this layer its own amount; it then leaves the "
@@ -194,15 +219,16 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             )
             cols[1].checkbox(
                 ":material/lock:",
+                value=dense,
                 key=dense_key,
                 on_change=_on_dense,
-                args=(unit.name,),
+                args=(unit.name, dense_key),
                 help="Lock this layer dense: never pruned.",
             )
             cols[2].button(
                 "",
                 icon=":material/restart_alt:",
-                key=_widget_key("reset", unit.name),
+                key=f"reset::{ui.current_model()}::{plan.method}::{unit.name}",
                 on_click=_reset_layer,
                 args=(unit.name,),
                 disabled=not (own or dense),

@@ -32,6 +32,13 @@ def start(page: str = "home", **query: str) -> AppTest:
     return at
 
 
+def keyed(widgets, prefix: str):
+    """The widget whose key starts with ``prefix`` (per-layer keys carry a plan version)."""
+    matches = [w for w in widgets if w.key and w.key.startswith(prefix)]
+    assert len(matches) == 1, [w.key for w in widgets]
+    return matches[0]
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -65,7 +72,7 @@ def test_global_slider_changes_accuracy_as_explorer_says(lenet5):
 
 def test_layer_slider_overrides_one_layer(lenet5):
     at = start("prune", model="lenet5", amount="0.5", scope="layer")
-    at.slider(key="amount::lenet5::unstructured::fc1").set_value(95).run()
+    keyed(at.slider, "amount::lenet5::unstructured::fc1::").set_value(95).run()
     assert_clean(at)
     plan = PruningPlan(scope="layer", amount=0.5, layer_amounts=(("fc1", 0.95),))
     assert at.session_state["plan"] == plan
@@ -92,7 +99,7 @@ def test_switching_method_and_scope(lenet5):
 
 def test_locking_a_layer_dense(lenet5):
     at = start("prune", model="lenet5", amount="0.8")
-    at.checkbox(key="dense::lenet5::unstructured::fc1").check().run()
+    keyed(at.checkbox, "dense::lenet5::unstructured::fc1::").check().run()
     plan = PruningPlan(amount=0.8, dense_layers=("fc1",))
     assert at.session_state["plan"] == plan
     assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)

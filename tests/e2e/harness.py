@@ -42,6 +42,7 @@ def free_port() -> int:
 def running_app(timeout: float = 120) -> Iterator[str]:
     """``streamlit run app.py`` headless on a loopback port; yields its base URL."""
     port = free_port()
+    (ROOT / "artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "artifacts" / f"streamlit-{port}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [
@@ -134,11 +135,8 @@ def wait_until_idle(page: object, timeout_ms: float = 120_000) -> None:
 
 
 def slider_thumb(page: object, label: str) -> object:
-    """The draggable thumb of the slider whose label starts with ``label``."""
-    slider = page.locator("[data-testid=stSlider]").filter(
-        has=page.locator("[data-testid=stWidgetLabel]", has_text=re.compile(f"^{re.escape(label)}"))
-    )
-    return slider.first.locator("[role=slider]")
+    """The keyboard-focusable range input of the slider whose label starts with ``label``."""
+    return page.locator(f'input[type=range][aria-label^="{label}"]').first
 
 
 def set_slider_by_keys(page: object, label: str, presses: int) -> None:
