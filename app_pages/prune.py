@@ -11,6 +11,7 @@ import streamlit as st
 from explorer import ui
 from explorer.compaction import can_compact, compact
 from explorer.cost import model_cost, size_report
+from explorer.importance import CRITERIA, criteria_for
 from explorer.latency import HONEST_NOTE
 from explorer.plan import PruningPlan
 from explorer.plots import curve_figure, layer_sparsity_figure
@@ -50,7 +51,7 @@ def _on_controls() -> None:
     bench = ui.current_workbench()
     new, dropped = bench.pruner.adapt(PruningPlan.from_dict(data))
     if new.method != plan.method:
-        usable = ui.criteria_for(METHODS[new.method].unit_kind)
+        usable = criteria_for(METHODS[new.method].unit_kind)
         if new.criterion not in usable:
             new = PruningPlan.from_dict(new.to_dict() | {"criterion": "magnitude"})
     if dropped:
@@ -60,10 +61,6 @@ def _on_controls() -> None:
             "info",
         )
     ui.set_plan(new)
-
-
-def _on_global() -> None:
-    ui.set_plan(ui.current_plan().with_amount(st.session_state["ctl_amount"] / 100))
 
 
 def _current(kind: str, unit: str, key: str) -> bool:
@@ -108,11 +105,10 @@ def _global_everywhere() -> None:
 def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
     methods = ui.usable_methods(bench)
     method = METHODS[plan.method]
-    criteria = ui.criteria_for(method.unit_kind)
+    criteria = criteria_for(method.unit_kind)
     _sync("ctl_method", plan.method)
     _sync("ctl_criterion", plan.criterion)
     _sync("ctl_scope", plan.scope if method.supports_global else "layer")
-    _sync("ctl_amount", round(plan.amount * 100))
     cols = st.columns([3, 3, 2, 4])
     cols[0].selectbox(
         "Method",
@@ -127,8 +123,8 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
         criteria,
         key="ctl_criterion",
         on_change=_on_controls,
-        format_func=lambda c: ui.CRITERIA[c].title,
-        help=ui.HELP["criterion"] + " " + ui.CRITERIA[plan.criterion].help,
+        format_func=lambda c: CRITERIA[c].title,
+        help=ui.HELP["criterion"] + " " + CRITERIA[plan.criterion].help,
     )
     cols[2].radio(
         "Scope",
@@ -140,21 +136,8 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
         format_func=lambda s: "Global" if s == "global" else "Layer-wise",
         help=ui.HELP["scope"],
     )
-    label = "Apply N:M to every layer" if plan.method == "nm" else "Global sparsity"
-    cols[3].slider(
-        f"{label} (%)",
-        0,
-        100,
-        step=1,
-        key="ctl_amount",
-        on_change=_on_global,
-        help=ui.HELP["amount"]
-        + (
-            f" For N:M any value above 0 applies the {plan.n}:{plan.m} pattern."
-            if plan.method == "nm"
-            else ""
-        ),
-    )
+    with cols[3]:
+        ui.global_amount_ui("ctl_amount")
 
 
 def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:

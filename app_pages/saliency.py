@@ -48,26 +48,6 @@ def pruned_model(model_name: str, plan_json: str) -> nn.Module:
     return bench.pruner.pruned_model(bench.resolve(PruningPlan.from_json(plan_json)))
 
 
-def _on_amount() -> None:
-    ui.set_plan(ui.current_plan().with_amount(st.session_state[AMOUNT_KEY] / 100))
-
-
-def amount_ui(plan: PruningPlan) -> None:
-    """A compact global-sparsity slider that writes the shared plan."""
-    st.session_state[AMOUNT_KEY] = round(plan.amount * 100)
-    label = "Apply N:M to every layer (%)" if plan.method == "nm" else "Global sparsity (%)"
-    st.slider(
-        label,
-        0,
-        100,
-        step=1,
-        key=AMOUNT_KEY,
-        on_change=_on_amount,
-        help=ui.HELP["amount"] + " The same plan as on the Prune page, where the method, "
-        "criterion and per-layer settings live.",
-    )
-
-
 def method_ui(model: nn.Module) -> str:
     """The attribution method, among those that apply to this model."""
     names = attributions_for(model)
@@ -167,7 +147,11 @@ def _saliency_body() -> None:
         method = method_ui(bench.model)
         target = target_ui(data.classes, dense_pred.label, label, pruned_pred.label)
     with right:
-        amount_ui(plan)
+        ui.global_amount_ui(
+            AMOUNT_KEY,
+            "The same plan as on the Prune page, where the method, criterion and per-layer "
+            "settings live.",
+        )
         st.caption(
             f"Eval image #{index} · {len(changed):,} of {len(data):,} eval predictions "
             "differ from the dense model under this plan."

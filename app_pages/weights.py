@@ -29,10 +29,6 @@ LAYOUT_NOTE = {
 }
 
 
-def _on_amount() -> None:
-    ui.set_plan(ui.current_plan().with_amount(st.session_state["weights_amount"] / 100))
-
-
 def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> tuple[str, bool]:
     """The global slider (writes the shared plan), the layer and the score scale."""
     layers = bench.pruner.structure.layers
@@ -40,19 +36,12 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> tuple[str, bool]:
     shapes = {
         layer.name: f"{layer.kind} {'×'.join(map(str, layer.weight_shape))}" for layer in layers
     }
-    st.session_state["weights_amount"] = round(plan.amount * 100)
     cols = st.columns([4, 3, 2], vertical_alignment="bottom")
-    label = "Apply N:M to every layer" if plan.method == "nm" else "Global sparsity"
-    cols[0].slider(
-        f"{label} (%)",
-        0,
-        100,
-        step=1,
-        key="weights_amount",
-        on_change=_on_amount,
-        help=ui.HELP["amount"] + " Same plan as on the Prune page: drag and watch "
-        "weights turn grey as they are pruned.",
-    )
+    with cols[0]:
+        ui.global_amount_ui(
+            "weights_amount",
+            "Same plan as on the Prune page: drag and watch weights turn grey as they go.",
+        )
     layer = cols[1].selectbox(
         "Layer",
         names,

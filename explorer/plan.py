@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCOPES = ("global", "layer")
+#: The fields of a plan's plain-data form (JSON, URL); "version" only in JSON.
+PLAN_FIELDS = ("method", "criterion", "scope", "amount", "layers", "dense", "norm", "nm", "seed")
 PLAN_VERSION = 1
 
 
@@ -144,18 +146,7 @@ class PruningPlan:
         """A plan from ``to_dict`` output; every key is optional; unknown keys are an error."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
-        known = {
-            "version",
-            "method",
-            "criterion",
-            "scope",
-            "amount",
-            "layers",
-            "dense",
-            "norm",
-            "nm",
-            "seed",
-        }
+        known = {"version", *PLAN_FIELDS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown plan field(s) {unknown}; a plan has {sorted(known)}")

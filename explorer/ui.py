@@ -12,9 +12,9 @@ from collections.abc import Callable
 import streamlit as st
 
 from explorer.data import ImageDataset
-from explorer.importance import CRITERIA, criteria_for
+from explorer.importance import CRITERIA
 from explorer.models import ZOO, load_card, weights_path
-from explorer.plan import PruningPlan, plan_from_query, plan_to_query
+from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.pruning import METHODS, PrunedState
 from explorer.workbench import Workbench, open_workbench
 
@@ -22,17 +22,6 @@ DEFAULT_MODEL = "lenet5"
 MODEL_KEY = "model"
 PLAN_KEY = "plan"
 NOTICES_KEY = "notices"
-PLAN_QUERY_KEYS = (
-    "method",
-    "criterion",
-    "scope",
-    "amount",
-    "layers",
-    "dense",
-    "norm",
-    "nm",
-    "seed",
-)
 
 HELP = {
     "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
@@ -95,7 +84,7 @@ def init_session() -> None:
         )
         model = DEFAULT_MODEL
     plan = PruningPlan()
-    query = {key: params[key] for key in PLAN_QUERY_KEYS if key in params}
+    query = {key: params[key] for key in PLAN_FIELDS if key in params}
     if query:
         try:
             candidate = plan_from_query(query)
@@ -214,38 +203,33 @@ def plan_summary_ui(plan: PruningPlan | None = None) -> None:
     )
 
 
-def method_controls_ui(bench: Workbench, plan: PruningPlan) -> PruningPlan:
-    """Method, criterion and scope selectors; returns the plan they describe."""
-    methods = usable_methods(bench)
-    cols = st.columns([3, 3, 2])
-    method = cols[0].selectbox(
-        "Method",
-        methods,
-        index=methods.index(plan.method),
-        format_func=lambda m: METHODS[m].title,
-        help=HELP["method"],
+def _sync(key: str, value: object) -> None:
+    """Show ``value`` in a user-owned control, writing it only when the plan changed elsewhere
+    (reset, upload, model switch): a control the user is moving is never overwritten."""
+    if st.session_state.get(key) != value:
+        st.session_state[key] = value
+
+
+def global_amount_ui(key: str, extra_help: str = "") -> None:
+    """The global sparsity slider; it writes the shared plan (any page can show one)."""
+    plan = current_plan()
+
+    def changed() -> None:
+        set_plan(current_plan().with_amount(st.session_state[key] / 100))
+
+    _sync(key, round(plan.amount * 100))
+    nm = plan.method == "nm"
+    st.slider(
+        "Apply N:M to every layer (%)" if nm else "Global sparsity (%)",
+        0,
+        100,
+        step=1,
+        key=key,
+        on_change=changed,
+        help=HELP["amount"]
+        + (f" For N:M any value above 0 applies the {plan.n}:{plan.m} pattern." if nm else "")
+        + (" " + extra_help if extra_help else ""),
     )
-    kinds = criteria_for(METHODS[method].unit_kind)
-    criterion = plan.criterion if plan.criterion in kinds else "magnitude"
-    criterion = cols[1].selectbox(
-        "Criterion",
-        kinds,
-        index=kinds.index(criterion),
-        format_func=lambda c: CRITERIA[c].title,
-        help=HELP["criterion"] + " Only criteria that can score "
-        f"{METHODS[method].unit_kind} are listed.",
-    )
-    scope = cols[2].radio(
-        "Scope",
-        ["global", "layer"],
-        index=["global", "layer"].index(plan.scope),
-        format_func=lambda s: "Global" if s == "global" else "Layer-wise",
-        horizontal=True,
-        help=HELP["scope"],
-        disabled=not METHODS[method].supports_global,
-    )
-    data = plan.to_dict() | {"method": method, "criterion": criterion, "scope": scope}
-    return PruningPlan.from_dict(data)
 
 
 def sample_picker_ui(

@@ -48,13 +48,19 @@ def expected_accuracy(bench, plan: PruningPlan) -> str:
 
 
 def assert_clean(at: AppTest) -> None:
+    """No exception, and no unexpected error caught by the pages' last line of defence."""
     assert not at.exception, [e.value for e in at.exception]
+    crashes = [e.value for e in at.error if e.value.startswith("Something went wrong")]
+    assert not crashes, crashes
 
 
+@pytest.mark.parametrize("model", ["lenet300", "lenet5", "resnet_mini", "vit_tiny"])
 @pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders_without_exception(page):
-    at = start(page, model="lenet5", amount="0.5")
+def test_every_page_renders_without_exception(page, model):
+    method = {"resnet_mini": "filters", "vit_tiny": "heads"}.get(model, "unstructured")
+    at = start(page, model=model, method=method, amount="0.5")
     assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
     assert at.title, f"{page} shows no title"
 
 

@@ -156,4 +156,7 @@ def server_seconds(page: object) -> float | None:
 
 
 def exceptions(page: object) -> list[str]:
-    return [e.inner_text() for e in page.query_selector_all("[data-testid=stException]")]
+    """Tracebacks, and errors the pages' last line of defence caught, shown on the page."""
+    shown = [e.inner_text() for e in page.query_selector_all("[data-testid=stException]")]
+    alerts = [e.inner_text() for e in page.query_selector_all("[data-testid=stAlert]")]
+    return shown + [a for a in alerts if a.startswith("Something went wrong")]
