@@ -63,24 +63,38 @@ def _on_controls() -> None:
     ui.set_plan(new)
 
 
-def _current(kind: str, unit: str, key: str) -> bool:
-    """Whether a per-layer event comes from a widget drawn for the current plan.
+RENDERED_KEY = "prune_rendered_layer_values"
+
+
+def _rendered(key: str, value: object) -> object:
+    """Remember the value the server drew a per-layer widget with; returns it."""
+    st.session_state.setdefault(RENDERED_KEY, {})[key] = value
+    return value
+
+
+def _user_changed(kind: str, unit: str, key: str) -> bool:
+    """Whether a per-layer event is a user's change rather than the browser echoing a value.
 
     Widgets registered in a rerun that a newer event interrupted have no committed state, so
-    the browser echoing their (stale) values looks like a change; such echoes are ignored.
+    the browser sending their values back looks like a change. An echo carries exactly the
+    value the server drew the widget with, for the current plan or an earlier one (a plan can
+    come back, e.g. the global slider moved right then left); a user's drag never does.
     """
-    return key == _layer_key(kind, unit, ui.current_plan())
+    drawn = st.session_state.get(RENDERED_KEY, {})
+    return key == _layer_key(kind, unit, ui.current_plan()) and (
+        key in drawn and st.session_state[key] != drawn[key]
+    )
 
 
 def _on_layer(unit: str, key: str) -> None:
-    if not _current("amount", unit, key):
+    if not _user_changed("amount", unit, key):
         return
     value = st.session_state[key] / 100
     ui.set_plan(ui.current_plan().with_layer(unit, value))
 
 
 def _on_dense(unit: str, key: str) -> None:
-    if not _current("dense", unit, key):
+    if not _user_changed("dense", unit, key):
         return
     dense = st.session_state[key]
     ui.set_plan(ui.current_plan().with_dense(unit, dense))
@@ -143,6 +157,7 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
 def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
     sparsity = state.unit_sparsity()
     units = state.units
+    st.session_state[RENDERED_KEY] = {}  # only widgets of this render can count as changed
     st.markdown(
         "**Per channel group**"
         if plan.method in ("filters", "channels")
@@ -190,7 +205,7 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
                 f"{unit.name} · {unit.size:,} {unit.kind} · {tag}",
                 0,
                 100,
-                value=round(sparsity[unit.name] * 100),
+                value=_rendered(amount_key, round(sparsity[unit.name] * 100)),
                 step=1,
                 key=amount_key,
                 on_change=_on_layer,
@@ -202,7 +217,7 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             )
             cols[1].checkbox(
                 ":material/lock:",
-                value=dense,
+                value=_rendered(dense_key, dense),
                 key=dense_key,
                 on_change=_on_dense,
                 args=(unit.name, dense_key),

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             if not weights_path(model).exists():
                 print(f"{model}: no trained weights, skipped")
                 continue
+            print(f"timing {model}...", flush=True)
             totals, server = time_prune_moves(page, url, model, args.moves)
             try:
                 figures = time_weights_moves(page, url, model, args.moves)
