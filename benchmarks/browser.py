@@ -62,19 +62,33 @@ def time_prune_moves(page: object, url: str, model: str, moves: int) -> tuple[li
     return totals, server
 
 
+OVERVIEW_HEADING = """() => {
+    const h = [...document.querySelectorAll('h4')].find(e => e.innerText.includes('overall'));
+    return h ? h.innerText : null;
+}"""
+
+
 def time_weights_moves(page: object, url: str, model: str, moves: int) -> list[float]:
-    """Seconds from key press on the Weights page's global slider until the app is idle."""
+    """Seconds from key press on the Weights page's global slider until its last figure (the
+    sparsity overview, drawn after the heatmap and the score histogram) shows the new plan."""
     page.goto(f"{url}/weights?model={model}&amount=0.5")
-    page.wait_for_selector("[data-testid=stPlotlyChart]", timeout=300_000)
+    page.wait_for_function(OVERVIEW_HEADING, timeout=300_000)
     wait_until_idle(page, 300_000)
     times = []
     for i in range(moves + 1):
+        before = page.evaluate(OVERVIEW_HEADING)
         started = time.perf_counter()
         set_slider_by_keys(page, "Global sparsity", 1 if i % 2 == 0 else -1)
-        page.wait_for_selector("[data-testid=stStatusWidget]", timeout=5_000)
+        page.wait_for_function(
+            f"(before) => ({OVERVIEW_HEADING})() !== before",
+            arg=before,
+            timeout=120_000,
+            polling=10,
+        )
+        elapsed = time.perf_counter() - started
         wait_until_idle(page)
         if i > 0:
-            times.append(time.perf_counter() - started)
+            times.append(elapsed)
     return times
 
 
@@ -92,11 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"timing {model}...", flush=True)
             totals, server = time_prune_moves(page, url, model, args.moves)
-            try:
-                figures = time_weights_moves(page, url, model, args.moves)
-            except Exception as err:
-                print(f"{model}: weights page not timed ({type(err).__name__})")
-                figures = [float("nan")]
+            figures = time_weights_moves(page, url, model, args.moves)
             rows.append(
                 (
                     model,

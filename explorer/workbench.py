@@ -93,6 +93,8 @@ class Workbench:
         self.pruner = Pruner(self.model, eval_set.input_shape, calibration)
         self._scratch: nn.Module | None = None
         self._scratch_lock = threading.Lock()
+        self._latency_cache: dict[tuple, list[Latency]] = {}
+        self._latency_lock = threading.Lock()
 
     @cached_property
     def evaluator(self) -> IncrementalEvaluator:
@@ -211,6 +213,32 @@ class Workbench:
             threads=threads,
             budget_s=budget_s,
         )
+
+    def latency_by_architecture(
+        self, state: PrunedState, compacted: nn.Module | None = None, **options: Any
+    ) -> tuple[list[Latency], bool]:
+        """``latency`` timed once per architecture; returns (timings, whether they were cached).
+
+        Kernel time depends on shapes, not on the values in the tensors: a masked model runs the
+        same dense kernels whatever its zeros, and a compacted model's time depends only on its
+        layer widths. So timings are reused while the timed architecture stays the same.
+        """
+        if compacted is None and can_compact(state.plan.method):
+            compacted = compact(self.pruner, state)
+        key = (
+            ("dense kernels",)
+            if compacted is None
+            else tuple((name, tuple(p.shape)) for name, p in compacted.named_parameters())
+        )
+        with self._latency_lock:
+            if key in self._latency_cache:
+                return self._latency_cache[key], True
+        timings = self.latency(state, compacted, **options)
+        with self._latency_lock:
+            if len(self._latency_cache) >= 256:
+                self._latency_cache.pop(next(iter(self._latency_cache)))
+            self._latency_cache[key] = timings
+        return timings, False
 
     def curve(
         self,
