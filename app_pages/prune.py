@@ -421,25 +421,28 @@ def layer_table_ui(state: ui.PrunedState, cost: object) -> None:
 
 def curve_ui(bench: ui.Workbench, plan: PruningPlan, state: ui.PrunedState) -> None:
     st.markdown("#### Accuracy vs sparsity")
+    show = st.toggle(
+        "Show the curve for this method, criterion and scope",
+        key="show_curve",
+        help=f"Sweeps the global slider from 0 to 95% ({len(CURVE_AMOUNTS)} full evaluations, "
+        "computed once per plan shape and kept) and marks where this plan stands.",
+    )
+    if not show:
+        return
     key = (
-        "curve",
         ui.current_model(),
         PruningPlan.from_dict(plan.to_dict() | {"amount": 0}).to_json(indent=None),
     )
-    curves = st.session_state.setdefault("curves", {})
-    if key not in curves:
-        st.caption(
-            "The global slider swept from 0 to 95% with this method, criterion and scope "
-            f"({len(CURVE_AMOUNTS)} full evaluations)."
-        )
-        if not st.button("Compute the curve", key="compute_curve"):
-            return
+    # Points are kept one by one, so a run interrupted by another change resumes where it was.
+    points = st.session_state.setdefault("curve_points", {}).setdefault(key, {})
+    missing = [amount for amount in CURVE_AMOUNTS if amount not in points]
+    if missing:
         bar = st.progress(0.0, text="Evaluating…")
-        curves[key] = bench.curve(
-            plan, CURVE_AMOUNTS, lambda f: bar.progress(f, text=f"Evaluating… {f:.0%}")
-        )
+        for done, amount in enumerate(missing, start=1):
+            points[amount] = bench.curve(plan, [amount])[0]
+            bar.progress(done / len(missing), text=f"Evaluating… {done}/{len(missing)}")
         bar.empty()
-    points = curves[key]
+    curve = [points[amount] for amount in CURVE_AMOUNTS]
     here = (
         model_cost(bench.pruner, state).prunable_sparsity,
         bench.evaluator.evaluate_state(state).result.accuracy,
@@ -447,7 +450,7 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, state: ui.PrunedState) -> N
     label = f"{METHODS[plan.method].title}, {plan.criterion}, {plan.scope}"
     st.plotly_chart(
         curve_figure(
-            [p[0] for p in points], [p[1] for p in points], here, bench.dense.accuracy, label
+            [p[0] for p in curve], [p[1] for p in curve], here, bench.dense.accuracy, label
         ),
         config={"displayModeBar": False},
     )

@@ -234,6 +234,8 @@ class Workbench:
             if key in self._latency_cache:
                 return self._latency_cache[key], True
         timings = self.latency(state, compacted, **options)
+        if any(t.spread_ms > 0.5 * t.median_ms for t in timings):
+            return timings, False  # disturbed (e.g. another run's kernels): do not keep it
         with self._latency_lock:
             if len(self._latency_cache) >= 256:
                 self._latency_cache.pop(next(iter(self._latency_cache)))

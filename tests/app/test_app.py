@@ -176,3 +176,15 @@ def test_switching_model_keeps_what_applies():
     plan = at.session_state["plan"]
     assert at.session_state["model"] == "lenet300"
     assert plan.amount == 0.5 and dict(plan.layer_amounts) == {"fc1": 0.9}
+
+
+def test_curve_points_agree_with_explorer(lenet5):
+    at = start("prune", model="lenet5", amount="0.3")
+    at.toggle(key="show_curve").set_value(True).run()
+    assert_clean(at)
+    (points,) = at.session_state["curve_points"].values()
+    assert len(points) == 20
+    assert points[0.0][1] == pytest.approx(lenet5.dense.accuracy)
+    _, result, _ = lenet5.evaluate(PruningPlan(amount=0.5))
+    assert points[0.5][1] == pytest.approx(result.accuracy)
+    assert points[0.5][0] == pytest.approx(0.5, abs=1e-4)  # global 50% = 50% of weights
