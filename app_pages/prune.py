@@ -10,7 +10,8 @@ import streamlit as st
 
 from explorer import ui
 from explorer.compaction import can_compact, compact
-from explorer.cost import model_cost, size_report
+from explorer.cost import ModelCost, model_cost, size_report
+from explorer.evaluation import IncrementalResult
 from explorer.importance import CRITERIA, criteria_for
 from explorer.latency import HONEST_NOTE
 from explorer.plan import PruningPlan
@@ -234,11 +235,15 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             )
 
 
-def metrics_ui(bench: ui.Workbench, state: ui.PrunedState, started: float) -> Callable[[], None]:
+def metrics_ui(
+    bench: ui.Workbench,
+    state: ui.PrunedState,
+    outcome: IncrementalResult,
+    cost: ModelCost,
+    started: float,
+) -> Callable[[], None]:
     """The headline metrics (full width); returns a function that draws the details."""
-    outcome = bench.evaluator.evaluate_state(state)
     result, dense = outcome.result, bench.dense
-    cost = model_cost(bench.pruner, state)
     structured = can_compact(state.plan.method)
     compacted = compact(bench.pruner, state) if structured else None
     sizes = size_report(bench.model, state, compacted)
@@ -328,7 +333,7 @@ def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -
     fastest = by_key.get(("compacted", 32), by_key[("masked", 32)])
     cell.metric(
         "Latency",
-        f"{fastest.median_ms:.2f} ms",
+        f"{fastest.median_ms:.3g} ms",
         f"{dense32.median_ms / fastest.median_ms:.2f}x dense",
         delta_color="off",
         delta_arrow="off",
@@ -341,7 +346,7 @@ def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -
 
 
 def details_ui(
-    bench: ui.Workbench, state: ui.PrunedState, cost: object, compacted: object, cell: object
+    bench: ui.Workbench, state: ui.PrunedState, cost: ModelCost, compacted: object, cell: object
 ) -> None:
     layer_table_ui(state, cost)
     timings, cached = bench.latency_by_architecture(
@@ -381,7 +386,7 @@ def details_ui(
         )
 
 
-def layer_table_ui(state: ui.PrunedState, cost: object) -> None:
+def layer_table_ui(state: ui.PrunedState, cost: ModelCost) -> None:
     frame = pd.DataFrame(
         [
             {
@@ -419,7 +424,8 @@ def layer_table_ui(state: ui.PrunedState, cost: object) -> None:
         )
 
 
-def curve_ui(bench: ui.Workbench, plan: PruningPlan, state: ui.PrunedState) -> None:
+def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) -> None:
+    """The accuracy-vs-sparsity sweep; ``here`` = (sparsity, accuracy) of the current plan."""
     st.markdown("#### Accuracy vs sparsity")
     show = st.toggle(
         "Show the curve for this method, criterion and scope",
@@ -443,10 +449,6 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, state: ui.PrunedState) -> N
             bar.progress(done / len(missing), text=f"Evaluating… {done}/{len(missing)}")
         bar.empty()
     curve = [points[amount] for amount in CURVE_AMOUNTS]
-    here = (
-        model_cost(bench.pruner, state).prunable_sparsity,
-        bench.evaluator.evaluate_state(state).result.accuracy,
-    )
     label = f"{METHODS[plan.method].title}, {plan.criterion}, {plan.scope}"
     st.plotly_chart(
         curve_figure(
@@ -467,17 +469,18 @@ def _workbench() -> None:
     ui.show_notices()
     ui.plan_summary_ui()
     bench = ui.current_workbench()
-    plan = ui.current_plan()
     state = ui.resolve_current()
     plan = state.plan
     controls_ui(bench, plan)
-    details = metrics_ui(bench, state, started)
+    outcome = bench.evaluator.evaluate_state(state)
+    cost = model_cost(bench.pruner, state)
+    details = metrics_ui(bench, state, outcome, cost, started)
     left, right = st.columns([2, 3], gap="large")
     with left:
         layer_sliders_ui(plan, state)
     with right:
         details()
-    curve_ui(bench, plan, state)
+    curve_ui(bench, plan, (cost.prunable_sparsity, outcome.result.accuracy))
 
 
 def plan_file_ui() -> None:

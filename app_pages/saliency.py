@@ -135,7 +135,7 @@ def _saliency_body() -> None:
     state = ui.resolve_current()
     plan = state.plan
     data = bench.eval_set
-    changed = bench.evaluator.evaluate_state(state).result.changed_vs(bench.dense).tolist()
+    changed = bench.changed_samples(state)
     pruned = pruned_model(ui.current_model(), plan.to_json(indent=None))
     left, middle, right = st.columns([4, 4, 3], gap="medium")
     with left:

@@ -120,6 +120,10 @@ class Workbench:
                 self._scratch = copy.deepcopy(self.model)
             yield self._scratch
 
+    def changed_samples(self, state: PrunedState) -> list[int]:
+        """Eval indices whose predicted class under ``state`` differs from the dense model's."""
+        return self.evaluator.evaluate_state(state).result.changed_vs(self.dense).tolist()
+
     def resolve(self, plan: PruningPlan) -> PrunedState:
         return self.pruner.resolve(plan)
 

@@ -17,6 +17,17 @@ ACTIVATION_SCALE = "RdBu_r"  # diverging, centred at 0
 PRUNED_MARK = "rgba(120, 120, 120, 0.28)"
 
 
+def _symmetric_coloraxis(zmax: float) -> dict:
+    """One diverging colour scale centred at 0 for dense and pruned alike."""
+    return {
+        "colorscale": ACTIVATION_SCALE,
+        "cmid": 0,
+        "cmin": -zmax,
+        "cmax": zmax,
+        "colorbar": {"thickness": 10, "len": 0.8},
+    }
+
+
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """(first, last) index of every run of True in a 1-D bool array."""
     padded = np.concatenate([[False], np.asarray(flags, dtype=bool), [False]])
@@ -148,16 +159,7 @@ def feature_maps_figure(
     fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
     fig.update_yaxes(scaleanchor="x2", row=1, col=2)
     fig.update_xaxes(visible=False)
-    fig.update_layout(
-        coloraxis={
-            "colorscale": ACTIVATION_SCALE,
-            "cmid": 0,
-            "cmin": -zmax,
-            "cmax": zmax,
-            "colorbar": {"thickness": 10, "len": 0.8},
-        },
-        plot_bgcolor="white",
-    )
+    fig.update_layout(coloraxis=_symmetric_coloraxis(zmax), plot_bgcolor="white")
     rows = math.ceil(c / columns)
     if height is None:  # each grid is about 270 px wide in a page column: keep pixels square
         aspect = (rows * (h + 1) - 1) / (columns * (w + 1) - 1)
@@ -209,15 +211,7 @@ def token_map_figure(
         )
     fig.update_yaxes(autorange="reversed", title="token")
     fig.update_xaxes(title="channel", row=2, col=1)
-    fig.update_layout(
-        coloraxis={
-            "colorscale": ACTIVATION_SCALE,
-            "cmid": 0,
-            "cmin": -zmax,
-            "cmax": zmax,
-            "colorbar": {"thickness": 10, "len": 0.8},
-        }
-    )
+    fig.update_layout(coloraxis=_symmetric_coloraxis(zmax))
     fig = compact_layout(fig, int(np.clip(tokens * 2 * 14 + 110, 260, 560)))
     fig.update_layout(margin={"t": 30})  # room for the subplot titles
     return fig
