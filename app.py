@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Must be set before torch loads OpenMP. Idle OpenMP threads otherwise spin on the cores the
+# browser needs to draw the results; on 2 cores that slowed every slider move by 1.3-3x
+# (benchmarks/browser.py, README). An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import streamlit as st
 
 from explorer import ui

@@ -235,96 +235,141 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             )
 
 
-def metrics_ui(
-    bench: ui.Workbench,
-    state: ui.PrunedState,
-    outcome: IncrementalResult,
-    cost: ModelCost,
-    started: float,
-) -> Callable[[], None]:
-    """The headline metrics (full width); returns a function that draws the details."""
-    result, dense = outcome.result, bench.dense
-    structured = can_compact(state.plan.method)
-    compacted = compact(bench.pruner, state) if structured else None
-    sizes = size_report(bench.model, state, compacted)
-    seconds = time.perf_counter() - started
-    if not result.finite:
-        st.error(
-            "The pruned model produces NaN or infinite outputs: its loss is undefined and "
-            "its predictions are arbitrary. Prune less, or lock a layer dense."
+PREVIEW_AFTER_S = 0.12  # a pass slower than this shows its first chunk's numbers meanwhile
+
+
+class MetricsRow:
+    """The headline metrics: quality ones (redrawn as evaluation refines), cost ones, latency."""
+
+    def __init__(self, bench: ui.Workbench, state: ui.PrunedState, cost: ModelCost) -> None:
+        self.bench, self.state, self.cost = bench, state, cost
+        row = st.columns(8)
+        self.quality = [cell.empty() for cell in row[:3]]
+        for cell, label in zip(self.quality, ("Accuracy", "Loss", "Flipped"), strict=True):
+            cell.metric(label, "…", help="Being evaluated.")  # holds the layout meanwhile
+        self.compacted = compact(bench.pruner, state) if can_compact(state.plan.method) else None
+        self._cost_metrics(row[3:7])
+        self.latency = row[7].empty()
+        self.latency.metric("Latency", "…", help="Timed once the numbers are on screen.")
+        self.status = st.empty()
+        self.alerts = st.container()
+
+    def show_quality(self, outcome: IncrementalResult) -> None:
+        """Accuracy, loss and flips; marked ≈ while they cover only the first chunks."""
+        result, dense = outcome.result, outcome.dense
+        approx = "" if outcome.complete else "≈ "
+        on = (
+            f"the {outcome.total:,} held-out eval images"
+            if outcome.complete
+            else f"a preview: {outcome.covered:,} of the {outcome.total:,} eval images, "
+            "spread over the split; the dense model on the same ones"
         )
-    row = st.columns(8)
-    row[0].metric(
-        "Accuracy",
-        f"{result.accuracy:.2%}",
-        f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts",
-        help=f"Top-1 on the {len(bench.eval_set):,} held-out eval images "
-        f"(dense {dense.accuracy:.2%}).",
-    )
-    row[1].metric(
-        "Loss",
-        f"{result.loss:.4f}",
-        f"{result.loss - dense.loss:+.4f}",
-        delta_color="inverse",
-        help="Mean cross-entropy on the eval split.",
-    )
-    changed = len(result.changed_vs(dense))
-    row[2].metric(
-        "Flipped",
-        f"{changed:,}",
-        help="Eval predictions changed: images whose predicted class differs from the dense "
-        "model's; "
-        "browse them on the Activations and Saliency pages.",
-    )
-    row[3].metric(
-        "Sparsity",
-        f"{cost.prunable_sparsity:.1%}",
-        help=f"Zero weights in prunable layers; {cost.sparsity:.1%} of all "
-        "parameters (biases and norms included).",
-    )
-    row = row[4:]
-    row[0].metric(
-        "Nonzero",
-        f"{cost.params_nonzero:,}",
-        f"of {cost.params_total:,}",
-        delta_color="off",
-        delta_arrow="off",
-        help="Parameters that are not zero, of all parameters.",
-    )
-    flops_text = f"{cost.flops_effective / 1e6:.2f} M"
-    row[1].metric(
-        "FLOPs",
-        flops_text,
-        f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
-        delta_color="off",
-        delta_arrow="off",
-        help="Effective FLOPs per image: multiply-adds with a nonzero weight (dense "
-        f"{cost.flops_dense / 1e6:.2f} M). Dense kernels still do all of them.",
-    )
-    row[2].metric(
-        "Size",
-        f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
-        f"of {sizes.dense / 1024:,.0f} KiB dense",
-        delta_color="off",
-        delta_arrow="off",
-        help="Bytes of torch.save: "
-        + (f"the compacted model ({sizes.compacted / 1024:,.0f} KiB); " if compacted else "")
-        + f"sparse-encoded, zeros as a bitmap + values ({sizes.sparse / 1024:,.0f} KiB); "
-        f"dense ({sizes.dense / 1024:,.0f} KiB).",
-    )
-    latency_cell = row[3].empty()  # timed last, once the numbers above are on screen
-    for warning in state.warnings:
-        st.warning(warning)
-    st.caption(
-        f"Re-evaluated in {seconds:.2f} s"
-        + (
-            f" (resumed at stage {outcome.resumed_from} of {outcome.stages})"
-            if outcome.resumed_from
-            else " (full pass)"
+        self.quality[0].metric(
+            "Accuracy",
+            f"{approx}{result.accuracy:.2%}",
+            f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts",
+            help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).",
         )
-        + f" on {len(bench.eval_set):,} eval images."
-    )
-    return lambda: details_ui(bench, state, cost, compacted, latency_cell)
+        self.quality[1].metric(
+            "Loss",
+            f"{approx}{result.loss:.4f}",
+            f"{result.loss - dense.loss:+.4f}",
+            delta_color="inverse",
+            help=f"Mean cross-entropy on {on}.",
+        )
+        changed = len(result.changed_vs(dense))
+        estimate = round(changed * outcome.total / outcome.covered)
+        self.quality[2].metric(
+            "Flipped",
+            f"{approx}{estimate:,}",
+            help="Eval predictions changed: images whose predicted class differs from the "
+            "dense model's; browse them on the Activations and Saliency pages."
+            + ("" if outcome.complete else f" Estimated from {changed:,} in the preview."),
+        )
+
+    def _cost_metrics(self, row: list) -> None:
+        cost, state = self.cost, self.state
+        sizes = size_report(self.bench.model, state, self.compacted)
+        row[0].metric(
+            "Sparsity",
+            f"{cost.prunable_sparsity:.1%}",
+            help=f"Zero weights in prunable layers; {cost.sparsity:.1%} of all "
+            "parameters (biases and norms included).",
+        )
+        row[1].metric(
+            "Nonzero",
+            f"{cost.params_nonzero:,}",
+            f"of {cost.params_total:,}",
+            delta_color="off",
+            delta_arrow="off",
+            help="Parameters that are not zero, of all parameters.",
+        )
+        row[2].metric(
+            "FLOPs",
+            f"{cost.flops_effective / 1e6:.2f} M",
+            f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
+            delta_color="off",
+            delta_arrow="off",
+            help="Effective FLOPs per image: multiply-adds with a nonzero weight (dense "
+            f"{cost.flops_dense / 1e6:.2f} M). Dense kernels still do all of them.",
+        )
+        row[3].metric(
+            "Size",
+            f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
+            f"of {sizes.dense / 1024:,.0f} KiB dense",
+            delta_color="off",
+            delta_arrow="off",
+            help="Bytes of torch.save: "
+            + (
+                f"the compacted model ({sizes.compacted / 1024:,.0f} KiB); "
+                if self.compacted
+                else ""
+            )
+            + f"sparse-encoded, zeros as a bitmap + values ({sizes.sparse / 1024:,.0f} KiB); "
+            f"dense ({sizes.dense / 1024:,.0f} KiB).",
+        )
+
+    def evaluate(self, started: float, meanwhile: Callable[[], None]) -> IncrementalResult:
+        """Run the evaluation chunk by chunk. A slow one shows its first chunk's numbers
+        (marked ≈) and its progress; every update is also where a newer slider value
+        interrupts this run, so dragging never waits for a stale pass to finish.
+
+        ``meanwhile`` draws what does not depend on the evaluation: called once, right after
+        the preview (the browser lays it out while the rest is evaluated), else at the end.
+        """
+        bench = self.bench
+        total = len(bench.eval_set)
+        previewed = False
+        for outcome in bench.evaluator.steps_for_state(self.state):
+            if outcome.complete:
+                break
+            if time.perf_counter() - started < PREVIEW_AFTER_S:
+                continue
+            if not previewed:
+                self.show_quality(outcome)
+                previewed = True
+                meanwhile()
+            self.status.caption(f"Refining on all eval images… {outcome.covered:,} of {total:,}")
+        self.show_quality(outcome)
+        if not previewed:
+            meanwhile()
+        self.status.caption(
+            f"Re-evaluated in {time.perf_counter() - started:.2f} s"
+            + (
+                f" (resumed at stage {outcome.resumed_from} of {outcome.stages})"
+                if outcome.resumed_from
+                else " (full pass)"
+            )
+            + f" on {total:,} eval images."
+        )
+        if not outcome.result.finite:
+            self.alerts.error(
+                "The pruned model produces NaN or infinite outputs: its loss is undefined and "
+                "its predictions are arbitrary. Prune less, or lock a layer dense."
+            )
+        for warning in self.state.warnings:
+            self.alerts.warning(warning)
+        return outcome
 
 
 def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -> None:
@@ -345,14 +390,18 @@ def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -
     )
 
 
-def details_ui(
-    bench: ui.Workbench, state: ui.PrunedState, cost: ModelCost, compacted: object, cell: object
-) -> None:
-    layer_table_ui(state, cost)
+def details_ui(metrics: MetricsRow) -> None:
+    bench, state, compacted = metrics.bench, metrics.state, metrics.compacted
+    layer_table_ui(state, metrics.cost)
     timings, cached = bench.latency_by_architecture(
-        state, compacted, batch_sizes=(1, 32), repeats=12, budget_s=0.12
+        state,
+        compacted,
+        batch_sizes=(1, 32),
+        repeats=12,
+        budget_s=0.12,
+        between=_interruptible(metrics.latency),
     )
-    latency_metric(cell, timings, compacted is not None, cached)
+    latency_metric(metrics.latency, timings, compacted is not None, cached)
     with st.expander("Latency details", expanded=False):
         st.dataframe(
             pd.DataFrame(
@@ -384,6 +433,19 @@ def details_ui(
                 else " This plan is not structured: nothing can be removed."
             )
         )
+
+
+def _interruptible(cell: object, every_s: float = 0.15) -> Callable[[], None]:
+    """A callback for long measurements: now and then it touches ``cell`` (a Streamlit call),
+    which is where a newer slider value can interrupt this run."""
+    last = [0.0]
+
+    def touch() -> None:
+        if time.perf_counter() - last[0] > every_s:
+            last[0] = time.perf_counter()
+            cell.metric("Latency", "timing…", help="Being timed now.")
+
+    return touch
 
 
 def layer_table_ui(state: ui.PrunedState, cost: ModelCost) -> None:
@@ -472,14 +534,17 @@ def _workbench() -> None:
     state = ui.resolve_current()
     plan = state.plan
     controls_ui(bench, plan)
-    outcome = bench.evaluator.evaluate_state(state)
     cost = model_cost(bench.pruner, state)
-    details = metrics_ui(bench, state, outcome, cost, started)
+    metrics = MetricsRow(bench, state, cost)
     left, right = st.columns([2, 3], gap="large")
-    with left:
-        layer_sliders_ui(plan, state)
+
+    def sliders() -> None:
+        with left:
+            layer_sliders_ui(plan, state)
+
+    outcome = metrics.evaluate(started, sliders)
     with right:
-        details()
+        details_ui(metrics)
     curve_ui(bench, plan, (cost.prunable_sparsity, outcome.result.accuracy))
 
 

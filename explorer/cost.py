@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,16 @@ def decode_sparse(encoded: dict[str, torch.Tensor | tuple[int, ...]]) -> torch.T
     return flat.reshape(shape)
 
 
+_DENSE_BYTES: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def _dense_bytes(model: nn.Module) -> int:
+    """Bytes of the dense state_dict, saved once per model (the app never modifies it)."""
+    if model not in _DENSE_BYTES:
+        _DENSE_BYTES[model] = _saved_bytes(model.state_dict())
+    return _DENSE_BYTES[model]
+
+
 @dataclass(frozen=True)
 class SizeReport:
     """Bytes of ``torch.save`` for the dense, the sparse-encoded and the compacted model."""
@@ -120,6 +131,7 @@ def size_report(
     """Serialised sizes: the dense state_dict; the pruned one with every tensor that is at least
     half zeros stored as bitmap + values; the compacted model's state_dict if there is one."""
     dense_state = model.state_dict()
+    dense_bytes = _dense_bytes(model)
     masked = state.parameters if state is not None else {}
     encoded: dict[str, object] = {}
     for name, value in dense_state.items():
@@ -131,7 +143,7 @@ def size_report(
         )
         encoded[name] = sparse_encoding(value) if sparse else value
     return SizeReport(
-        _saved_bytes(dense_state),
+        dense_bytes,
         _saved_bytes(encoded),
         _saved_bytes(compacted.state_dict()) if compacted is not None else None,
     )

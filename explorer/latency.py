@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -98,6 +98,7 @@ def measure_latency(
     threads: int | None = None,
     budget_s: float | None = None,
     deploy: bool = True,
+    between: Callable[[], None] | None = None,
 ) -> list[Latency]:
     """Median latency of each model for each batch size.
 
@@ -112,6 +113,8 @@ def measure_latency(
             (at least 5 repeats are kept).
         deploy: time ``deployable`` copies (BatchNorm folded, channels_last for conv nets),
             as a deployment would run them; the same treatment for every model.
+        between: called between timed rounds (not inside one), e.g. so an interactive caller
+            can abandon the measurement when its user moves on.
     """
     if deploy:
         models = {name: deployable(model) for name, model in models.items()}
@@ -126,6 +129,8 @@ def measure_latency(
             for model in models.values():
                 for _ in range(warmup):
                     model(x)
+                if between is not None:
+                    between()
             times: dict[str, list[float]] = {name: [] for name in models}
             start = time.perf_counter()
             for repeat in range(repeats):
@@ -135,6 +140,8 @@ def measure_latency(
                     model(x)
                     _synchronize(device)
                     times[name].append((time.perf_counter() - began) * 1000)
+                if between is not None:
+                    between()
                 if budget_s is not None and repeat >= 4 and time.perf_counter() - start > budget_s:
                     break
             for name, samples in times.items():

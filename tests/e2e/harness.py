@@ -134,6 +134,29 @@ def wait_until_idle(page: object, timeout_ms: float = 120_000) -> None:
     )
 
 
+PRUNE_SETTLED = """() => {
+    if (document.querySelector('[data-testid=stStatusWidget]')) return false;
+    if (document.body.innerText.includes('Refining on all eval images')) return false;
+    const values = {};
+    for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
+        const l = m.querySelector('[data-testid=stMetricLabel]');
+        const v = m.querySelector('[data-testid=stMetricValue]');
+        if (l && v) values[l.innerText.trim()] = v.innerText.trim();
+    }
+    const exact = (v) => v !== undefined && !v.startsWith('≈') && !v.startsWith('…');
+    return exact(values['Accuracy']) && (values['Latency'] || '').endsWith('ms');
+}"""
+
+
+def wait_until_settled(page: object, timeout_ms: float = 120_000) -> None:
+    """Until the Prune page shows exact numbers on all eval images and its measured latency.
+
+    The status widget alone is not enough: Streamlit shows it only after a script has run
+    for a while, so a fast check can see "idle" before a slow evaluation is done.
+    """
+    page.wait_for_function(PRUNE_SETTLED, timeout=timeout_ms, polling=20)
+
+
 def slider_thumb(page: object, label: str) -> object:
     """The keyboard-focusable range input of the slider whose label starts with ``label``."""
     return page.locator(f'input[type=range][aria-label^="{label}"]').first

@@ -14,6 +14,7 @@ from tests.e2e.harness import (
     set_slider_by_keys,
     wait_for_metric,
     wait_until_idle,
+    wait_until_settled,
 )
 
 pytestmark = [
@@ -36,8 +37,9 @@ def app_url():
 def test_moving_the_global_slider_updates_metrics_and_url(app_url):
     with browser_page() as page:
         page.goto(f"{app_url}/prune?model=lenet5&amount=0.5")
-        before = wait_for_metric(page, "Accuracy")
-        wait_until_idle(page)
+        wait_for_metric(page, "Accuracy")
+        wait_until_settled(page)
+        before = metric_value(page, "Accuracy")
         page.screenshot(path=SHOTS / "prune-before.png", full_page=True)
         set_slider_by_keys(page, "Global sparsity", 40)  # 50% -> 90%
         page.wait_for_function(
@@ -45,8 +47,8 @@ def test_moving_the_global_slider_updates_metrics_and_url(app_url):
                 for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
                     const l = m.querySelector('[data-testid=stMetricLabel]');
                     if (l && l.innerText.trim().startsWith('Accuracy')) {
-                        return m.querySelector('[data-testid=stMetricValue]').innerText.trim()
-                            !== before;
+                        const v = m.querySelector('[data-testid=stMetricValue]').innerText;
+                        return !['…', before].includes(v.trim());
                     }
                 }
                 return false;
@@ -61,7 +63,7 @@ def test_moving_the_global_slider_updates_metrics_and_url(app_url):
                 m.innerText.startsWith('Sparsity') && m.innerText.includes('90.0%'))""",
             timeout=60_000,
         )
-        wait_until_idle(page)
+        wait_until_settled(page)
         after = metric_value(page, "Accuracy")
         page.screenshot(path=SHOTS / "prune-after.png", full_page=True)
         assert after != before

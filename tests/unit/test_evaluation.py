@@ -128,7 +128,7 @@ def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
     data = eval_set.subset(range(64))
     pruner = Pruner(model, INPUT_SHAPE)
     stage = {name: i for i, (name, _) in enumerate(stages_of(model))}
-    evaluator = IncrementalEvaluator(model, data, batch_size=24)  # chunks of 24, 24, 16
+    evaluator = IncrementalEvaluator(model, data, batch_size=24)  # 3 strided chunks: 22, 21, 21
     plans = [
         (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
         (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("block2.conv1", 0.8))), 2),
@@ -139,7 +139,58 @@ def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
     for plan, resumed in plans:
         outcome = evaluator.evaluate_state(pruner.resolve(plan))
         assert outcome.resumed_from == resumed
-        assert torch.equal(outcome.logits, full_pass(pruner, plan, data.images, 24))
+        # Resuming is bit-identical to a fresh pass in the same layout (channels_last) ...
+        fresh = IncrementalEvaluator(pruner.pruned_model(plan), data, batch_size=24).dense
+        assert fresh.resumed_from == 0
+        assert torch.equal(outcome.logits, fresh.logits)
+        # ... which differs from the plain contiguous model by float rounding only.
+        reference = full_pass(pruner, plan, data.images, 24)
+        assert torch.allclose(outcome.logits, reference, rtol=0, atol=1e-4)
+        assert torch.equal(outcome.result.predictions, reference.argmax(1))
+    assert evaluator.channels_last
+
+
+def test_steps_preview_a_strided_subset_then_complete(mlp, mlp_pruner, eval_set):
+    data = eval_set.subset(range(1000))
+    evaluator = IncrementalEvaluator(mlp, data, batch_size=300)  # 4 chunks: 0::4, 1::4, ...
+    plan = PruningPlan(amount=0.9)
+    state = mlp_pruner.resolve(plan)
+    steps = list(evaluator.steps_for_state(state))
+    assert [s.covered for s in steps] == [250, 500, 750, 1000]
+    assert [s.complete for s in steps] == [False, False, False, True]
+    full = full_pass(mlp_pruner, plan, data.images, 1000)
+    dense_logits = predict(mlp, data.images)
+    first = steps[0]
+    assert first.samples.tolist() == list(range(0, 1000, 4))  # spread over the whole split
+    assert torch.equal(first.logits, full[first.samples])
+    labels = data.labels[first.samples]
+    by_hand = sum(int(p == y) for p, y in zip(full[first.samples].argmax(1), labels, strict=True))
+    assert first.result.accuracy == pytest.approx(by_hand / 250)
+    # the dense reference covers the same samples, so the delta compares like with like
+    dense_hand = (dense_logits[first.samples].argmax(1) == labels).float().mean()
+    assert first.dense.accuracy == pytest.approx(float(dense_hand))
+    assert first.dense.loss == pytest.approx(
+        float(torch.nn.functional.cross_entropy(dense_logits[first.samples], labels)), rel=1e-5
+    )
+    assert first.result.accuracy != first.dense.accuracy  # 90% sparsity shows in the preview
+    last = steps[-1]
+    assert torch.equal(last.logits, full)
+    assert last.dense is evaluator.dense.result
+    assert last.result.accuracy == evaluator.evaluate_state(state).result.accuracy
+
+
+def test_abandoned_steps_leave_the_evaluator_consistent(mlp, mlp_pruner, eval_set):
+    data = eval_set.subset(range(1000))
+    evaluator = IncrementalEvaluator(mlp, data, batch_size=250)
+    early = mlp_pruner.resolve(PruningPlan(scope="layer", layer_amounts=(("fc1", 0.95),)))
+    late = mlp_pruner.resolve(PruningPlan(scope="layer", layer_amounts=(("fc3", 0.9),)))
+    steps = evaluator.steps_for_state(early)
+    assert next(steps).covered == 250
+    steps.close()  # a newer slider value interrupted the page after the first chunk
+    for state in (late, early, early):
+        outcome = evaluator.evaluate_state(state)
+        assert torch.equal(outcome.logits, full_pass(mlp_pruner, state.plan, data.images, 250))
+    assert outcome.resumed_from == 5  # the same plan again: only the last stage reruns
 
 
 def test_parameters_without_signatures_are_recomputed(mlp, eval_set):
