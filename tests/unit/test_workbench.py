@@ -88,3 +88,34 @@ def test_latency_rows_are_reported_for_each_model_and_batch(bench):
         assert row["repeats"] == 3 and row["threads"] == 1
         assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
         assert row["spread_ms"] == pytest.approx(row["p75_ms"] - row["p25_ms"])
+
+
+def test_latency_is_timed_once_per_architecture_and_a_disturbed_one_a_few_times(
+    eval_set, calibration, monkeypatch
+):
+    from explorer.latency import Latency
+    from explorer.workbench import RETIME_ATTEMPTS
+
+    bench = Workbench("lenet300", load_model("lenet300"), eval_set.subset(range(50)), calibration)
+    spreads = iter([0.9, 0.7, 0.8, 0.1])  # IQR / median of successive timings
+    calls = []
+
+    def fake_latency(state, compacted=None, **options):
+        spread = next(spreads)
+        calls.append(spread)
+        return [Latency(m, 32, 1.0, 1.0 - spread / 2, 1.0 + spread / 2, 12, 2) for m in "dm"]
+
+    monkeypatch.setattr(bench, "latency", fake_latency)
+    masked = [bench.resolve(PruningPlan(amount=a)) for a in (0.3, 0.6, 0.9, 0.2, 0.5)]
+    # masked models all run the dense kernels: one architecture, whatever the amount
+    results = [bench.latency_by_architecture(state) for state in masked]
+    assert len(calls) == RETIME_ATTEMPTS == 3  # disturbed (spread > 50%): re-timed, 3 tries
+    assert [cached for _, cached in results] == [False, False, False, True, True]
+    kept = results[-1][0]
+    assert kept[0].spread_ms == pytest.approx(0.7)  # the steadiest of the three is kept
+
+    structured = bench.resolve(PruningPlan(method="filters", scope="layer", amount=0.5))
+    timings, cached = bench.latency_by_architecture(structured)  # a new architecture
+    assert not cached and timings[0].spread_ms == pytest.approx(0.1) and len(calls) == 4
+    assert bench.latency_by_architecture(structured) == (timings, True)  # steady: reused
+    assert len(calls) == 4
