@@ -14,13 +14,11 @@ import streamlit as st
 from explorer import ui
 
 PAGES = [
-    st.Page(
-        "app_pages/home.py", title="Model & data", icon=":material/model_training:", default=True
-    ),
-    st.Page("app_pages/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("app_pages/weights.py", title="Weights", icon=":material/grid_on:"),
-    st.Page("app_pages/activations.py", title="Activations", icon=":material/bolt:"),
-    st.Page("app_pages/saliency.py", title="Saliency", icon=":material/visibility:"),
+    st.Page("pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
+    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
+    st.Page("pages/activations.py", title="Activations", icon=":material/bolt:"),
+    st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
 ]
 
 
@@ -35,7 +33,8 @@ def main() -> None:
             "The address bar always holds the model and plan: copy it to share this exact state."
         )
     ui.show_notices()
-    ui.guarded(page.run)
+    with ui.app_shell():
+        ui.guarded(page.run)
 
 
 main()

@@ -7,7 +7,11 @@ A session holds only plain data: the model name and the plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import runpy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 
@@ -296,6 +300,34 @@ def guarded(render: Callable[[], None]) -> None:
             f"Something went wrong drawing this page: {type(err).__name__}: {err}. "
             "Your plan is kept; try another setting, or reset the plan."
         )
+
+
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+_shell = threading.local()  # each script run has its own thread
+
+
+@contextmanager
+def app_shell() -> Iterator[None]:
+    """Marks the page that ``app.py`` runs inside its shell (navigation, session, sidebar)."""
+    _shell.active = True
+    try:
+        yield
+    finally:
+        _shell.active = False
+
+
+def run_page(render: Callable[[], None]) -> None:
+    """A page's entry point: ``render`` inside the app's shell.
+
+    Streamlit treats a ``pages/`` folder beside the main script as a legacy multipage app until
+    ``st.navigation`` first runs in the server process, so the first request after a start can
+    run a page file directly (a shared link opened on a fresh server). Such a run executes
+    ``app.py`` instead, whose ``st.navigation`` then runs this page inside the shell.
+    """
+    if getattr(_shell, "active", False):
+        guarded(render)
+    else:
+        runpy.run_path(str(APP_SCRIPT), run_name="__main__")
 
 
 def resolve_current() -> PrunedState:

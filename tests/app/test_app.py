@@ -13,7 +13,7 @@ from explorer.plan import PruningPlan
 from explorer.workbench import open_workbench
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES_DIR = "app_pages"
+PAGES_DIR = "pages"
 PAGES = ("home", "prune", "weights", "activations", "saliency")
 TIMEOUT = 120
 

@@ -12,6 +12,7 @@ from tests.e2e.harness import (
     metric_value,
     running_app,
     set_slider_by_keys,
+    slider_thumb,
     wait_for_metric,
     wait_until_idle,
     wait_until_settled,
@@ -84,4 +85,21 @@ def test_other_pages_draw_figures_without_exceptions(app_url, name):
         page.wait_for_selector("[data-testid=stPlotlyChart]", timeout=120_000)
         wait_until_idle(page)
         page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+        assert not exceptions(page)
+
+
+def test_a_shared_link_opened_first_on_a_fresh_server_gets_the_whole_app():
+    # Streamlit runs pages/ files as a legacy multipage app until st.navigation has run once
+    # in the process; the first request being a deep link must still get the app's shell.
+    with running_app() as url, browser_page() as page:
+        page.goto(f"{url}/weights?model=lenet5&amount=0.7")
+        page.wait_for_selector("[data-testid=stPlotlyChart]", timeout=120_000)
+        wait_until_idle(page)
+        nav = page.inner_text("[data-testid=stSidebarNav]")
+        for title in ("Model & data", "Prune", "Weights", "Activations", "Saliency"):
+            assert title in nav
+        picker = page.locator("[data-testid=stSidebar] input[aria-label=Model]").input_value()
+        assert picker.startswith("LeNet-5")  # the model picker, drawn by app.py: linked model
+        assert slider_thumb(page, "Global sparsity").input_value() == "70"  # the linked plan
+        assert page.locator("h1").all_inner_texts() == ["Weights"]
         assert not exceptions(page)

@@ -194,4 +194,4 @@ def main() -> None:
         st.markdown(HOW_TO_READ)
 
 
-ui.guarded(main)
+ui.run_page(main)

@@ -180,4 +180,4 @@ def main() -> None:
     weights_fragment()
 
 
-ui.guarded(main)
+ui.run_page(main)

@@ -224,4 +224,4 @@ def main() -> None:
         st.error("The pruned model produces NaN or infinite outputs under this plan.")
 
 
-ui.guarded(main)
+ui.run_page(main)

@@ -579,4 +579,4 @@ def main() -> None:
     plan_file_ui()
 
 
-ui.guarded(main)
+ui.run_page(main)

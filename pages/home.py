@@ -103,4 +103,4 @@ def main() -> None:
             )
 
 
-ui.guarded(main)
+ui.run_page(main)
