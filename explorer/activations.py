@@ -242,13 +242,13 @@ def unit_statistics(
             model, images[start : start + batch_size], names, parameters
         )
         for name, value in outputs.items():
-            flat = value.movedim(unit_axis(value), -1).reshape(-1, value.shape[unit_axis(value)])
-            flat = flat.double()
-            sums[name] = sums.get(name, 0) + flat.sum(0)
-            zeros[name] = zeros.get(name, 0) + (flat == 0).sum(0)
-            top = flat.max(0).values
+            axis = unit_axis(value) % value.dim()
+            others = tuple(d for d in range(value.dim()) if d != axis)  # reduce in place: no copy
+            sums[name] = sums.get(name, 0) + value.sum(others).double()
+            zeros[name] = zeros.get(name, 0) + (value == 0).sum(others)
+            top = value.amax(others).double()
             maxima[name] = torch.maximum(maxima[name], top) if name in maxima else top
-            counts[name] = counts.get(name, 0) + flat.shape[0]
+            counts[name] = counts.get(name, 0) + value.numel() // value.shape[axis]
     return {
         layer: UnitStats(
             (sums[name] / counts[name]).numpy(),

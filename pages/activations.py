@@ -93,14 +93,14 @@ def predictions_ui(bench: ui.Workbench, index: int, comparison: object) -> None:
 
 
 def activation_map_ui(
-    bench: ui.Workbench, state: ui.PrunedState, layer: str, comparison: object
+    bench: ui.Workbench, state: ui.PrunedState, layer: str, index: int, comparison: object
 ) -> None:
     dense = comparison.dense[layer].numpy()
     pruned = comparison.pruned[layer].numpy()
     units = dense.shape[0] if dense.ndim != 2 else dense.shape[1]
     removed = pruned_outputs(state.masks, layer, units)
     kind = bench.pruner.structure.layer_by_name[layer].kind
-    st.markdown(f"#### {layer} output · dense vs pruned")
+    st.markdown(f"#### {layer} output · sample {index} · dense vs pruned")
     if dense.ndim == 3:
         fig = feature_maps_figure(dense, pruned, removed)
         what = (
@@ -213,7 +213,7 @@ def main() -> None:
     predictions_ui(bench, index, comparison)
     left, right = st.columns([3, 2], gap="large")
     with left:
-        activation_map_ui(bench, state, layer, comparison)
+        activation_map_ui(bench, state, layer, index, comparison)
     with right:
         st.markdown("#### Change by layer")
         divergence_ui(layers, comparison, layer)
