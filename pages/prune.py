@@ -299,11 +299,12 @@ class MetricsRow:
         )
         row[1].metric(
             "Nonzero",
-            f"{cost.params_nonzero:,}",
-            f"of {cost.params_total:,}",
+            _count(cost.params_nonzero),
+            f"of {_count(cost.params_total)}",
             delta_color="off",
             delta_arrow="off",
-            help="Parameters that are not zero, of all parameters.",
+            help=f"Parameters that are not zero: {cost.params_nonzero:,} of "
+            f"{cost.params_total:,}.",
         )
         row[2].metric(
             "FLOPs",
@@ -371,6 +372,13 @@ class MetricsRow:
         for warning in self.state.warnings:
             self.alerts.warning(warning)
         return outcome
+
+
+def _count(n: int) -> str:
+    """A count short enough for a metric tile: 9,999 / 121.5k / 12.35M."""
+    if n < 10_000:
+        return f"{n:,}"
+    return f"{n / 1e3:.1f}k" if n < 1_000_000 else f"{n / 1e6:.2f}M"
 
 
 def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -> None:
