@@ -124,7 +124,7 @@ def compact(pruner: Pruner, plan_or_state: object) -> nn.Module:
     Raises ValueError for unstructured and N:M plans: their zeros are scattered inside dense
     tensors, so nothing can be removed (they need sparse kernels or sparse hardware instead).
     """
-    state = pruner._state(plan_or_state)
+    state = pruner.state_for(plan_or_state)
     method = get_method(state.plan.method)
     if method.name not in COMPACTORS:
         raise ValueError(

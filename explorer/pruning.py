@@ -641,7 +641,7 @@ class Pruner:
 
     def pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
         """A new model (deep copy) whose pruned weights are permanent zeros."""
-        state = self._state(plan_or_state)
+        state = self.state_for(plan_or_state)
         model = copy.deepcopy(self.model)
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -651,7 +651,7 @@ class Pruner:
 
     def torch_pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
         """A deep copy pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``)."""
-        state = self._state(plan_or_state)
+        state = self.state_for(plan_or_state)
         model = copy.deepcopy(self.model)
         modules = dict(model.named_modules())
         for name, mask in state.masks.items():
@@ -659,7 +659,8 @@ class Pruner:
             torch_prune.custom_from_mask(modules[module_name], param, mask)
         return model
 
-    def _state(self, plan_or_state: PruningPlan | PrunedState) -> PrunedState:
+    def state_for(self, plan_or_state: PruningPlan | PrunedState) -> PrunedState:
+        """``plan_or_state`` resolved (a ``PrunedState`` is returned as it is)."""
         if isinstance(plan_or_state, PrunedState):
             return plan_or_state
         return self.resolve(plan_or_state)
