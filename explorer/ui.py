@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
+from torch import nn
 
+from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.data import ImageDataset
 from explorer.importance import CRITERIA
 from explorer.models import ZOO, load_card, weights_path
@@ -54,6 +56,24 @@ def get_workbench(name: str) -> Workbench:
     bench = open_workbench(name)
     bench.evaluator  # noqa: B018 - warm the dense pass once, here, behind the spinner
     return bench
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def pruned_model(model_name: str, plan_json: str) -> nn.Module:
+    """The pruned copy (zeros in place) of ``model_name`` under a plan; shared, never mutated."""
+    bench = get_workbench(model_name)
+    return bench.pruner.pruned_model(bench.resolve(PruningPlan.from_json(plan_json)))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def eval_unit_stats(model_name: str, plan_json: str) -> dict[str, UnitStats]:
+    """Per-unit statistics of every prunable layer on the eval split, for one (model, plan)."""
+    bench = get_workbench(model_name)
+    state = bench.resolve(PruningPlan.from_json(plan_json))
+    layers = [layer.name for layer in bench.pruner.structure.layers]
+    with bench.borrowed_model() as model:  # functional_call must not touch the shared model
+        points = observation_points(model, layers)
+        return unit_statistics(model, bench.eval_set.images, points, state.parameters)
 
 
 # --- session state and the URL ------------------------------------------------------------------

@@ -8,11 +8,8 @@ import streamlit as st
 
 from explorer import ui
 from explorer.activations import (
-    UnitStats,
     compare_sample,
-    observation_points,
     pruned_outputs,
-    unit_statistics,
 )
 from explorer.plan import PruningPlan
 from explorer.plots.activations import (
@@ -26,17 +23,6 @@ from explorer.plots.activations import (
 )
 
 CHART = {"displayModeBar": False}
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def eval_unit_stats(model: str, plan_json: str) -> dict[str, UnitStats]:
-    """Per-unit statistics of every prunable layer on the eval split, for one (model, plan)."""
-    bench = ui.get_workbench(model)
-    state = bench.resolve(PruningPlan.from_json(plan_json))
-    layers = [layer.name for layer in bench.pruner.structure.layers]
-    with bench.borrowed_model() as model:  # functional_call must not touch the shared model
-        points = observation_points(model, layers)
-        return unit_statistics(model, bench.eval_set.images, points, state.parameters)
 
 
 def choice_ui(bench: ui.Workbench, changed: list[int]) -> tuple[int, str]:
@@ -142,8 +128,8 @@ def stats_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str) -> None:
     st.markdown(f"#### {layer} over the whole eval split · per unit")
     size = len(bench.eval_set)
     with st.spinner(f"Measuring every unit on the {size:,} eval images (once per plan)…"):
-        dense_all = eval_unit_stats(ui.current_model(), PruningPlan().to_json(indent=None))
-        pruned_all = eval_unit_stats(ui.current_model(), state.plan.to_json(indent=None))
+        dense_all = ui.eval_unit_stats(ui.current_model(), PruningPlan().to_json(indent=None))
+        pruned_all = ui.eval_unit_stats(ui.current_model(), state.plan.to_json(indent=None))
     dense, pruned = dense_all[layer], pruned_all[layer]
     removed = pruned_outputs(state.masks, layer, len(dense.mean))
     kind = bench.pruner.structure.layer_by_name[layer].kind

@@ -303,8 +303,7 @@ class MetricsRow:
             f"of {_count(cost.params_total)}",
             delta_color="off",
             delta_arrow="off",
-            help=f"Parameters that are not zero: {cost.params_nonzero:,} of "
-            f"{cost.params_total:,}.",
+            help=f"Parameters that are not zero: {cost.params_nonzero:,} of {cost.params_total:,}.",
         )
         row[2].metric(
             "FLOPs",

@@ -8,7 +8,6 @@ import streamlit as st
 from torch import nn
 
 from explorer import ui
-from explorer.plan import PruningPlan
 from explorer.plots.saliency import saliency_figure
 from explorer.saliency import (
     ATTRIBUTIONS,
@@ -39,13 +38,6 @@ HOW_TO_READ = """
 - A gradient map is local and noisy: it says how the logit would react to a tiny change of a
   pixel, not how much the pixel contributed.
 """
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def pruned_model(model_name: str, plan_json: str) -> nn.Module:
-    """The pruned copy (zeros in place) of ``model_name`` under a plan; shared, never mutated."""
-    bench = ui.get_workbench(model_name)
-    return bench.pruner.pruned_model(bench.resolve(PruningPlan.from_json(plan_json)))
 
 
 def method_ui(model: nn.Module) -> str:
@@ -136,7 +128,7 @@ def _saliency_body() -> None:
     plan = state.plan
     data = bench.eval_set
     changed = bench.changed_samples(state)
-    pruned = pruned_model(ui.current_model(), plan.to_json(indent=None))
+    pruned = ui.pruned_model(ui.current_model(), plan.to_json(indent=None))
     left, middle, right = st.columns([4, 4, 3], gap="medium")
     with left:
         index = ui.sample_picker_ui(data, changed=changed, key="sal_sample")
