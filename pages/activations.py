@@ -187,6 +187,7 @@ def main() -> None:
         "Follow one image through the dense and the pruned network: what each layer "
         "outputs, where the two start to differ, and which units the plan silenced."
     )
+    ui.plan_summary_ui()
     bench = ui.current_workbench()
     state = ui.resolve_current()
     result = bench.evaluator.evaluate_state(state).result

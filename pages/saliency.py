@@ -123,6 +123,7 @@ def saliency_fragment() -> None:
 
 def _saliency_body() -> None:
     ui.show_notices()
+    ui.plan_summary_ui()
     bench = ui.current_workbench()
     state = ui.resolve_current()
     plan = state.plan

@@ -158,6 +158,7 @@ def weights_fragment() -> None:
 
 def weights_body() -> None:
     ui.show_notices()
+    ui.plan_summary_ui()
     bench = ui.current_workbench()
     state = ui.resolve_current()
     layer, log = controls_ui(bench, state.plan)
