@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -235,7 +236,8 @@ def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             )
 
 
-PREVIEW_AFTER_S = 0.12  # a pass slower than this shows its first chunk's numbers meanwhile
+# A pass still running after this many seconds shows its first chunk's numbers meanwhile.
+PREVIEW_AFTER_S = float(os.environ.get("PRUNING_EXPLORER_PREVIEW_AFTER_S", "0.12"))
 
 
 class MetricsRow:

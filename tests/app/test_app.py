@@ -76,6 +76,25 @@ def test_global_slider_changes_accuracy_as_explorer_says(lenet5):
     assert at.query_params["amount"] == "0.9"
 
 
+def test_a_previewed_evaluation_ends_with_the_exact_numbers(lenet5, monkeypatch):
+    # Every pass takes the slow path: first chunk shown (marked ≈), per-layer sliders drawn
+    # once in between, then the exact figures replace the preview in place.
+    monkeypatch.setenv("PRUNING_EXPLORER_PREVIEW_AFTER_S", "0")
+    at = start("prune", model="lenet5", amount="0.8")
+    assert_clean(at)
+    plan = PruningPlan(amount=0.8)
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
+    assert not any(m.value.startswith(("≈", "…")) for m in at.metric if m.label != "Latency")
+    captions = [c.value for c in at.caption]
+    assert any(c.startswith("Re-evaluated in") for c in captions)
+    assert not any(c.startswith("Refining") for c in captions)
+    layer_sliders = [s for s in at.slider if s.key and s.key.startswith("amount::")]
+    assert len(layer_sliders) == 5  # drawn once: conv1, conv2, fc1, fc2, fc3
+    at.slider(key="ctl_amount").set_value(60).run()
+    assert_clean(at)
+    assert metric(at, "Accuracy") == expected_accuracy(lenet5, PruningPlan(amount=0.6))
+
+
 def test_layer_slider_overrides_one_layer(lenet5):
     at = start("prune", model="lenet5", amount="0.5", scope="layer")
     keyed(at.slider, "amount::lenet5::unstructured::fc1::").set_value(95).run()
