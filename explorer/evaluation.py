@@ -203,7 +203,9 @@ class IncrementalEvaluator:
                     value.shape, self._strides[name], dtype=value.dtype, device=self.device
                 ).copy_(value)
             per_stage[index][local] = value
-            signature[index].append((name, signatures.get(name, id(value))))
+            # No signature: a fresh token, equal to nothing, so that stage is always recomputed
+            # (an id() could be reused by a later tensor and match stale stored inputs).
+            signature[index].append((name, signatures.get(name, object())))
         return per_stage, [tuple(sorted(s, key=str)) for s in signature]
 
     def _run_chunk(
@@ -255,8 +257,9 @@ class IncrementalEvaluator:
         """Evaluate the dense model with ``parameters`` (name -> tensor) substituted, one chunk
         at a time: yields the result on the chunks done so far after each; the last is complete.
 
-        ``signatures`` (name -> hashable) identify parameter values across calls; without them
-        a tensor's identity is used. ``PrunedState.parameters`` / ``.signatures`` fit directly.
+        ``signatures`` (name -> hashable) identify parameter values across calls; a parameter
+        without one is taken as new, so its stage always runs again. ``PrunedState.parameters``
+        / ``.signatures`` fit directly.
         """
         done: list[torch.Tensor] = []
         outputs: list[torch.Tensor] = []

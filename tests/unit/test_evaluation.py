@@ -203,6 +203,11 @@ def test_parameters_without_signatures_are_recomputed(mlp, eval_set):
         reference.fc2.weight.zero_()
     assert torch.equal(outcome.logits, predict(reference, data.images))
     assert outcome.resumed_from == 3  # fc2 is stage 3
+    for scale in (0.5, 2.0, 0.5):  # unsigned tensors, created and freed one after the other
+        scaled = {"fc2.weight": mlp.fc2.weight.detach() * scale}
+        with torch.no_grad():
+            reference.fc2.weight.copy_(scaled["fc2.weight"])
+        assert torch.equal(evaluator.evaluate(scaled).logits, predict(reference, data.images))
 
 
 def test_a_model_that_is_not_sequential_is_one_stage(mlp, eval_set):
