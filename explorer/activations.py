@@ -242,7 +242,7 @@ def unit_statistics(
             model, images[start : start + batch_size], names, parameters
         )
         for name, value in outputs.items():
-            axis = unit_axis(value) % value.dim()
+            axis = unit_axis(value)
             others = tuple(d for d in range(value.dim()) if d != axis)  # reduce in place: no copy
             sums[name] = sums.get(name, 0) + value.sum(others).double()
             zeros[name] = zeros.get(name, 0) + (value == 0).sum(others)

@@ -11,6 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
+def has_conv2d(model: nn.Module) -> bool:
+    """Whether ``model`` contains a ``nn.Conv2d`` (conv nets get channels_last, Grad-CAM)."""
+    return any(isinstance(module, nn.Conv2d) for module in model.modules())
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One prunable layer (a Linear or Conv2d weight).
@@ -30,6 +35,11 @@ class LayerInfo:
     params: int
     flops: int
     order: int
+
+    @property
+    def shape_text(self) -> str:
+        """The weight shape as people write it, e.g. ``"16×6×5×5"``."""
+        return "×".join(map(str, self.weight_shape))
 
     @property
     def weight_numel(self) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from explorer.inspection import example_input
+from explorer.inspection import example_input, has_conv2d
 
 try:  # torch's own conv+BatchNorm folding for eval-mode models
     from torch.fx.experimental.optimization import fuse as _fuse_conv_bn
@@ -62,13 +62,9 @@ def deployable(model: nn.Module) -> nn.Module:
         deployed = _fuse_conv_bn(model, inplace=False) if _fuse_conv_bn else copy.deepcopy(model)
     except Exception:  # untraceable models (dynamic shapes) are timed unfused
         deployed = copy.deepcopy(model)
-    if any(isinstance(m, nn.Conv2d) for m in deployed.modules()):
+    if has_conv2d(deployed):
         deployed = deployed.to(memory_format=torch.channels_last)
     return deployed.eval()
-
-
-def _is_conv_net(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 @contextmanager
@@ -118,7 +114,7 @@ def measure_latency(
     """
     if deploy:
         models = {name: deployable(model) for name, model in models.items()}
-    conv_net = _is_conv_net(next(iter(models.values())))
+    conv_net = has_conv2d(next(iter(models.values())))
     results = []
     device = next(next(iter(models.values())).parameters()).device
     with fixed_threads(threads) as used_threads:

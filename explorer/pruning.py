@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from explorer.data import ImageDataset
-from explorer.importance import CRITERIA, Criterion, ScoringContext, get_criterion
+from explorer.importance import Criterion, ScoringContext, criteria_for, get_criterion
 from explorer.plan import PruningPlan
 from explorer.structure import ChannelGroup, HeadGroup, ModelStructure, ParamSlice
 
@@ -105,6 +105,10 @@ class Method(ABC):
     def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
         """Why ``layer`` (a real layer but not a unit name) cannot be set, or None if unknown."""
         return None
+
+    def scored_layers(self, unit: Unit) -> tuple[str, ...]:
+        """The layers of ``unit`` whose own weights its scores are about (default: all)."""
+        return tuple(unit.layers)
 
 
 METHODS: dict[str, Method] = {}
@@ -188,8 +192,16 @@ class _ChannelMethod(Method):
     normalize_globally = True
     score_role: ClassVar[str]
 
+    def _scored_side(self, group: ChannelGroup) -> tuple[str, ...]:
+        # Only one side is scored: e.g. the classifier *reads* a group of channels, but its
+        # own outputs (the classes) are not in it.
+        return tuple(group.producers if self.score_role == "producer" else group.consumers)
+
     def _name(self, group: ChannelGroup) -> str:
-        return group.producers[0] if self.score_role == "producer" else group.consumers[0]
+        return self._scored_side(group)[0]
+
+    def scored_layers(self, unit: Unit) -> tuple[str, ...]:
+        return self._scored_side(unit.detail)
 
     def units(self, structure: ModelStructure) -> list[Unit]:
         return [
@@ -234,11 +246,7 @@ class _ChannelMethod(Method):
 
     def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
         for unit in self.units(structure):
-            group: ChannelGroup = unit.detail
-            # Only the scored side counts: the output layer *reads* a group, but its own
-            # outputs (the classes) are not in it.
-            side = group.producers if self.score_role == "producer" else group.consumers
-            if layer in side:
+            if layer in self.scored_layers(unit):
                 return (
                     f"layer {layer!r} is coupled with {list(unit.layers)}: their channels "
                     f"are pruned together; set the amount on {unit.name!r}"
@@ -457,7 +465,7 @@ class Pruner:
                 + (" (it has no attention heads)" if method.name == "heads" else "")
             )
         if method.unit_kind not in criterion.unit_kinds:
-            usable = sorted(n for n, c in CRITERIA.items() if method.unit_kind in c.unit_kinds)
+            usable = sorted(criteria_for(method.unit_kind))
             raise ValueError(
                 f"criterion {criterion.name!r} cannot score {method.unit_kind} "
                 f"(method {method.name!r}); choose one of {usable}"

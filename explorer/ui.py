@@ -227,7 +227,7 @@ def plan_summary_ui(plan: PruningPlan | None = None) -> None:
     )
 
 
-def _sync(key: str, value: object) -> None:
+def sync_widget(key: str, value: object) -> None:
     """Show ``value`` in a user-owned control, writing it only when the plan changed elsewhere
     (reset, upload, model switch): a control the user is moving is never overwritten."""
     if st.session_state.get(key) != value:
@@ -241,7 +241,7 @@ def global_amount_ui(key: str, extra_help: str = "") -> None:
     def changed() -> None:
         set_plan(current_plan().with_amount(st.session_state[key] / 100))
 
-    _sync(key, round(plan.amount * 100))
+    sync_widget(key, round(plan.amount * 100))
     nm = plan.method == "nm"
     st.slider(
         "Apply N:M to every layer (%)" if nm else "Global sparsity (%)",
@@ -253,6 +253,18 @@ def global_amount_ui(key: str, extra_help: str = "") -> None:
         help=HELP["amount"]
         + (f" For N:M any value above 0 applies the {plan.n}:{plan.m} pattern." if nm else "")
         + (" " + extra_help if extra_help else ""),
+    )
+
+
+def layer_picker_ui(bench: Workbench, key: str, help: str) -> str:
+    """A prunable layer of the current model, labelled with its type and weight shape."""
+    layers = {layer.name: layer for layer in bench.pruner.structure.layers}
+    return st.selectbox(
+        "Layer",
+        list(layers),
+        key=f"{key}::{current_model()}",
+        format_func=lambda n: f"{n} · {layers[n].kind} {layers[n].shape_text}",
+        help=help,
     )
 
 

@@ -220,11 +220,8 @@ def unit_of_layer(pruner: Pruner, method: str, layer: str) -> Unit | None:
     for unit in units:
         if unit.name == layer:
             return unit
-    role = getattr(METHODS[method], "score_role", None)
-    for unit in units:
-        if layer in getattr(unit.detail, f"{role}s", ()):
-            return unit
-    return units[0]
+    scored = METHODS[method].scored_layers
+    return next((unit for unit in units if layer in scored(unit)), units[0])
 
 
 def why_no_unit(pruner: Pruner, method: str, layer: str) -> str:

@@ -254,19 +254,12 @@ class Workbench:
             self._latency_cache[key] = (timings, attempts)
         return timings, False
 
-    def curve(
-        self,
-        plan: PruningPlan,
-        amounts: Sequence[float],
-        progress: Callable[[float], None] | None = None,
-    ) -> list[tuple[float, float]]:
+    def curve(self, plan: PruningPlan, amounts: Sequence[float]) -> list[tuple[float, float]]:
         """(sparsity of prunable weights, eval accuracy) for ``plan`` at each global amount."""
         points = []
-        for i, amount in enumerate(amounts):
+        for amount in amounts:
             state, result, _ = self.evaluate(plan.with_amount(amount))
             points.append((model_cost(self.pruner, state).prunable_sparsity, result.accuracy))
-            if progress is not None:
-                progress((i + 1) / len(amounts))
         return points
 
 

@@ -3,7 +3,6 @@ per-unit statistics of a layer over the whole eval split."""
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from explorer import ui
@@ -27,21 +26,16 @@ CHART = {"displayModeBar": False}
 
 def choice_ui(bench: ui.Workbench, changed: list[int]) -> tuple[int, str]:
     """The sample (by index, class, or among the changed predictions) and the layer."""
-    layers = bench.pruner.structure.layers
-    shapes = {
-        layer.name: f"{layer.kind} {'×'.join(map(str, layer.weight_shape))}" for layer in layers
-    }
     left, right = st.columns([3, 2], gap="large")
     with left:
         index = ui.sample_picker_ui(bench.eval_set, changed=changed, key="act_sample")
-    layer = right.selectbox(
-        "Layer",
-        list(shapes),
-        key=f"act_layer::{ui.current_model()}",
-        format_func=lambda n: f"{n} · {shapes[n]}",
-        help="Whose output to show: a prunable Linear or Conv2d layer, in "
-        "the order the input reaches it.",
-    )
+    with right:
+        layer = ui.layer_picker_ui(
+            bench,
+            "act_layer",
+            "Whose output to show: a prunable Linear or Conv2d layer, in the order the input "
+            "reaches it.",
+        )
     return index, layer
 
 
@@ -207,7 +201,7 @@ def main() -> None:
     stats_ui(bench, state, layer)
     for warning in state.warnings:
         st.warning(warning)
-    if not np.isfinite(result.loss):
+    if not result.finite:
         st.error("The pruned model produces NaN or infinite outputs under this plan.")
 
 

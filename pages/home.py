@@ -46,7 +46,7 @@ def layer_table_ui(bench: ui.Workbench) -> None:
         {
             "layer": [la.name for la in layers],
             "type": [la.kind for la in layers],
-            "weight shape": ["×".join(map(str, la.weight_shape)) for la in layers],
+            "weight shape": [la.shape_text for la in layers],
             "params": [la.params for la in layers],
             "FLOPs / image": [la.flops for la in layers],
             "share of FLOPs": [la.flops / total for la in layers],

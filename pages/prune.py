@@ -36,13 +36,6 @@ def _layer_key(kind: str, unit: str, plan: PruningPlan) -> str:
     return f"{kind}::{ui.current_model()}::{plan.method}::{unit}::{hash(plan) & 0xFFFFFFFF:08x}"
 
 
-def _sync(key: str, value: object) -> None:
-    """Show ``value`` in a user-owned control, writing only when the plan changed elsewhere
-    (reset, upload, model switch) so a control the user is moving is never overwritten."""
-    if st.session_state.get(key) != value:
-        st.session_state[key] = value
-
-
 def _on_controls() -> None:
     plan = ui.current_plan()
     data = plan.to_dict() | {
@@ -122,9 +115,9 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
     methods = ui.usable_methods(bench)
     method = METHODS[plan.method]
     criteria = criteria_for(method.unit_kind)
-    _sync("ctl_method", plan.method)
-    _sync("ctl_criterion", plan.criterion)
-    _sync("ctl_scope", plan.scope if method.supports_global else "layer")
+    ui.sync_widget("ctl_method", plan.method)
+    ui.sync_widget("ctl_criterion", plan.criterion)
+    ui.sync_widget("ctl_scope", plan.scope if method.supports_global else "layer")
     cols = st.columns([3, 3, 2, 4])
     cols[0].selectbox(
         "Method",

@@ -8,6 +8,7 @@ import streamlit as st
 
 from explorer import ui
 from explorer.cost import model_cost
+from explorer.importance import CRITERIA
 from explorer.plan import PruningPlan
 from explorer.plots.weights import (
     SMALL_UNIT,
@@ -31,24 +32,18 @@ LAYOUT_NOTE = {
 
 def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> tuple[str, bool]:
     """The global slider (writes the shared plan), the layer and the score scale."""
-    layers = bench.pruner.structure.layers
-    names = [layer.name for layer in layers]
-    shapes = {
-        layer.name: f"{layer.kind} {'×'.join(map(str, layer.weight_shape))}" for layer in layers
-    }
     cols = st.columns([4, 3, 2], vertical_alignment="bottom")
     with cols[0]:
         ui.global_amount_ui(
             "weights_amount",
             "Same plan as on the Prune page: drag and watch weights turn grey as they go.",
         )
-    layer = cols[1].selectbox(
-        "Layer",
-        names,
-        key=f"weights_layer::{ui.current_model()}",
-        format_func=lambda n: f"{n} · {shapes[n]}",
-        help="A prunable Linear or Conv2d layer, in the order the input reaches it.",
-    )
+    with cols[1]:
+        layer = ui.layer_picker_ui(
+            bench,
+            "weights_layer",
+            "A prunable Linear or Conv2d layer, in the order the input reaches it.",
+        )
     log = cols[2].toggle(
         "Log scale",
         key="weights_log",
@@ -93,7 +88,7 @@ def scores_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str, log: bool)
     """The importance scores of the unit that prunes ``layer``, split at the threshold."""
     plan = state.plan
     method = METHODS[plan.method]
-    criterion = ui.CRITERIA[plan.criterion].title.lower()
+    criterion = CRITERIA[plan.criterion].title.lower()
     unit = unit_of_layer(bench.pruner, plan.method, layer)
     st.markdown(f"#### Importance scores · {criterion}")
     if unit is None:

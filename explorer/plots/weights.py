@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -128,6 +128,21 @@ def weight_heatmap_figure(grid: WeightGrid, height: int | None = None) -> go.Fig
     return compact_layout(fig, height)
 
 
+LEGEND_ABOVE = {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}
+
+
+def _mark_threshold(add_line: Callable[..., object], at: float, value: float, where: str) -> None:
+    """The plan's threshold as a dashed line (``fig.add_vline`` or ``fig.add_hline``) at ``at``."""
+    add_line(
+        at,
+        line_dash="dash",
+        line_color=PLAN_COLOR,
+        annotation_text=f"threshold {value:.3g}",
+        annotation_position=where,
+        annotation_font_color=PLAN_COLOR,
+    )
+
+
 def score_histogram_figure(
     hist: ScoreHistogram, threshold: float | None, element: str = "weights"
 ) -> go.Figure:
@@ -161,19 +176,8 @@ def score_histogram_figure(
         )
     if threshold is not None and (threshold > 0 or not hist.log):
         at = float(np.log10(threshold)) if hist.log else threshold
-        fig.add_vline(
-            x=at,
-            line_dash="dash",
-            line_color=PLAN_COLOR,
-            annotation_text=f"threshold {threshold:.3g}",
-            annotation_position="top right",
-            annotation_font_color=PLAN_COLOR,
-        )
-    fig.update_layout(
-        barmode="stack",
-        bargap=0,
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-    )
+        _mark_threshold(fig.add_vline, at, threshold, "top right")
+    fig.update_layout(barmode="stack", bargap=0, legend=LEGEND_ABOVE)
     fig.update_xaxes(title=axis)
     fig.update_yaxes(title=f"{element}")
     return compact_layout(fig, 300)
@@ -210,19 +214,8 @@ def ranked_scores_figure(
             )
         )
     if threshold is not None and (threshold > 0 or not log):
-        fig.add_hline(
-            y=threshold,
-            line_dash="dash",
-            line_color=PLAN_COLOR,
-            annotation_text=f"threshold {threshold:.3g}",
-            annotation_position="top left",
-            annotation_font_color=PLAN_COLOR,
-        )
-    fig.update_layout(
-        barmode="overlay",
-        bargap=0.1,
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-    )
+        _mark_threshold(fig.add_hline, threshold, threshold, "top left")
+    fig.update_layout(barmode="overlay", bargap=0.1, legend=LEGEND_ABOVE)
     fig.update_xaxes(
         title=f"{element}, ranked from least to most important",
         dtick=1 if len(scores) <= 16 else None,

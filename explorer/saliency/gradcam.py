@@ -8,7 +8,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from explorer.inspection import execution_order
+from explorer.inspection import execution_order, has_conv2d
 from explorer.saliency.base import AttributionMethod, private_copy, register_attribution
 
 #: How the coarse (h, w) map is brought to the input's (H, W) (a ``F.interpolate`` mode).
@@ -32,7 +32,7 @@ def last_conv(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     """
     key = (_architecture(model), tuple(input_shape))
     if key not in _LAST_CONV:
-        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        if not has_conv2d(model):
             _LAST_CONV[key] = None
         else:
             work = private_copy(model)
@@ -54,7 +54,7 @@ class GradCam(AttributionMethod):
     requires = "a convolution (Conv2d) layer"
 
     def applies_to(self, model: nn.Module) -> bool:
-        return any(isinstance(m, nn.Conv2d) for m in model.modules())
+        return has_conv2d(model)
 
     def describe(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
         layer = last_conv(model, input_shape)
