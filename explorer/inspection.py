@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -56,9 +57,20 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """FLOPs for one sample per module name (nested: a block counts its children); ``""`` = all."""
+    """FLOPs for one sample per module name (nested: a block counts its children); ``""`` = all.
+
+    Attention is counted as the matrix products it is. The counter has no formula for the fused
+    kernels that inference would pick (CPU flash attention inside
+    ``scaled_dot_product_attention``, ``nn.MultiheadAttention``'s fast path), so it would count
+    their q·kᵀ and attention·v products as zero. The count therefore runs with SDPA's math
+    backend and with autograd enabled (which turns the fast path off); nothing is backpropagated.
+    """
     x = example_input(input_shape).to(_device_of(model))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    with (
+        torch.enable_grad(),
+        sdpa_kernel(SDPBackend.MATH),
+        FlopCounterMode(display=False) as counter,
+    ):
         model(x)
     flops: dict[str, int] = {}
     for key, per_op in counter.get_flop_counts().items():

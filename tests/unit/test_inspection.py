@@ -97,3 +97,45 @@ def test_layer_flops_nest_blocks_and_sum_to_the_total():
 def test_attention_modules_of_the_vit():
     assert attention_modules(seeded(vit_tiny)) == ["block1.attn", "block2.attn", "block3.attn"]
     assert attention_modules(seeded(lenet5)) == []
+
+
+def test_vit_flops_count_the_attention_products():
+    # Each block's attention: q·kᵀ and attention·v, each 2 * tokens² * head_dim per head.
+    # The fused CPU kernels that inference picks are invisible to torch's FLOP counter; the
+    # count must not silently drop them (it once gave 3.44 M here against the card's 3.67 M).
+    model = seeded(vit_tiny)
+    flops = layer_flops(model, INPUT_SHAPE)
+    attention = model.block1.attn
+    tokens = (28 // 7) ** 2 + 1
+    products = 2 * (2 * tokens * tokens * attention.head_dim) * attention.num_heads
+    linears = 2 * tokens * (attention.qkv.in_features * attention.qkv.out_features)
+    linears += 2 * tokens * (attention.proj.in_features * attention.proj.out_features)
+    assert flops["block1.attn"] == linears + products
+
+
+def test_multihead_attention_is_counted_on_its_fast_path_too():
+    attention = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = attention
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    tokens, dim, heads = 17, 64, 4
+    projections = 2 * tokens * dim * (3 * dim) + 2 * tokens * dim * dim
+    products = 2 * (2 * tokens * tokens * (dim // heads)) * heads
+    assert model_flops(Tokens().eval(), (tokens, dim)) == projections + products
+
+
+def test_every_model_card_states_the_flops_the_app_counts():
+    # One number everywhere: the Model & data page and `info` read the card, Prune and `eval`
+    # count the model; they must agree.
+    from explorer.models import ZOO, load_card, load_model
+
+    for name in ZOO:
+        card = load_card(name)
+        model = load_model(name)
+        assert card["flops"] == model_flops(model, tuple(card["input_shape"])), name
