@@ -152,6 +152,8 @@ class Criterion(ABC):
     title: ClassVar[str]
     help: ClassVar[str]
     needs_data: ClassVar[bool] = False
+    #: Scores depend on the plan's seed (so the seed is part of what the scores are keyed by).
+    seeded: ClassVar[bool] = False
     #: Unit kinds (weights, channels, heads) this criterion can score.
     unit_kinds: ClassVar[frozenset[str]] = frozenset({"weights", "channels", "heads"})
 
@@ -212,6 +214,7 @@ class Magnitude(Criterion):
 @register_criterion
 class Random(Criterion):
     name = "random"
+    seeded = True
     title = "Random"
     help = (
         "Uniform random scores (seeded): the baseline every pruning result should beat. "

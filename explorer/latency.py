@@ -43,11 +43,84 @@ class Latency:
     p75_ms: float
     repeats: int
     threads: int
+    #: Every timed run in ms, in round order: run i of two models in one measurement was
+    #: timed in the same round, so their ratio is a paired sample (drift cancels out).
+    samples_ms: tuple[float, ...] = ()
 
     @property
     def spread_ms(self) -> float:
         """Interquartile range."""
         return self.p75_ms - self.p25_ms
+
+
+#: Speed differences smaller than this are not worth a claim, whatever the statistics say.
+PRACTICAL_DIFFERENCE = 0.05
+
+
+@dataclass(frozen=True)
+class SpeedComparison:
+    """How much faster ``other`` ran than ``reference`` in one interleaved measurement.
+
+    Attributes:
+        ratio: median over rounds of reference time / other time (> 1: other is faster).
+        low, high: the 25th and 75th percentiles of those per-round ratios: the spread.
+        same_kernels: the two run the very same kernels (same architecture): equal by
+            construction, whatever was measured.
+    """
+
+    ratio: float
+    low: float
+    high: float
+    same_kernels: bool = False
+
+    @property
+    def same_speed(self) -> bool:
+        """No claim of a difference: same kernels, or the spread of the per-round ratios
+        reaches into ``1 ± PRACTICAL_DIFFERENCE``."""
+        band = (1 - PRACTICAL_DIFFERENCE, 1 + PRACTICAL_DIFFERENCE)
+        return self.same_kernels or (self.low <= band[1] and self.high >= band[0])
+
+    def summary(self) -> str:
+        """A few words for a metric tile: "same speed (within noise)", "2.31x faster"."""
+        if self.same_kernels:
+            return "same speed (same kernels)"
+        if self.same_speed:
+            return "same speed (within noise)"
+        if self.ratio > 1:
+            return f"{self.ratio:.2f}x faster"
+        return f"{1 / self.ratio:.2f}x slower"
+
+
+def compare_speed(
+    reference: Latency, other: Latency, same_kernels: bool = False
+) -> SpeedComparison:
+    """``other`` against ``reference`` (same batch, timed side by side in one measurement).
+
+    Per-round ratios pair the runs that were timed next to each other, so a slow spell of the
+    machine hits both sides of a ratio; their quartiles say how far the verdict can be trusted.
+    Timings without paired samples fall back to the ratio of medians and of opposite quartiles.
+    """
+    if reference.batch != other.batch:
+        raise ValueError(f"compare one batch size, got {reference.batch} and {other.batch}")
+    if len(reference.samples_ms) == len(other.samples_ms) >= 2:
+        pairs = zip(reference.samples_ms, other.samples_ms, strict=True)
+        ratios = [a / b for a, b in pairs]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        ratio = statistics.median(ratios)
+    else:
+        ratio = reference.median_ms / other.median_ms
+        low, high = reference.p25_ms / other.p75_ms, reference.p75_ms / other.p25_ms
+    return SpeedComparison(ratio, low, high, same_kernels)
+
+
+def same_architecture(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models have the same modules and parameter shapes (so the same kernels)."""
+    shapes = [
+        [(name, type(m).__name__) for name, m in model.named_modules()]
+        + [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+        for model in (a, b)
+    ]
+    return shapes[0] == shapes[1]
 
 
 def deployable(model: nn.Module) -> nn.Module:
@@ -129,8 +202,11 @@ def measure_latency(
                     between()
             times: dict[str, list[float]] = {name: [] for name in models}
             start = time.perf_counter()
+            order = list(models.items())
             for repeat in range(repeats):
-                for name, model in models.items():
+                # Every other round runs the models in reverse order, so that whatever favours
+                # a position in the round (a warm cache, a core just woken) favours none.
+                for name, model in order if repeat % 2 == 0 else reversed(order):
                     _synchronize(device)
                     began = time.perf_counter()
                     model(x)
@@ -151,6 +227,7 @@ def measure_latency(
                         quartiles[2],
                         len(samples),
                         used_threads,
+                        tuple(samples),
                     )
                 )
     return results

@@ -77,6 +77,10 @@ class Method(ABC):
     #: different fan-in (and so different norm scales) compete fairly.
     normalize_globally: ClassVar[bool] = False
     supports_global: ClassVar[bool] = True
+    #: The amount only switches a unit on (> 0) or off (0): the pattern fixes the sparsity.
+    amount_is_switch: ClassVar[bool] = False
+    #: What one per-unit control stands for, as a heading.
+    unit_heading: ClassVar[str] = "Per layer"
 
     @abstractmethod
     def units(self, structure: ModelStructure) -> list[Unit]:
@@ -106,6 +110,10 @@ class Method(ABC):
         """Why ``layer`` (a real layer but not a unit name) cannot be set, or None if unknown."""
         return None
 
+    def reason_left_dense(self, unit: Unit, plan: PruningPlan) -> str | None:
+        """Why the plan leaves ``unit`` dense although it asks for pruning, or None."""
+        return None
+
     def scored_layers(self, unit: Unit) -> tuple[str, ...]:
         """The layers of ``unit`` whose own weights its scores are about (default: all)."""
         return tuple(unit.layers)
@@ -130,7 +138,7 @@ def get_method(name: str) -> Method:
 @register_method
 class Unstructured(Method):
     name = "unstructured"
-    title = "Unstructured (individual weights)"
+    title = "Unstructured (weights)"
     help = (
         "Zero individual weights. Reaches high sparsity at little accuracy cost, but dense "
         "kernels still multiply the zeros: no speed-up without sparse hardware or kernels."
@@ -159,13 +167,21 @@ class Unstructured(Method):
 @register_method
 class NM(Unstructured):
     name = "nm"
-    title = "N:M semi-structured (e.g. 2:4)"
+    title = "N:M semi-structured"
     help = (
         "Keep the N most important of every M consecutive input weights of each output "
-        "(2:4 = 50%). Sparse tensor cores on recent GPUs run 2:4 about twice as fast; "
-        "the amount only switches a layer on (> 0) or off (0)."
+        "(2:4 = 50% sparsity). Sparse tensor cores on recent GPUs run 2:4 about twice as fast; "
+        "on a CPU it is as slow as dense. The pattern fixes the sparsity: a layer is either "
+        "N:M or dense, so there is no amount and no global ranking."
     )
     supports_global = False
+    amount_is_switch = True
+
+    def reason_left_dense(self, unit: Unit, plan: PruningPlan) -> str | None:
+        if self.fits(unit, plan.m):
+            return None
+        inputs = unit.size // unit.detail.weight_shape[0]
+        return f"its {inputs} inputs per output do not divide into groups of {plan.m}"
 
     def keep(
         self, order: torch.Tensor, scores: torch.Tensor, pruned: int, plan: PruningPlan
@@ -189,6 +205,7 @@ class _ChannelMethod(Method):
     """Shared by the two structured channel methods: same groups, scored from one side."""
 
     unit_kind = "channels"
+    unit_heading = "Per channel group"
     normalize_globally = True
     score_role: ClassVar[str]
 
@@ -263,7 +280,7 @@ class _ChannelMethod(Method):
 @register_method
 class Filters(_ChannelMethod):
     name = "filters"
-    title = "Structured: output neurons / conv filters"
+    title = "Structured: filters / neurons"
     help = (
         "Remove whole neurons or conv filters, scored by the Ln norm of their own weights "
         "(Li et al. 2017). Coupled channels (residual adds) go together. The model can be "
@@ -292,6 +309,7 @@ class Heads(Method):
         "Many heads are redundant (Michel et al. 2019)."
     )
     unit_kind = "heads"
+    unit_heading = "Per attention module"
 
     def units(self, structure: ModelStructure) -> list[Unit]:
         return [
@@ -337,6 +355,26 @@ class Heads(Method):
             if layer in (heads.qkv, heads.proj):
                 return f"layer {layer!r} belongs to attention {heads.name!r}; set it by that name"
         return f"layer {layer!r} is not an attention module; head pruning applies to attention"
+
+
+def plan_label(plan: PruningPlan, amount: bool = True) -> str:
+    """The plan in a few words, e.g. "Unstructured (weights), magnitude, global, 50%"."""
+    method = get_method(plan.method)
+    criterion = get_criterion(plan.criterion)
+    parts = [method.title, criterion.title.lower()]
+    if criterion.seeded:
+        parts[-1] += f" (seed {plan.seed})"
+    if method.amount_is_switch:
+        parts.append(f"{plan.n}:{plan.m}" + (" on every layer" if plan.amount > 0 else ""))
+    else:
+        parts.append("global" if plan.scope == "global" else "layer-wise")
+        if amount:
+            parts.append(f"{plan.amount:.0%}")
+    if plan.layer_amounts and not method.amount_is_switch:
+        parts.append(f"{len(plan.layer_amounts)} own amount(s)")
+    if plan.dense_layers:
+        parts.append(f"{len(plan.dense_layers)} locked dense")
+    return ", ".join(parts)
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -483,19 +521,14 @@ class Pruner:
                 )
             raise ValueError(f"unknown layer {name!r}; choose one of {sorted(units)}")
         warnings = []
-        if isinstance(method, NM):
-            for unit in units.values():
-                if not method.fits(unit, plan.m) and plan.amount_for(unit.name) > 0:
-                    if unit.name in plan.overrides:
-                        raise ValueError(
-                            f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: its "
-                            f"{unit.size // unit.detail.weight_shape[0]} inputs per output do "
-                            f"not divide into groups of {plan.m}"
-                        )
-                    warnings.append(
-                        f"{unit.name} left dense: its inputs per output do not "
-                        f"divide into groups of {plan.m}"
+        for unit in units.values():
+            reason = method.reason_left_dense(unit, plan)
+            if reason and plan.amount_for(unit.name) > 0:
+                if unit.name in plan.overrides:
+                    raise ValueError(
+                        f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: {reason}"
                     )
+                warnings.append(f"{unit.name} left dense: {reason}")
         return warnings
 
     def adapt(self, plan: PruningPlan) -> tuple[PruningPlan, list[str]]:
@@ -517,7 +550,7 @@ class Pruner:
             plan.method,
             plan.criterion,
             plan.norm if method.structured else None,
-            plan.seed if plan.criterion == "random" else None,
+            plan.seed if get_criterion(plan.criterion).seeded else None,
         )
 
     def score_table(self, plan: PruningPlan) -> ScoreTable:
@@ -610,14 +643,14 @@ class Pruner:
             keeps: dict[str, torch.Tensor] = {}
             for index, unit in enumerate(table.units):
                 count = counts[unit.name]
-                if isinstance(method, NM) and count and not method.fits(unit, plan.m):
+                if count and method.reason_left_dense(unit, plan):
                     count = 0
                 if count == 0:
                     pruned[unit.name] = 0
                     continue
                 keep = self._keep(plan, table_key, index, count)
                 keeps[unit.name] = keep
-                pruned[unit.name] = int((~keep).sum()) if isinstance(method, NM) else count
+                pruned[unit.name] = int((~keep).sum())  # a pattern can differ from ``count``
                 mask_key = (table_key, unit.name, count, plan.n, plan.m)
                 if mask_key not in self._unit_masks:
                     self._unit_masks.remember(mask_key, method.masks(self.structure, unit, keep))

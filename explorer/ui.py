@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import runpy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,16 +18,19 @@ from torch import nn
 
 from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.data import ImageDataset
-from explorer.importance import CRITERIA
 from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
-from explorer.pruning import METHODS, PrunedState
+from explorer.pruning import METHODS, PrunedState, plan_label
 from explorer.workbench import Workbench, open_workbench
 
 DEFAULT_MODEL = "lenet5"
 MODEL_KEY = "model"
 PLAN_KEY = "plan"
 NOTICES_KEY = "notices"
+PLAN_VERSION_KEY = "plan_version"
+PLAN_SOURCE_KEY = "plan_source"
+DRAWN_KEY = "derived_widgets_drawn"
+DERIVED_KEYS = "derived_widget_keys"
 
 HELP = {
     "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
@@ -119,7 +122,7 @@ def init_session() -> None:
                 f"The link's pruning plan could not be used: {err}. Showing the dense model "
                 "instead."
             )
-    st.session_state[PLAN_KEY] = plan
+    _store_plan(plan)
     st.session_state[MODEL_KEY] = model
     write_url()
 
@@ -145,17 +148,28 @@ def write_url() -> None:
         st.query_params.from_dict(target)
 
 
-def set_plan(plan: PruningPlan) -> bool:
+def set_plan(plan: PruningPlan, source: Hashable = None) -> bool:
     """Adopt ``plan`` if the current model can take it; otherwise keep the last good plan and
-    queue the reason. Returns whether the plan was adopted."""
+    queue the reason. Returns whether the plan was adopted.
+
+    ``source`` names the control that made the change (see ``derived_widget_key``); None for
+    anything else (a reset, an upload, a model switch, a control that shows no derived value).
+    """
     try:
         current_workbench().resolve(plan)
     except ValueError as err:
         notify(f"That change was not applied: {err}", "error")
         return False
-    st.session_state[PLAN_KEY] = plan
+    _store_plan(plan, source)
     write_url()
     return True
+
+
+def _store_plan(plan: PruningPlan, source: Hashable = None) -> None:
+    """The one place the session's plan is written: every write gets a new version."""
+    st.session_state[PLAN_KEY] = plan
+    st.session_state[PLAN_VERSION_KEY] = st.session_state.get(PLAN_VERSION_KEY, 0) + 1
+    st.session_state[PLAN_SOURCE_KEY] = source
 
 
 def set_model(name: str) -> None:
@@ -183,7 +197,7 @@ def set_model(name: str) -> None:
             "info",
         )
     if not set_plan(plan):
-        st.session_state[PLAN_KEY] = PruningPlan()
+        _store_plan(PruningPlan())
         write_url()
 
 
@@ -217,14 +231,7 @@ def model_picker_ui() -> str:
 def plan_summary_ui(plan: PruningPlan | None = None) -> None:
     """A compact description of the plan in the sidebar (pages call it inside their fragments,
     so that it follows fragment reruns)."""
-    plan = plan or current_plan()
-    method = METHODS[plan.method].title
-    st.sidebar.caption(
-        f"**Plan:** {method}, {CRITERIA[plan.criterion].title.lower()}, "
-        f"{'global' if plan.scope == 'global' else 'layer-wise'}, {plan.amount:.0%}"
-        + (f", {len(plan.layer_amounts)} layer override(s)" if plan.layer_amounts else "")
-        + (f", {len(plan.dense_layers)} dense" if plan.dense_layers else "")
-    )
+    st.sidebar.caption(f"**Plan:** {plan_label(plan or current_plan())}")
 
 
 def sync_widget(key: str, value: object) -> None:
@@ -232,6 +239,55 @@ def sync_widget(key: str, value: object) -> None:
     (reset, upload, model switch): a control the user is moving is never overwritten."""
     if st.session_state.get(key) != value:
         st.session_state[key] = value
+
+
+# --- widgets that show a value derived from the plan ---------------------------------------------
+#
+# A per-layer slider shows a *derived* value (the layer's actual sparsity, which the global
+# ranking moves). Writing such values into session state races with fast interactions: an
+# interrupted rerun leaves the browser showing stale values, which it sends back as if the user
+# had set them. So such a widget gets a fresh key whenever the plan changes, and starts at its
+# ``value=`` - except the control the user is operating: its key is kept while the user's own
+# changes come in, so it keeps the keyboard focus (a remounted widget loses it).
+
+
+def derived_widget_key(kind: str, name: str) -> str:
+    """Key of a widget that shows a value derived from the plan, e.g. ("amount", "fc1").
+
+    The key stays while the latest plan change came from this very widget (its callback passes
+    ``source=(kind, name)`` to ``set_plan``), and is new after any other change.
+    """
+    init_session()
+    version = st.session_state.get(PLAN_VERSION_KEY, 0)
+    keys = st.session_state.setdefault(DERIVED_KEYS, {})
+    if (kind, name) not in keys or st.session_state.get(PLAN_SOURCE_KEY) != (kind, name):
+        keys[(kind, name)] = f"{kind}::{current_model()}::{name}::v{version}"
+    return keys[(kind, name)]
+
+
+def drawn_value(key: str, derived: object) -> object:
+    """The value to draw a derived widget with (what it already holds, else ``derived``),
+    remembered so that ``user_changed`` can tell an echo from a change."""
+    value = st.session_state.get(key, derived)
+    st.session_state.setdefault(DRAWN_KEY, {})[key] = value
+    return value
+
+
+def forget_drawn_values() -> None:
+    """Call before drawing a set of derived widgets: only those of this draw count."""
+    st.session_state[DRAWN_KEY] = {}
+
+
+def user_changed(kind: str, name: str, key: str) -> bool:
+    """Whether a derived widget's event is a user's change rather than the browser echoing.
+
+    Widgets registered in a rerun that a newer event interrupted have no committed state, so
+    the browser sending their values back looks like a change. Such an event comes from a key
+    that is no longer current, or carries exactly the value the server drew the widget with.
+    """
+    drawn = st.session_state.get(DRAWN_KEY, {})
+    current = st.session_state.get(DERIVED_KEYS, {}).get((kind, name))
+    return key == current and key in drawn and st.session_state[key] != drawn[key]
 
 
 def global_amount_ui(key: str, extra_help: str = "") -> None:
@@ -242,16 +298,22 @@ def global_amount_ui(key: str, extra_help: str = "") -> None:
         set_plan(current_plan().with_amount(st.session_state[key] / 100))
 
     sync_widget(key, round(plan.amount * 100))
-    nm = plan.method == "nm"
+    switch = METHODS[plan.method].amount_is_switch
     st.slider(
-        "Apply N:M to every layer (%)" if nm else "Global sparsity (%)",
+        "Global sparsity (%)",
         0,
         100,
         step=1,
         key=key,
         on_change=changed,
+        disabled=switch,
         help=HELP["amount"]
-        + (f" For N:M any value above 0 applies the {plan.n}:{plan.m} pattern." if nm else "")
+        + (
+            f" {METHODS[plan.method].title} has no amount: its pattern fixes the sparsity "
+            "(switch it on the Prune page)."
+            if switch
+            else ""
+        )
         + (" " + extra_help if extra_help else ""),
     )
 
@@ -369,6 +431,6 @@ def resolve_current() -> PrunedState:
         return bench.resolve(current_plan())
     except ValueError as err:
         notify(f"The plan no longer applies ({err}); showing the dense model.", "error")
-        st.session_state[PLAN_KEY] = PruningPlan()
+        _store_plan(PruningPlan())
         write_url()
         return bench.resolve(PruningPlan())

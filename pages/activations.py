@@ -85,7 +85,7 @@ def activation_map_ui(
         fig = feature_maps_figure(dense, pruned, removed)
         what = (
             f"{units} channels of {dense.shape[1]}×{dense.shape[2]}, one tile each; "
-            "red outline: a channel the plan removed."
+            "dark outline: a channel the plan removed."
         )
     elif dense.ndim == 2:
         names = ["CLS"] + [f"patch {t}" for t in range(1, dense.shape[0])]
@@ -96,7 +96,7 @@ def activation_map_ui(
         )
     else:
         fig = unit_strip_figure(dense, pruned, removed, "channel" if kind == "Conv2d" else "unit")
-        what = f"{units} units; red outline: a unit the plan removed."
+        what = f"{units} units; dark outline: a unit the plan removed."
     st.plotly_chart(fig, config=CHART, key="act_map")
     st.caption(
         f"Raw output of {layer} (before any activation function); red positive, blue "

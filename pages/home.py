@@ -9,25 +9,29 @@ from explorer import ui
 from explorer.plots import sample_grid_figure
 
 
-def model_card_ui(card: dict) -> None:
+def model_card_ui(card: dict, bench: ui.Workbench) -> None:
     st.subheader(card.get("title", card["name"]))
     st.write(card.get("summary", ""))
     if "eval_accuracy" not in card:
         st.warning("This model has no trained weights yet: run `python sample_models/train.py`.")
         return
-    cols = st.columns(4)
-    cols[0].metric(
+    # Two by two: each value needs a quarter of a laptop's content width to stay whole.
+    top, bottom = st.columns(2), st.columns(2)
+    top[0].metric(
         "Eval accuracy",
-        f"{card['eval_accuracy']:.2%}",
-        help=f"On the {card['eval_samples']:,} held-out eval images.",
+        f"{bench.dense.accuracy:.2%}",
+        help=f"On the {len(bench.eval_set):,} held-out eval images (the model card says "
+        f"{card['eval_accuracy']:.2%}).",
     )
-    cols[1].metric("Parameters", f"{card['params']:,}")
-    cols[2].metric(
+    top[1].metric("Parameters", f"{card['params']:,}")
+    bottom[0].metric(
         "FLOPs / image",
-        f"{card['flops'] / 1e6:.2f} M",
-        help="torch.utils.flop_counter; a multiply-add counts as 2 FLOPs.",
+        f"{bench.dense_flops / 1e6:.2f} M",
+        help=f"{bench.dense_flops:,} (torch.utils.flop_counter; a multiply-add counts as 2 "
+        "FLOPs, attention products included).",
     )
-    cols[3].metric("Classes", "10", help="Handwritten digits 0-9.")
+    classes = bench.eval_set.classes
+    bottom[1].metric("Classes", f"{len(classes)}", help="Handwritten digits 0-9.")
     with st.expander("Training recipe and architecture"):
         recipe = card["recipe"]
         st.write(
@@ -56,6 +60,7 @@ def layer_table_ui(bench: ui.Workbench) -> None:
         frame,
         hide_index=True,
         width="stretch",
+        height="content",
         column_config={
             "share of FLOPs": st.column_config.ProgressColumn(
                 format="percent", min_value=0.0, max_value=1.0
@@ -68,17 +73,24 @@ def layer_table_ui(bench: ui.Workbench) -> None:
 
 def main() -> None:
     st.title("Pruning Explorer")
-    st.write(
+    intro, action = st.columns([4, 1], vertical_alignment="center")
+    intro.write(
         "Remove parts of a trained network and watch, live, what it costs in accuracy and "
         "what it buys in size, FLOPs and measured speed."
     )
+    if action.button(
+        "Start pruning",
+        type="primary",
+        icon=":material/content_cut:",
+        width="stretch",
+        help="Open the Prune page on this model.",
+    ):
+        st.switch_page("pages/prune.py")
     bench = ui.current_workbench()
     ui.plan_summary_ui()
     left, right = st.columns([3, 2], gap="large")
     with left:
-        model_card_ui(bench.card)
-        st.markdown("#### Prunable layers")
-        layer_table_ui(bench)
+        model_card_ui(bench.card, bench)
     with right:
         st.markdown("#### The data")
         data = bench.eval_set
@@ -88,19 +100,20 @@ def main() -> None:
             "measured. Bundled with the app: nothing is downloaded."
         )
         st.plotly_chart(sample_grid_figure(data, count=24), config={"displayModeBar": False})
-        with st.expander("What is pruning?", expanded=True):
-            st.markdown(
-                "- Trained networks are **over-parameterised**: many weights can be set to zero "
-                "with little loss of accuracy.\n"
-                "- **Unstructured** pruning zeros single weights: high sparsity, but the tensors "
-                "keep their shape, so ordinary (dense) kernels are *not* faster.\n"
-                "- **Structured** pruning removes whole neurons, filters, channels or heads: the "
-                "model becomes physically smaller and really runs faster.\n"
-                "- **Global** ranking lets the most redundant layers lose the most; "
-                "**layer-wise** takes the same fraction from every layer.\n"
-                "- Accuracy lost can often be **recovered by fine-tuning** after pruning.\n\n"
-                "Go to **Prune** to try it."
-            )
+    st.markdown("#### Prunable layers")
+    layer_table_ui(bench)
+    with st.expander("What is pruning?"):
+        st.markdown(
+            "- Trained networks are **over-parameterised**: many weights can be set to zero "
+            "with little loss of accuracy.\n"
+            "- **Unstructured** pruning zeros single weights: high sparsity, but the tensors "
+            "keep their shape, so ordinary (dense) kernels are *not* faster.\n"
+            "- **Structured** pruning removes whole neurons, filters, channels or heads: the "
+            "model becomes physically smaller and really runs faster.\n"
+            "- **Global** ranking lets the most redundant layers lose the most; "
+            "**layer-wise** takes the same fraction from every layer.\n"
+            "- Accuracy lost can often be **recovered by fine-tuning** after pruning."
+        )
 
 
 ui.run_page(main)

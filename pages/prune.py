@@ -8,16 +8,22 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
+from torch import nn
 
 from explorer import ui
 from explorer.compaction import can_compact, compact
 from explorer.cost import ModelCost, model_cost, size_report
 from explorer.evaluation import IncrementalResult
 from explorer.importance import CRITERIA, criteria_for
-from explorer.latency import HONEST_NOTE
+from explorer.latency import (
+    HONEST_NOTE,
+    PRACTICAL_DIFFERENCE,
+    compare_speed,
+    same_architecture,
+)
 from explorer.plan import PruningPlan
-from explorer.plots import curve_figure, layer_sparsity_figure
-from explorer.pruning import METHODS
+from explorer.plots import CurveSeries, curve_figure, layer_sparsity_figure
+from explorer.pruning import METHODS, Method, Unit, plan_label
 
 CURVE_AMOUNTS = tuple(a / 20 for a in range(20))  # 0%, 5%, ... 95%
 
@@ -25,74 +31,79 @@ CURVE_AMOUNTS = tuple(a / 20 for a in range(20))  # 0%, 5%, ... 95%
 # --- callbacks: widgets write the plan, the plan is the only truth ------------------------------
 
 
-def _layer_key(kind: str, unit: str, plan: PruningPlan) -> str:
-    """Key of a per-layer widget, versioned by the plan.
-
-    A per-layer slider shows a *derived* value (the layer's actual sparsity, which the global
-    ranking moves). Writing such values into session state races with fast interactions: an
-    interrupted rerun leaves the browser showing stale values, which it sends back as if the
-    user had set them. A fresh key per plan gives fresh widgets that start at their ``value=``.
-    """
-    return f"{kind}::{ui.current_model()}::{plan.method}::{unit}::{hash(plan) & 0xFFFFFFFF:08x}"
+def _replace(**fields: object) -> PruningPlan:
+    """The current plan with ``fields`` of its plain-data form replaced."""
+    return PruningPlan.from_dict(ui.current_plan().to_dict() | fields)
 
 
-def _on_controls() -> None:
-    plan = ui.current_plan()
-    data = plan.to_dict() | {
-        "method": st.session_state["ctl_method"],
-        "criterion": st.session_state["ctl_criterion"],
-        "scope": st.session_state["ctl_scope"],
-    }
+def _on_method() -> None:
     bench = ui.current_workbench()
-    new, dropped = bench.pruner.adapt(PruningPlan.from_dict(data))
-    if new.method != plan.method:
-        usable = criteria_for(METHODS[new.method].unit_kind)
-        if new.criterion not in usable:
-            new = PruningPlan.from_dict(new.to_dict() | {"criterion": "magnitude"})
+    new, dropped = bench.pruner.adapt(_replace(method=st.session_state["ctl_method"]))
+    method = METHODS[new.method]
+    usable = criteria_for(method.unit_kind)
+    if new.criterion not in usable:
+        new = PruningPlan.from_dict(new.to_dict() | {"criterion": usable[0]})
+    if method.amount_is_switch and new.amount > 0:
+        new = new.with_amount(_pattern_sparsity(new))
     if dropped:
         ui.notify(
             f"Per-layer settings of {', '.join(dropped)} do not apply to "
-            f"{METHODS[new.method].title} and were cleared.",
+            f"{method.title} and were cleared.",
             "info",
         )
     ui.set_plan(new)
 
 
-RENDERED_KEY = "prune_rendered_layer_values"
+def _on_field(field: str, key: str) -> None:
+    ui.set_plan(_replace(**{field: st.session_state[key]}))
 
 
-def _rendered(key: str, value: object) -> object:
-    """Remember the value the server drew a per-layer widget with; returns it."""
-    st.session_state.setdefault(RENDERED_KEY, {})[key] = value
-    return value
+def _pattern_sparsity(plan: PruningPlan) -> float:
+    """The sparsity an N:M pattern gives, stored as the amount of a switched-on layer."""
+    return 1 - plan.n / plan.m
 
 
-def _user_changed(kind: str, unit: str, key: str) -> bool:
-    """Whether a per-layer event is a user's change rather than the browser echoing a value.
+def _on_pattern() -> None:
+    n, m = st.session_state["ctl_pattern"]
+    plan = _replace(nm=[n, m])
+    on = plan.amount > 0
+    plan = plan.with_amount(_pattern_sparsity(plan) if on else 0.0)
+    for name, amount in plan.layer_amounts:
+        plan = plan.with_layer(name, _pattern_sparsity(plan) if amount > 0 else 0.0)
+    ui.set_plan(plan)
 
-    Widgets registered in a rerun that a newer event interrupted have no committed state, so
-    the browser sending their values back looks like a change. An echo carries exactly the
-    value the server drew the widget with, for the current plan or an earlier one (a plan can
-    come back, e.g. the global slider moved right then left); a user's drag never does.
-    """
-    drawn = st.session_state.get(RENDERED_KEY, {})
-    return key == _layer_key(kind, unit, ui.current_plan()) and (
-        key in drawn and st.session_state[key] != drawn[key]
-    )
+
+def _on_pattern_everywhere() -> None:
+    plan = ui.current_plan()
+    on = st.session_state["ctl_pattern_on"]
+    ui.set_plan(plan.with_amount(_pattern_sparsity(plan) if on else 0.0))
 
 
 def _on_layer(unit: str, key: str) -> None:
-    if not _user_changed("amount", unit, key):
+    if not ui.user_changed("amount", unit, key):
         return
     value = st.session_state[key] / 100
-    ui.set_plan(ui.current_plan().with_layer(unit, value))
+    ui.set_plan(ui.current_plan().with_layer(unit, value), source=("amount", unit))
+
+
+def _on_layer_switch(unit: str, key: str) -> None:
+    """An N:M layer switched on (its pattern) or off (dense)."""
+    if not ui.user_changed("switch", unit, key):
+        return
+    plan = ui.current_plan()
+    if st.session_state[key]:
+        plan = plan.with_dense(unit, False)
+        if plan.amount_for(unit) == 0:
+            plan = plan.with_layer(unit, _pattern_sparsity(plan))
+    else:
+        plan = plan.without_layer(unit).with_dense(unit, True)
+    ui.set_plan(plan, source=("switch", unit))
 
 
 def _on_dense(unit: str, key: str) -> None:
-    if not _user_changed("dense", unit, key):
+    if not ui.user_changed("dense", unit, key):
         return
-    dense = st.session_state[key]
-    ui.set_plan(ui.current_plan().with_dense(unit, dense))
+    ui.set_plan(ui.current_plan().with_dense(unit, st.session_state[key]), source=("dense", unit))
 
 
 def _reset_layer(unit: str) -> None:
@@ -101,7 +112,11 @@ def _reset_layer(unit: str) -> None:
 
 def _reset_all() -> None:
     plan = ui.current_plan()
-    ui.set_plan(PruningPlan(method=plan.method, criterion=plan.criterion, scope=plan.scope))
+    ui.set_plan(
+        PruningPlan.from_dict(
+            {key: plan.to_dict()[key] for key in ("method", "criterion", "scope", "nm", "seed")}
+        )
+    )
 
 
 def _global_everywhere() -> None:
@@ -110,123 +125,185 @@ def _global_everywhere() -> None:
 
 # --- the workbench --------------------------------------------------------------------------------
 
+#: N:M patterns offered in the page (any other comes from a link, the CLI or a plan file).
+PATTERNS = ((1, 2), (2, 4), (1, 4), (4, 8), (2, 8))
+
 
 def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> None:
-    methods = ui.usable_methods(bench)
+    """Method, criterion (and its seed), scope or N:M pattern, and the global amount."""
     method = METHODS[plan.method]
-    criteria = criteria_for(method.unit_kind)
+    criterion = CRITERIA[plan.criterion]
     ui.sync_widget("ctl_method", plan.method)
     ui.sync_widget("ctl_criterion", plan.criterion)
-    ui.sync_widget("ctl_scope", plan.scope if method.supports_global else "layer")
-    cols = st.columns([3, 3, 2, 4])
+    cols = st.columns([3, 3, 2], vertical_alignment="bottom")
     cols[0].selectbox(
         "Method",
-        methods,
+        ui.usable_methods(bench),
         key="ctl_method",
-        on_change=_on_controls,
+        on_change=_on_method,
         format_func=lambda m: METHODS[m].title,
         help=ui.HELP["method"] + " " + method.help,
     )
-    cols[1].selectbox(
-        "Criterion",
-        criteria,
-        key="ctl_criterion",
-        on_change=_on_controls,
-        format_func=lambda c: CRITERIA[c].title,
-        help=ui.HELP["criterion"] + " " + CRITERIA[plan.criterion].help,
-    )
+    with cols[1]:
+        inner = st.columns([3, 1]) if criterion.seeded else [st.container()]
+        inner[0].selectbox(
+            "Criterion",
+            criteria_for(method.unit_kind),
+            key="ctl_criterion",
+            on_change=_on_field,
+            args=("criterion", "ctl_criterion"),
+            format_func=lambda c: CRITERIA[c].title,
+            help=ui.HELP["criterion"] + " " + criterion.help,
+        )
+        if criterion.seeded:
+            ui.sync_widget("ctl_seed", plan.seed)
+            inner[1].number_input(
+                "Seed",
+                min_value=0,
+                step=1,
+                key="ctl_seed",
+                on_change=_on_field,
+                args=("seed", "ctl_seed"),
+                help="Seed of the random scores: another seed, another random plan. A random "
+                "baseline is honest only over several seeds.",
+            )
+    if method.amount_is_switch:
+        pattern_ui(cols[2], plan)
+        return
+    ui.sync_widget("ctl_scope", plan.scope)
     cols[2].radio(
         "Scope",
         ["global", "layer"],
         key="ctl_scope",
-        on_change=_on_controls,
+        on_change=_on_field,
+        args=("scope", "ctl_scope"),
         horizontal=True,
-        disabled=not method.supports_global,
         format_func=lambda s: "Global" if s == "global" else "Layer-wise",
         help=ui.HELP["scope"],
     )
-    with cols[3]:
-        ui.global_amount_ui("ctl_amount")
+    ui.global_amount_ui("ctl_amount")
 
 
-def layer_sliders_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
-    sparsity = state.unit_sparsity()
-    units = state.units
-    st.session_state[RENDERED_KEY] = {}  # only widgets of this render can count as changed
-    st.markdown(
-        "**Per channel group**"
-        if plan.method in ("filters", "channels")
-        else "**Per attention module**"
-        if plan.method == "heads"
-        else "**Per layer**"
+def pattern_ui(cell: object, plan: PruningPlan) -> None:
+    """N:M: the pattern and whether it applies to every layer (it has no amount)."""
+    patterns = list(PATTERNS) + ([(plan.n, plan.m)] if (plan.n, plan.m) not in PATTERNS else [])
+    ui.sync_widget("ctl_pattern", (plan.n, plan.m))
+    cell.selectbox(
+        "Pattern (N:M)",
+        patterns,
+        key="ctl_pattern",
+        on_change=_on_pattern,
+        format_func=lambda p: f"{p[0]}:{p[1]} · {1 - p[0] / p[1]:.0%} sparse",
+        help="Keep N of every M consecutive input weights of each output: the pattern fixes "
+        "the sparsity (1 − N/M). 2:4 is what sparse tensor cores accelerate.",
     )
-    buttons = st.columns(2)
-    buttons[0].button(
-        "Global everywhere",
+    ui.sync_widget("ctl_pattern_on", plan.amount > 0)
+    st.toggle(
+        f"Apply {plan.n}:{plan.m} to every layer",
+        key="ctl_pattern_on",
+        on_change=_on_pattern_everywhere,
+        help="Switch the pattern on for every layer that can take it; switch single layers "
+        "on or off below. A layer whose inputs per output do not divide by M stays dense.",
+    )
+
+
+def _unit_tag(plan: PruningPlan, unit: Unit, method: Method, pruned: int) -> str:
+    """What decides a unit's amount, in a few words."""
+    if unit.name in plan.dense_layers:
+        return "locked dense"
+    left_dense = method.reason_left_dense(unit, plan)
+    if left_dense and plan.amount_for(unit.name) > 0:
+        return "dense: " + left_dense
+    if method.amount_is_switch:
+        return f"{plan.n}:{plan.m}" if pruned else "dense"
+    if unit.name in plan.overrides:
+        return "own setting"
+    return "global ranking" if plan.scope == "global" else "global amount"
+
+
+def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
+    """One row per unit: name and what decides it, its amount, lock, reset."""
+    method = METHODS[plan.method]
+    sparsity = state.unit_sparsity()
+    ui.forget_drawn_values()  # only widgets of this render can count as changed
+    head = st.columns([3, 1, 1], vertical_alignment="bottom")
+    head[0].markdown(f"**{method.unit_heading}**")
+    head[1].button(
+        "All global",
         on_click=_global_everywhere,
         width="stretch",
         icon=":material/public:",
-        help="Drop every per-layer setting: all layers follow the global slider.",
+        disabled=method.amount_is_switch or not plan.overrides,
+        help="Drop every per-layer amount: all layers follow the global slider.",
     )
-    buttons[1].button(
+    head[2].button(
         "Reset all",
         on_click=_reset_all,
         width="stretch",
         icon=":material/restart_alt:",
-        help="Back to the dense model (method, criterion and scope are kept).",
+        help="Back to the dense model (method, criterion, scope and pattern are kept).",
     )
-    with st.container(height=min(86 * len(units) + 10, 520), border=False):
-        for unit in units:
-            own = unit.name in plan.overrides
-            dense = unit.name in plan.dense_layers
-            amount_key = _layer_key("amount", unit.name, plan)
-            dense_key = _layer_key("dense", unit.name, plan)
-            tag = (
-                "dense"
-                if dense
-                else (
-                    "own setting"
-                    if own
-                    else ("global ranking" if plan.scope == "global" else "global amount")
-                )
+    for unit in state.units:
+        own = unit.name in plan.overrides
+        dense = unit.name in plan.dense_layers
+        pruned = state.pruned[unit.name]
+        tag = _unit_tag(plan, unit, method, pruned)
+        coupled = (
+            f" Coupled, pruned together: {', '.join(unit.layers)}." if len(unit.layers) > 1 else ""
+        )
+        row = st.columns([3, 5, 1.3, 0.7], vertical_alignment="center")
+        row[0].markdown(
+            f"**{unit.name}**  \n:gray[{unit.size:,} {unit.kind} · {tag}]",
+            help=f"{pruned:,} of {unit.size:,} {unit.kind} pruned "
+            f"({sparsity[unit.name]:.1%}).{coupled}",
+        )
+        if method.amount_is_switch:
+            key = ui.derived_widget_key("switch", unit.name)
+            row[1].checkbox(
+                f"{plan.n}:{plan.m} on {unit.name}",
+                value=ui.drawn_value(key, pruned > 0),
+                key=key,
+                on_change=_on_layer_switch,
+                args=(unit.name, key),
+                disabled=bool(method.reason_left_dense(unit, plan)),
+                help="Prune this layer with the pattern, or leave it dense.",
             )
-            cols = st.columns([8, 2, 1], vertical_alignment="bottom")
-            coupled = (
-                f" Coupled, pruned together: {', '.join(unit.layers)}."
-                if len(unit.layers) > 1
-                else ""
-            )
-            cols[0].slider(
-                f"{unit.name} · {unit.size:,} {unit.kind} · {tag}",
+        else:
+            key = ui.derived_widget_key("amount", unit.name)
+            shown = plan.overrides[unit.name] if own else sparsity[unit.name]
+            row[1].slider(
+                f"Sparsity of {unit.name} (%)",
                 0,
                 100,
-                value=_rendered(amount_key, round(sparsity[unit.name] * 100)),
+                value=ui.drawn_value(key, round(shown * 100)),
                 step=1,
-                key=amount_key,
+                key=key,
                 on_change=_on_layer,
-                args=(unit.name, amount_key),
+                args=(unit.name, key),
                 disabled=dense,
                 format="%d%%",
+                label_visibility="collapsed",
                 help="Drag to give this layer its own amount; it then leaves the "
                 "global ranking." + coupled,
             )
-            cols[1].checkbox(
-                ":material/lock:",
-                value=_rendered(dense_key, dense),
-                key=dense_key,
-                on_change=_on_dense,
-                args=(unit.name, dense_key),
-                help="Lock this layer dense: never pruned.",
-            )
-            cols[2].button(
-                "",
-                icon=":material/restart_alt:",
-                key=f"reset::{ui.current_model()}::{plan.method}::{unit.name}",
-                on_click=_reset_layer,
-                args=(unit.name,),
-                disabled=not (own or dense),
-                help="Reset: follow the global setting again.",
-            )
+        lock_key = ui.derived_widget_key("dense", unit.name)
+        row[2].checkbox(
+            "Lock",
+            value=ui.drawn_value(lock_key, dense),
+            key=lock_key,
+            on_change=_on_dense,
+            args=(unit.name, lock_key),
+            help=f"Lock {unit.name} dense: never pruned.",
+        )
+        row[3].button(
+            "",
+            icon=":material/restart_alt:",
+            key=f"reset::{ui.current_model()}::{plan.method}::{unit.name}",
+            on_click=_reset_layer,
+            args=(unit.name,),
+            disabled=not (own or dense),
+            help=f"Reset {unit.name}: follow the global setting again.",
+        )
 
 
 # A pass still running after this many seconds shows its first chunk's numbers meanwhile.
@@ -234,17 +311,18 @@ PREVIEW_AFTER_S = float(os.environ.get("PRUNING_EXPLORER_PREVIEW_AFTER_S", "0.12
 
 
 class MetricsRow:
-    """The headline metrics: quality ones (redrawn as evaluation refines), cost ones, latency."""
+    """The headline metrics in two rows of four, so that every value is whole on a laptop:
+    quality (redrawn as evaluation refines) then cost, latency last (timed last)."""
 
     def __init__(self, bench: ui.Workbench, state: ui.PrunedState, cost: ModelCost) -> None:
         self.bench, self.state, self.cost = bench, state, cost
-        row = st.columns(8)
-        self.quality = [cell.empty() for cell in row[:3]]
+        first, second = st.columns(4), st.columns(4)
+        self.quality = [cell.empty() for cell in first[:3]]
         for cell, label in zip(self.quality, ("Accuracy", "Loss", "Flipped"), strict=True):
             cell.metric(label, "…", help="Being evaluated.")  # holds the layout meanwhile
         self.compacted = compact(bench.pruner, state) if can_compact(state.plan.method) else None
-        self._cost_metrics(row[3:7])
-        self.latency = row[7].empty()
+        self._cost_metrics([first[3], *second[:3]])
+        self.latency = second[3].empty()
         self.latency.metric("Latency", "…", help="Timed once the numbers are on screen.")
         self.status = st.empty()
         self.alerts = st.container()
@@ -263,36 +341,41 @@ class MetricsRow:
         self.quality[0].metric(
             "Accuracy",
             f"{approx}{result.accuracy * 100:.{digits}f}%",
-            f"{(result.accuracy - dense.accuracy) * 100:+.2f} pts",
+            **_change((result.accuracy - dense.accuracy) * 100, ".2f", " pts"),
             help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).",
         )
         self.quality[1].metric(
             "Loss",
             f"{approx}{result.loss:.{digits + 2}f}",
-            f"{result.loss - dense.loss:+.4f}",
-            delta_color="inverse",
-            help=f"Mean cross-entropy on {on}.",
+            **_change(result.loss - dense.loss, ".4f", "", inverse=True),
+            help=f"Mean cross-entropy on {on} (dense {dense.loss:.4f}).",
         )
         changed = len(result.changed_vs(dense))
         estimate = round(changed * outcome.total / outcome.covered)
         self.quality[2].metric(
             "Flipped",
             f"{approx}{estimate:,}",
+            f"of {outcome.total:,}",
+            delta_color="off",
+            delta_arrow="off",
             help="Eval predictions changed: images whose predicted class differs from the "
             "dense model's; browse them on the Activations and Saliency pages."
             + ("" if outcome.complete else f" Estimated from {changed:,} in the preview."),
         )
 
-    def _cost_metrics(self, row: list) -> None:
+    def _cost_metrics(self, cells: list) -> None:
         cost, state = self.cost, self.state
         sizes = size_report(self.bench.model, state, self.compacted)
-        row[0].metric(
+        cells[0].metric(
             "Sparsity",
             f"{cost.prunable_sparsity:.1%}",
+            f"{cost.sparsity:.1%} of all",
+            delta_color="off",
+            delta_arrow="off",
             help=f"Zero weights in prunable layers; {cost.sparsity:.1%} of all "
             "parameters (biases and norms included).",
         )
-        row[1].metric(
+        cells[1].metric(
             "Nonzero",
             _count(cost.params_nonzero),
             f"of {_count(cost.params_total)}",
@@ -300,19 +383,20 @@ class MetricsRow:
             delta_arrow="off",
             help=f"Parameters that are not zero: {cost.params_nonzero:,} of {cost.params_total:,}.",
         )
-        row[2].metric(
+        cells[2].metric(
             "FLOPs",
-            f"{cost.flops_effective / 1e6:.2f} M",
+            _flops(cost.flops_effective),
             f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
             delta_color="off",
             delta_arrow="off",
-            help="Effective FLOPs per image: multiply-adds with a nonzero weight (dense "
-            f"{cost.flops_dense / 1e6:.2f} M). Dense kernels still do all of them.",
+            help="Effective FLOPs per image: multiply-adds with a nonzero weight, 2 FLOPs each "
+            f"(dense {cost.flops_dense:,}; this plan {cost.flops_effective:,}). Dense kernels "
+            "still do all of them.",
         )
-        row[3].metric(
+        cells[3].metric(
             "Size",
             f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
-            f"of {sizes.dense / 1024:,.0f} KiB dense",
+            f"of {sizes.dense / 1024:,.0f} KiB",
             delta_color="off",
             delta_arrow="off",
             help="Bytes of torch.save: "
@@ -375,25 +459,57 @@ def _count(n: int) -> str:
     return f"{n / 1e3:.1f}k" if n < 1_000_000 else f"{n / 1e6:.2f}M"
 
 
-def latency_metric(cell: object, timings: list, compacted: bool, cached: bool) -> None:
+def _flops(n: int) -> str:
+    """FLOPs for a metric tile: 833.0 k / 20.16 M / 1.82 G."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if n < 100 * scale else f"{n / scale:.1f} {unit}"
+    return f"{n:,}"
+
+
+def _change(value: float, spec: str, unit: str, inverse: bool = False) -> dict:
+    """Delta arguments for st.metric: a change that rounds to zero is "no change", in grey
+    (a red "+0.0000" with an arrow would claim a loss that is not there)."""
+    text = f"{value:+{spec}}"
+    if float(text) == 0:
+        return {"delta": "no change", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": text + unit, "delta_color": "inverse" if inverse else "normal"}
+
+
+def latency_metric(
+    cell: object, timings: list, compacted: nn.Module | None, dense: nn.Module, cached: bool
+) -> None:
+    """Latency at batch 32 of the fastest deployable form, against dense timed beside it."""
     by_key = {(t.model, t.batch): t for t in timings}
     dense32 = by_key[("dense", 32)]
-    fastest = by_key.get(("compacted", 32), by_key[("masked", 32)])
+    name = "compacted" if ("compacted", 32) in by_key else "masked"
+    fastest = by_key[(name, 32)]
+    # A masked model runs the dense kernels; so does a compacted one that lost nothing.
+    same = compacted is None or same_architecture(compacted, dense)
+    speed = compare_speed(dense32, fastest, same_kernels=same)
     cell.metric(
         "Latency",
         f"{fastest.median_ms:.3g} ms",
-        f"{dense32.median_ms / fastest.median_ms:.2f}x dense",
-        delta_color="off",
-        delta_arrow="off",
-        help=f"Batch of 32, {'compacted' if compacted else 'masked'} model, median ms "
-        f"(dense {dense32.median_ms:.2f} ms)"
-        + (", timed earlier for this same architecture" if cached else "")
+        speed.summary(),
+        delta_color="off" if speed.same_speed else "normal",
+        delta_arrow="off" if speed.same_speed else ("up" if speed.ratio > 1 else "down"),
+        help=f"Batch of 32, the {name} model: median {fastest.median_ms:.3f} ms; dense, timed "
+        f"in the same rounds: {dense32.median_ms:.3f} ms. Per-round dense/{name} ratio "
+        f"{speed.ratio:.2f} (quartiles {speed.low:.2f}-{speed.high:.2f}); "
+        + (
+            "the same kernels as dense, so the same speed by construction"
+            if same
+            else "a difference is claimed only when those quartiles stay clear of "
+            f"1 ± {PRACTICAL_DIFFERENCE:.0%}"
+        )
+        + (". Timed earlier for this same architecture" if cached else "")
         + ". "
         + ui.HELP["latency"],
     )
 
 
 def details_ui(metrics: MetricsRow) -> None:
+    """Per-layer table and chart, then latency: timed last, interruptible by a newer move."""
     bench, state, compacted = metrics.bench, metrics.state, metrics.compacted
     layer_table_ui(state, metrics.cost)
     timings, cached = bench.latency_by_architecture(
@@ -404,27 +520,36 @@ def details_ui(metrics: MetricsRow) -> None:
         budget_s=0.12,
         between=_interruptible(metrics.latency),
     )
-    latency_metric(metrics.latency, timings, compacted is not None, cached)
+    latency_metric(metrics.latency, timings, compacted, bench.model, cached)
     with st.expander("Latency details", expanded=False):
+        same = compacted is None or same_architecture(compacted, bench.model)
+        dense = {t.batch: t for t in timings if t.model == "dense"}
+        rows = []
+        for t in timings:
+            speed = compare_speed(dense[t.batch], t, same_kernels=same or t.model == "dense")
+            rows.append(
+                {
+                    "model": t.model,
+                    "batch": t.batch,
+                    "median ms": t.median_ms,
+                    "IQR ms": t.spread_ms,
+                    "vs dense": "-" if t.model == "dense" else speed.summary(),
+                    "runs": t.repeats,
+                }
+            )
         st.dataframe(
-            pd.DataFrame(
-                [
-                    {
-                        "model": t.model,
-                        "batch": t.batch,
-                        "median ms": round(t.median_ms, 3),
-                        "IQR ms": round(t.spread_ms, 3),
-                        "runs": t.repeats,
-                        "threads": t.threads,
-                    }
-                    for t in timings
-                ]
-            ),
+            pd.DataFrame(rows),
             hide_index=True,
             width="stretch",
+            column_config={
+                "median ms": st.column_config.NumberColumn(format="%.3f"),
+                "IQR ms": st.column_config.NumberColumn(format="%.3f"),
+            },
         )
         st.caption(
             HONEST_NOTE
+            + f" Models are timed in alternating order within each round, {timings[0].threads} "
+            "thread(s); 'vs dense' compares runs of the same rounds."
             + (
                 " Timings are reused while the timed architecture (layer shapes) is unchanged."
                 if cached
@@ -460,22 +585,32 @@ def layer_table_ui(state: ui.PrunedState, cost: ModelCost) -> None:
                 "nonzero": layer.nonzero,
                 "sparsity": layer.sparsity,
                 "FLOPs dense": layer.flops_dense,
-                "FLOPs effective": layer.flops_effective,
+                "FLOPs now": layer.flops_effective,
             }
             for layer in cost.layers
         ]
     )
     own = set(state.plan.overrides)
+    count = st.column_config.NumberColumn(format="localized")
     tabs = st.tabs(["Per-layer table", "Sparsity by layer"])
     with tabs[0]:
         st.dataframe(
             frame,
             hide_index=True,
             width="stretch",
+            height="content",
             column_config={
+                "weights": count,
+                "nonzero": count,
                 "sparsity": st.column_config.ProgressColumn(
-                    format="percent", min_value=0.0, max_value=1.0
-                )
+                    format="percent", min_value=0.0, max_value=1.0, width="small"
+                ),
+                "FLOPs dense": count,
+                "FLOPs now": st.column_config.NumberColumn(
+                    format="localized",
+                    help="FLOPs per image that multiply a nonzero weight (dense kernels "
+                    "still do all of them).",
+                ),
             },
         )
     with tabs[1]:
@@ -489,23 +624,42 @@ def layer_table_ui(state: ui.PrunedState, cost: ModelCost) -> None:
         )
 
 
+CURVES_KEY = "curves"
+HIDDEN_CURVES_KEY = "curves_hidden"
+
+
+def _curve_id(plan: PruningPlan) -> str:
+    """A curve is the plan with its global amount swept: the plan at amount 0 names it."""
+    return plan.with_amount(0.0).to_json(indent=None)
+
+
 def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) -> None:
-    """The accuracy-vs-sparsity sweep; ``here`` = (sparsity, accuracy) of the current plan."""
+    """Accuracy-vs-sparsity sweeps of this session, overlaid; ``here`` = (sparsity, accuracy)
+    of the current plan."""
     st.markdown("#### Accuracy vs sparsity")
+    method = METHODS[plan.method]
+    if method.amount_is_switch:
+        st.caption(
+            f"{method.title} has one sparsity per pattern (1 − N/M), so there is no amount "
+            "to sweep: compare patterns by switching them above."
+        )
+        return
     show = st.toggle(
-        "Show the curve for this method, criterion and scope",
+        "Sweep the global amount for this plan",
         key="show_curve",
-        help=f"Sweeps the global slider from 0 to 95% ({len(CURVE_AMOUNTS)} full evaluations, "
-        "computed once per plan shape and kept) and marks where this plan stands.",
+        help=f"Evaluates the plan at global amounts 0 to 95% ({len(CURVE_AMOUNTS)} full "
+        "evaluations, computed once per plan shape and kept) and marks where this plan "
+        "stands. Each sweep of this session stays, so that methods, criteria and scopes can "
+        "be compared on one chart.",
     )
     if not show:
         return
-    key = (
-        ui.current_model(),
-        PruningPlan.from_dict(plan.to_dict() | {"amount": 0}).to_json(indent=None),
-    )
+    model = ui.current_model()
+    curves = st.session_state.setdefault(CURVES_KEY, {}).setdefault(model, {})
+    this = _curve_id(plan)
     # Points are kept one by one, so a run interrupted by another change resumes where it was.
-    points = st.session_state.setdefault("curve_points", {}).setdefault(key, {})
+    entry = curves.setdefault(this, {"label": plan_label(plan, amount=False), "points": {}})
+    points = entry["points"]
     missing = [amount for amount in CURVE_AMOUNTS if amount not in points]
     if missing:
         bar = st.progress(0.0, text="Evaluating…")
@@ -513,12 +667,44 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) 
             points[amount] = bench.curve(plan, [amount])[0]
             bar.progress(done / len(missing), text=f"Evaluating… {done}/{len(missing)}")
         bar.empty()
-    curve = [points[amount] for amount in CURVE_AMOUNTS]
-    label = f"{METHODS[plan.method].title}, {plan.criterion}, {plan.scope}"
+    complete = {
+        key: value for key, value in curves.items() if len(value["points"]) == len(CURVE_AMOUNTS)
+    }
+    others = [key for key in complete if key != this]
+    hidden = st.session_state.setdefault(HIDDEN_CURVES_KEY, set())
+    shown = [this]
+    if others:
+        cols = st.columns([5, 1], vertical_alignment="bottom")
+        picker = f"curve_pick::{hash(tuple(others)) & 0xFFFFFFFF:08x}"
+
+        def picked() -> None:
+            hidden.clear()
+            hidden.update(set(others) - set(st.session_state[picker]))
+
+        shown += cols[0].multiselect(
+            "Compare with earlier sweeps",
+            others,
+            default=[key for key in others if key not in hidden],
+            key=picker,
+            on_change=picked,
+            format_func=lambda key: complete[key]["label"],
+            help="Sweeps computed in this session for this model. Remove one to hide it.",
+        )
+        if cols[1].button("Forget them", help="Drop the earlier sweeps of this model."):
+            for key in others:
+                curves.pop(key, None)
+            hidden.clear()
+            st.rerun(scope="fragment")
+    series = [
+        CurveSeries(
+            complete[key]["label"],
+            [complete[key]["points"][a][0] for a in CURVE_AMOUNTS],
+            [complete[key]["points"][a][1] for a in CURVE_AMOUNTS],
+        )
+        for key in shown
+    ]
     st.plotly_chart(
-        curve_figure(
-            [p[0] for p in curve], [p[1] for p in curve], here, bench.dense.accuracy, label
-        ),
+        curve_figure(series, here, bench.dense.accuracy),
         config={"displayModeBar": False},
     )
 
@@ -539,16 +725,18 @@ def _workbench() -> None:
     controls_ui(bench, plan)
     cost = model_cost(bench.pruner, state)
     metrics = MetricsRow(bench, state, cost)
-    left, right = st.columns([2, 3], gap="large")
+    per_layer = st.container()
 
-    def sliders() -> None:
-        with left:
-            layer_sliders_ui(plan, state)
+    def layer_controls() -> None:
+        with per_layer:
+            layer_controls_ui(plan, state)
 
-    outcome = metrics.evaluate(started, sliders)
-    with right:
-        details_ui(metrics)
+    outcome = metrics.evaluate(started, layer_controls)
+    details_ui(metrics)
     curve_ui(bench, plan, (cost.prunable_sparsity, outcome.result.accuracy))
+
+
+UPLOAD_SEEN_KEY = "plan_upload_seen"
 
 
 def plan_file_ui() -> None:
@@ -562,17 +750,25 @@ def plan_file_ui() -> None:
         mime="application/json",
     )
     upload = cols[1].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
-    if upload is not None and st.session_state.get("plan_upload_seen") != upload.file_id:
-        st.session_state["plan_upload_seen"] = upload.file_id
+    if upload is None:
+        return
+    if st.session_state.get(UPLOAD_SEEN_KEY, (None,))[0] != upload.file_id:
         try:
             plan = PruningPlan.from_json(upload.getvalue())
         except ValueError as err:
-            st.error(f"{upload.name} is not a usable plan: {err}")
-            return
-        if ui.set_plan(plan):
-            st.success(f"Loaded {upload.name}.")
-            st.rerun()
-        ui.show_notices()
+            st.session_state[UPLOAD_SEEN_KEY] = (upload.file_id, f"error:{err}")
+        else:
+            adopted = ui.set_plan(plan)
+            st.session_state[UPLOAD_SEEN_KEY] = (upload.file_id, "loaded" if adopted else "")
+            if adopted:
+                st.toast(f"Plan loaded from {upload.name}.", icon=":material/check_circle:")
+                st.rerun()
+            ui.show_notices()
+    outcome = st.session_state[UPLOAD_SEEN_KEY][1]
+    if outcome == "loaded":
+        cols[1].success(f"Loaded {upload.name}: it is the current plan.")
+    elif outcome.startswith("error:"):
+        cols[1].error(f"{upload.name} is not a usable plan: {outcome[6:]}")
 
 
 def main() -> None:

@@ -80,7 +80,8 @@ def heatmap_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str) -> None:
             "of its block, and is grey only if every weight in it is pruned."
         )
     st.caption(
-        "Red positive, blue negative, white near zero; **grey: pruned by the plan**. " + note
+        "Red positive, blue negative, white near zero; **dark grey: pruned by the plan** "
+        "(grey means pruned in every chart of this page). " + note
     )
 
 

@@ -1,6 +1,6 @@
 """Plotly figure builders: arrays and results in, ``go.Figure`` out; they never run a model."""
 
 from explorer.plots.common import sample_grid_figure
-from explorer.plots.prune import curve_figure, layer_sparsity_figure
+from explorer.plots.prune import CurveSeries, curve_figure, layer_sparsity_figure
 
-__all__ = ["curve_figure", "layer_sparsity_figure", "sample_grid_figure"]
+__all__ = ["CurveSeries", "curve_figure", "layer_sparsity_figure", "sample_grid_figure"]

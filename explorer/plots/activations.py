@@ -88,21 +88,26 @@ def prediction_figure(
 def divergence_figure(
     layers: Sequence[str], change: Sequence[float], selected: str | None = None
 ) -> go.Figure:
-    """Per layer, how far the pruned output is from the dense one, ||p - d|| / ||d||."""
+    """Per layer, how far the pruned output is from the dense one, ||p - d|| / ||d||.
+
+    Horizontal bars, the first layer on top: layer names stay whole and readable however many
+    there are (a ViT has 14), and the figure grows with them.
+    """
     values = [min(c, 10.0) * 100 for c in change]
     fig = go.Figure(
         go.Bar(
-            x=list(layers),
-            y=values,
+            y=list(layers),
+            x=values,
+            orientation="h",
             marker_color=PLAN_COLOR,
             marker_line_color="#222",
             marker_line_width=[3 if n == selected else 0 for n in layers],
-            hovertemplate="%{x}: %{y:.1f}% relative change<extra></extra>",
+            hovertemplate="%{y}: %{x:.1f}% relative change<extra></extra>",
         )
     )
-    fig.update_yaxes(title="change vs dense (%)", rangemode="tozero")
-    fig.update_xaxes(tickangle=-35 if len(layers) > 6 else 0)
-    return compact_layout(fig, 230)
+    fig.update_xaxes(title="change vs dense (%)", rangemode="tozero", automargin=True)
+    fig.update_yaxes(autorange="reversed", automargin=True, tickfont={"size": 11})
+    return compact_layout(fig, 70 + 20 * len(layers))
 
 
 def _mosaic(maps: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +128,7 @@ def feature_maps_figure(
 ) -> go.Figure:
     """Conv outputs (C, H, W), dense and pruned side by side as grids of channel maps.
 
-    Pruned channels (``pruned_units``, bool (C,)) are outlined in red in the pruned grid. Both
+    Pruned channels (``pruned_units``, bool (C,)) are outlined in dark grey in the pruned grid. Both
     grids share one colour scale centred at 0.
     """
     c, h, w = dense.shape

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
 from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
 
 
+@dataclass(frozen=True)
+class CurveSeries:
+    """One accuracy-vs-sparsity sweep: its label and points (fractions in [0, 1])."""
+
+    label: str
+    sparsity: Sequence[float]
+    accuracy: Sequence[float]
+
+
+#: Colours of overlaid sweeps, the current plan's first (colour-blind safe, Okabe-Ito).
+SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+
+
 def curve_figure(
-    sparsity: Sequence[float],
-    accuracy: Sequence[float],
-    current: tuple[float, float],
-    dense_accuracy: float,
-    label: str,
+    series: Sequence[CurveSeries], current: tuple[float, float], dense_accuracy: float
 ) -> go.Figure:
-    """Accuracy (y) against sparsity of the prunable weights (x), the current plan marked."""
+    """Accuracy (y) against sparsity of the prunable weights (x), one line per sweep (the first
+    is the current plan's, drawn thickest), the current plan marked with a star."""
     fig = go.Figure()
     fig.add_hline(
         y=dense_accuracy * 100,
@@ -25,16 +36,22 @@ def curve_figure(
         annotation_text="dense",
         annotation_position="bottom left",
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[s * 100 for s in sparsity],
-            y=[a * 100 for a in accuracy],
-            mode="lines+markers",
-            name=label,
-            line_color=DENSE_COLOR,
-            hovertemplate="sparsity %{x:.1f}%<br>accuracy %{y:.2f}%",
+    for i, curve in enumerate(series):
+        fig.add_trace(
+            go.Scatter(
+                x=[s * 100 for s in curve.sparsity],
+                y=[a * 100 for a in curve.accuracy],
+                mode="lines+markers",
+                name=curve.label,
+                line={
+                    "color": SERIES_COLORS[i % len(SERIES_COLORS)],
+                    "width": 3 if i == 0 else 1.5,
+                },
+                marker={"size": 6 if i == 0 else 4},
+                hovertemplate=f"{curve.label}<br>sparsity %{{x:.1f}}%<br>accuracy %{{y:.2f}}%"
+                "<extra></extra>",
+            )
         )
-    )
     fig.add_trace(
         go.Scatter(
             x=[current[0] * 100],
@@ -42,13 +59,16 @@ def curve_figure(
             mode="markers",
             name="this plan",
             marker={"size": 14, "color": PLAN_COLOR, "symbol": "star"},
-            hovertemplate="this plan<br>sparsity %{x:.1f}%<br>accuracy %{y:.2f}%",
+            hovertemplate="this plan<br>sparsity %{x:.1f}%<br>accuracy %{y:.2f}%<extra></extra>",
         )
     )
     fig.update_xaxes(title="sparsity of prunable weights (%)", range=[-2, 102])
     fig.update_yaxes(title="eval accuracy (%)")
-    fig.update_layout(legend={"orientation": "h", "y": 1.12})
-    return compact_layout(fig, 320)
+    # Legend below the plot: labels are long, and several sweeps must not cover the lines.
+    fig.update_layout(legend={"orientation": "h", "y": -0.25, "yanchor": "top"})
+    fig = compact_layout(fig, 360 + 22 * len(series))
+    fig.update_layout(margin={"b": 10 + 22 * len(series)})
+    return fig
 
 
 def layer_sparsity_figure(

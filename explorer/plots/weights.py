@@ -11,7 +11,6 @@ from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact
 from explorer.plots.prune import layer_sparsity_figure
 from explorer.weights import ScoreHistogram, WeightGrid
 
-PRUNED_GREY = "#cfcfcf"
 WEIGHT_SCALE = "RdBu_r"  # diverging, centred at 0: blue negative, red positive
 SMALL_UNIT = 128  # up to this many elements, scores are drawn one bar each, ranked
 
@@ -93,7 +92,7 @@ def weight_heatmap_figure(grid: WeightGrid, height: int | None = None) -> go.Fig
             customdata=custom,
             name="pruned",
             showscale=False,
-            colorscale=[[0, PRUNED_GREY], [1, PRUNED_GREY]],
+            colorscale=[[0, PRUNED_COLOR], [1, PRUNED_COLOR]],
             zmin=0,
             zmax=1,
             hoverongaps=False,
@@ -146,7 +145,7 @@ def _mark_threshold(add_line: Callable[..., object], at: float, value: float, wh
 def score_histogram_figure(
     hist: ScoreHistogram, threshold: float | None, element: str = "weights"
 ) -> go.Figure:
-    """Stacked histogram of scores, pruned part in red, a dashed line at the threshold.
+    """Stacked histogram of scores, pruned part in dark grey, a dashed line at the threshold.
 
     Args:
         hist: binned scores from ``explorer.weights.score_histogram``.

@@ -97,7 +97,7 @@ def test_a_previewed_evaluation_ends_with_the_exact_numbers(lenet5, monkeypatch)
 
 def test_layer_slider_overrides_one_layer(lenet5):
     at = start("prune", model="lenet5", amount="0.5", scope="layer")
-    keyed(at.slider, "amount::lenet5::unstructured::fc1::").set_value(95).run()
+    keyed(at.slider, "amount::lenet5::fc1::").set_value(95).run()
     assert_clean(at)
     plan = PruningPlan(scope="layer", amount=0.5, layer_amounts=(("fc1", 0.95),))
     assert at.session_state["plan"] == plan
@@ -124,7 +124,7 @@ def test_switching_method_and_scope(lenet5):
 
 def test_locking_a_layer_dense(lenet5):
     at = start("prune", model="lenet5", amount="0.8")
-    keyed(at.checkbox, "dense::lenet5::unstructured::fc1::").check().run()
+    keyed(at.checkbox, "dense::lenet5::fc1::").check().run()
     plan = PruningPlan(amount=0.8, dense_layers=("fc1",))
     assert at.session_state["plan"] == plan
     assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
@@ -201,9 +201,104 @@ def test_curve_points_agree_with_explorer(lenet5):
     at = start("prune", model="lenet5", amount="0.3")
     at.toggle(key="show_curve").set_value(True).run()
     assert_clean(at)
-    (points,) = at.session_state["curve_points"].values()
+    (curve,) = at.session_state["curves"]["lenet5"].values()
+    points = curve["points"]
     assert len(points) == 20
     assert points[0.0][1] == pytest.approx(lenet5.dense.accuracy)
     _, result, _ = lenet5.evaluate(PruningPlan(amount=0.5))
     assert points[0.5][1] == pytest.approx(result.accuracy)
     assert points[0.5][0] == pytest.approx(0.5, abs=1e-4)  # global 50% = 50% of weights
+
+
+def test_sweeps_of_a_session_are_overlaid_with_their_labels(lenet5):
+    # A teacher puts magnitude and random (a chosen seed) on one chart.
+    at = start("prune", model="lenet5", amount="0.3")
+    at.toggle(key="show_curve").set_value(True).run()
+    at.selectbox(key="ctl_criterion").set_value("random").run()
+    assert_clean(at)
+    at.number_input(key="ctl_seed").set_value(7).run()
+    assert_clean(at)
+    assert at.session_state["plan"] == PruningPlan(criterion="random", amount=0.3, seed=7)
+    curves = at.session_state["curves"]["lenet5"]
+    labels = sorted(c["label"] for c in curves.values())
+    assert labels == [
+        "Unstructured (weights), random (seed 0), global",
+        "Unstructured (weights), random (seed 7), global",
+        "Unstructured (weights), weight magnitude, global",
+    ]
+    random7 = PruningPlan(criterion="random", seed=7)
+    _, result, _ = lenet5.evaluate(random7.with_amount(0.5))
+    (seven,) = [c for c in curves.values() if "seed 7" in c["label"]]
+    assert seven["points"][0.5][1] == pytest.approx(result.accuracy)
+    (picker,) = [m for m in at.multiselect if m.key.startswith("curve_pick::")]
+    assert len(picker.value) == 2  # the two earlier sweeps are shown next to this one
+    picker.unselect(picker.value[0]).run()
+    assert_clean(at)
+    (picker,) = [m for m in at.multiselect if m.key.startswith("curve_pick::")]
+    assert len(picker.value) == 1
+
+
+def test_nm_keeps_the_users_scope_and_has_its_own_controls(lenet5):
+    at = start("prune", model="lenet5", amount="0.5", scope="global")
+    at.selectbox(key="ctl_method").set_value("nm").run()
+    assert_clean(at)
+    plan = at.session_state["plan"]
+    assert plan.method == "nm" and plan.scope == "global"  # not silently layer-wise
+    assert not [r for r in at.radio if r.key == "ctl_scope"]  # no scope shown for N:M
+    assert "global" not in at.sidebar.caption[-1].value  # the summary says what applies
+    assert "2:4 on every layer" in at.sidebar.caption[-1].value
+    # The pattern is chosen in the page and fixes the sparsity; conv1 (25 inputs per output)
+    # cannot take groups of 4 and says so.
+    at.selectbox(key="ctl_pattern").set_value((1, 4)).run()
+    assert_clean(at)
+    plan = at.session_state["plan"]
+    assert (plan.n, plan.m, plan.amount) == (1, 4, 0.75)
+    state = lenet5.resolve(plan)
+    assert state.pruned["conv1"] == 0
+    assert state.pruned["fc1"] == 120 * 400 * 3 // 4  # 400 inputs per output: 100 groups of 4
+    texts = " ".join(m.value for m in at.markdown)
+    assert "dense: its 25 inputs per output do not divide into groups of 4" in texts
+    keyed(at.checkbox, "switch::lenet5::fc1::").uncheck().run()
+    assert_clean(at)
+    assert "fc1" in at.session_state["plan"].dense_layers
+    at.toggle(key="ctl_pattern_on").set_value(False).run()
+    assert at.session_state["plan"].amount == 0
+    # Back to unstructured: the user's global scope is still the plan's.
+    at.selectbox(key="ctl_method").set_value("unstructured").run()
+    assert_clean(at)
+    assert at.session_state["plan"].scope == "global"
+    assert at.query_params["scope"] == "global"
+    assert at.radio(key="ctl_scope").value == "global"
+
+
+def test_an_unchanged_model_shows_no_change_not_a_red_zero():
+    at = start("prune", model="lenet5")
+    assert_clean(at)
+    deltas = {m.label: m.delta for m in at.metric}
+    assert deltas["Loss"] == "no change"
+    assert deltas["Accuracy"] == "no change"
+
+
+def test_latency_of_an_unpruned_structured_plan_claims_no_speed_up():
+    # At 0% the compacted model is the dense one: whatever the timer says, it is not faster.
+    at = start("prune", model="lenet5", method="filters", amount="0")
+    assert_clean(at)
+    (latency,) = [m for m in at.metric if m.label == "Latency"]
+    assert latency.delta == "same speed (same kernels)"
+
+
+def test_lock_controls_have_a_real_label():
+    at = start("prune", model="lenet5", amount="0.5")
+    locks = [c for c in at.checkbox if c.key and c.key.startswith("dense::")]
+    assert len(locks) == 5
+    assert all(c.label == "Lock" for c in locks)
+
+
+def test_a_plan_upload_confirms_itself():
+    at = start("prune", model="lenet5")
+    plan = PruningPlan(amount=0.4)
+    at.file_uploader(key="plan_upload").upload("mine.json", plan.to_json().encode(), "text/json")
+    at.run()
+    assert_clean(at)
+    assert at.session_state["plan"] == plan
+    assert any("Loaded mine.json" in s.value for s in at.success)
