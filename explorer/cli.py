@@ -3,29 +3,45 @@
     pruning-explorer models
     pruning-explorer info lenet5
     pruning-explorer prune lenet5 --amount 0.7 --method l1 --scope global --out pruned.pt
+    pruning-explorer prune resnet_mini --method filters --amount 0.5 --compact-out small.pt2
     pruning-explorer eval resnet_mini --method filters --amount 0.5 --layer stem.conv=0.25
     pruning-explorer eval lenet5 --plan plan.json --json
 
-Every command takes ``--json`` for machines. Errors are one line on stderr and exit code 2.
+Every command takes ``--json`` for machines. The error convention, never a traceback:
+
+* a user mistake (bad flag, file, plan, path) is one line ``error: ...`` on stderr, exit code 2;
+  output paths are checked before any evaluation runs;
+* an unexpected internal failure is one line ``internal error: ...``, exit code 1
+  (``PRUNING_EXPLORER_DEBUG=1`` shows its traceback instead);
+* Ctrl-C exits with 130, silently;
+* a reader that stops early (``| head``) ends the command quietly with exit code 0.
+
+``--compact-out`` writes a ``torch.export`` program: ``torch.export.load(PATH).module()`` gives a
+runnable module without the model's class and without unpickling anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import torch
+from torch import nn
 
 from explorer.compaction import can_compact, compact
-from explorer.importance import CRITERIA
-from explorer.inspection import prunable_layers
+from explorer.importance import CRITERIA, get_criterion
+from explorer.inspection import example_input, prunable_layers
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
-from explorer.pruning import METHODS, masked_state_dict
+from explorer.pruning import METHODS, get_method, masked_state_dict
 from explorer.workbench import Report, open_workbench
 
 #: Short names people type, as (method, criterion).
@@ -35,10 +51,120 @@ METHOD_ALIASES = {
     "2:4": ("nm", None),
 }
 EXPORT_STYLES = ("zeros", "torch_prune")
+#: Set to 1 to see the traceback of an internal error instead of its one-line summary.
+DEBUG_ENV = "PRUNING_EXPLORER_DEBUG"
+#: A plan is a few hundred bytes of JSON; anything far larger is the wrong file, and reading
+#: it whole (a disk image, /dev/zero's cousins) would only waste time before the same error.
+PLAN_FILE_LIMIT = 1 << 20
+#: How to load what --compact-out writes (PATH stands for the file).
+LOAD_COMPACTED = "torch.export.load(PATH).module()"
 
 
 class CliError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
+    """A user mistake (or a limit the user can work around): one line on stderr, exit code 2."""
+
+
+def _one_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's run to dozens of lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _reason(err: BaseException) -> str:
+    """Why an OS call failed, without the ``[Errno N]`` noise and the repeated path."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return _one_line(err)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is the same one line as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse prefixes "argument --flag: "; our own types already start with the flag.
+        match = re.fullmatch(r"argument (\S+): (.*)", message, flags=re.DOTALL)
+        if match and match.group(2).startswith(match.group(1)):
+            message = match.group(2)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# --- argument types (argparse names the flag in its error) ----------------------------------------
+
+
+def _shown(text: str) -> str:
+    return text if text.strip() else repr(text)
+
+
+def whole_number(flag: str, minimum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int (``>= minimum``), or an error that names ``flag``."""
+    want = "a whole number" if minimum is None else f"a whole number >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {_shown(text)}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {_shown(text)}")
+        return value
+
+    return parse
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def fraction(flag: str) -> Callable[[str], float]:
+    """An argparse type: a number in [0, 1] (nan and inf are not), or an error naming ``flag``."""
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        if value is None or not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a number between 0 and 1 (0.5 = 50%), got {_shown(text)}"
+            )
+        return value
+
+    return parse
+
+
+def _positive_norm(text: str) -> float:
+    value = _float(text)
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"--norm must be a positive number (1 = L1, 2 = L2), got {_shown(text)}"
+        )
+    return value
+
+
+def _layer_amount(text: str) -> tuple[str, float]:
+    name, sep, amount = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"--layer expects NAME=AMOUNT (e.g. fc1=0.9), got {_shown(text)}"
+        )
+    value = _float(amount)
+    if value is None or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"--layer {_shown(text)}: the amount must be a number between 0 and 1 (0.5 = 50%)"
+        )
+    return name, value
+
+
+def _nm_pattern(text: str) -> tuple[int, int]:
+    # ASCII digits only: str.isdigit() accepts "²", which int() then rejects.
+    match = re.fullmatch(r"\s*([0-9]+)\s*:\s*([0-9]+)\s*", text)
+    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if not 0 < n < m:
+        raise argparse.ArgumentTypeError(
+            f"--nm must be N:M with whole numbers 0 < N < M (e.g. 2:4), got {_shown(text)}"
+        )
+    return n, m
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -83,26 +209,48 @@ def _bytes(value: int | None) -> str:
 # --- plans from arguments -----------------------------------------------------------------------
 
 
-def _layer_amount(text: str) -> tuple[str, float]:
-    name, sep, amount = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT (e.g. fc1=0.9), got {text!r}")
+def read_plan_file(text: str) -> PruningPlan:
+    """The plan in file ``text``; every complaint about it names the file."""
+    path = Path(text)
+    if path.is_dir():
+        raise CliError(f"--plan {path} is a directory, not a plan file")
+    if not path.exists():
+        raise CliError(f"plan file {path} does not exist")
+    if not path.is_file():
+        raise CliError(f"plan file {path} is not a regular file")
     try:
-        return name, float(amount)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"amount of {name!r} must be a number, got {amount!r}"
+        size = path.stat().st_size
+        if size > PLAN_FILE_LIMIT:
+            raise CliError(
+                f"plan file {path} is {size:,} bytes, too large for a plan (a small JSON object)"
+            )
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CliError(f"cannot read plan file {path}: {_reason(err)}") from None
+    try:
+        # utf-8-sig: a byte-order mark, as some Windows editors write, is not a JSON error.
+        decoded = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CliError(
+            f"plan file {path} is not JSON text: byte {err.start} is not UTF-8 (a binary file?)"
         ) from None
+    try:
+        plan = PruningPlan.from_json(decoded)
+        # The plan only checks the shape of the data; names are checked against the registries
+        # here, so that the message can say which file holds the unknown name.
+        get_method(plan.method)
+        get_criterion(plan.criterion)
+    except ValueError as err:
+        raise CliError(f"plan file {path}: {_one_line(err)}") from None
+    return plan
 
 
 def plan_from_args(args: argparse.Namespace) -> PruningPlan:
-    """A plan from ``--plan FILE`` (then adjusted by any other plan flag) or from flags alone."""
-    plan = PruningPlan()
-    if args.plan:
-        path = Path(args.plan)
-        if not path.is_file():
-            raise CliError(f"plan file {path} does not exist")
-        plan = PruningPlan.from_json(path.read_text())
+    """A plan from ``--plan FILE`` (then adjusted by any other plan flag) or from flags alone.
+
+    Every flag is already checked by its argparse type, so only the file can be wrong here.
+    """
+    plan = read_plan_file(args.plan) if args.plan else PruningPlan()
     data = plan.to_dict()
     if args.method:
         method, criterion = METHOD_ALIASES.get(args.method, (args.method, None))
@@ -117,10 +265,12 @@ def plan_from_args(args: argparse.Namespace) -> PruningPlan:
     if args.dense:
         data["dense"] = sorted(set(data["dense"]) | set(args.dense))
     if args.nm:
-        n, _, m = args.nm.partition(":")
-        if not (n.isdigit() and m.isdigit()):
-            raise CliError(f"--nm must look like 2:4, got {args.nm!r}")
-        data["nm"] = [int(n), int(m)]
+        if data["method"] != "nm":
+            # Otherwise the pattern would be ignored without a word.
+            raise CliError(
+                f"--nm only applies to --method nm; this plan's method is {data['method']!r}"
+            )
+        data["nm"] = list(args.nm)
     return PruningPlan.from_dict(data)
 
 
@@ -141,7 +291,9 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
         choices=SCOPES,
         help="global: rank all layers together; layer: each layer by its amount",
     )
-    group.add_argument("--amount", type=float, help="fraction to prune, 0..1 (default 0)")
+    group.add_argument(
+        "--amount", type=fraction("--amount"), help="fraction to prune, 0..1 (default 0)"
+    )
     group.add_argument(
         "--layer",
         type=_layer_amount,
@@ -152,9 +304,89 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dense", action="append", metavar="NAME", help="leave this layer dense, repeatable"
     )
-    group.add_argument("--nm", metavar="N:M", help="pattern for --method nm (default 2:4)")
-    group.add_argument("--norm", type=float, help="p of the Ln norm for structured scores")
-    group.add_argument("--seed", type=int, help="seed of the random criterion")
+    group.add_argument(
+        "--nm", type=_nm_pattern, metavar="N:M", help="pattern for --method nm (default 2:4)"
+    )
+    group.add_argument("--norm", type=_positive_norm, help="p of the Ln norm for structured scores")
+    group.add_argument("--seed", type=whole_number("--seed"), help="seed of the random criterion")
+
+
+# --- output files -------------------------------------------------------------------------------
+
+
+def check_output(flag: str, text: str) -> Path:
+    """``text`` as a path that ``flag`` can write, checked before any (slow) evaluation runs."""
+    if not text.strip():
+        raise CliError(f"{flag} needs a file name")
+    if text.endswith(("/", os.sep)):
+        raise CliError(f"{flag} {text} names a directory; give a file name")
+    path = Path(text)
+    parent = path.parent
+    if not parent.exists():
+        raise CliError(f"{flag} {path}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise CliError(f"{flag} {path}: {parent} is not a directory")
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a directory; give a file name")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise CliError(f"{flag} {path}: the file is not writable (permission denied)")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path}: cannot create a file in {parent} (permission denied)")
+    return path
+
+
+def check_outputs(flags: dict[str, str | None]) -> dict[str, Path]:
+    """Every given output path of ``flags`` checked; two flags may not name one file."""
+    paths = {flag: check_output(flag, text) for flag, text in flags.items() if text is not None}
+    seen: dict[Path, str] = {}
+    for flag, path in paths.items():
+        key = path.resolve()
+        if key in seen:
+            raise CliError(f"{seen[key]} and {flag} both name {path}; give each its own file")
+        seen[key] = flag
+    return paths
+
+
+def write_output(flag: str, path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write through ``write``; a failure is one line naming the flag, and leaves no half file."""
+    try:
+        file = path.open("wb")
+    except OSError as err:  # nothing was touched yet: an existing file stays as it was
+        raise CliError(f"{flag}: could not write {path}: {_reason(err)}") from None
+    try:
+        with file:
+            write(file)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        if path.is_file():  # a truncated, half-written file; never a device such as /dev/null
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise CliError(f"{flag}: could not write {path}: {_reason(err)}") from None
+
+
+def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    """``model`` as a ``torch.export`` program on the CPU that takes any batch size.
+
+    A program is plain data (graph + tensors): loading it needs neither the model's class nor
+    unpickling, unlike ``torch.save(model)``.
+    """
+    model = model.cpu().eval()
+    # A batch of 2: with 1, export specialises the batch size and the program takes no other.
+    example = (example_input(input_shape, batch=2),)
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
+    # Non-strict tracing (tried first, torch's default) turns ``len(x)`` into a constant, as in
+    # vit_tiny's [CLS] token expand; TorchDynamo (strict) keeps it symbolic.
+    failure: Exception | None = None
+    for strict in (False, True):
+        try:
+            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=strict)
+        except Exception as err:  # torch raises many kinds; the user gets one line for all
+            failure = err
+    assert failure is not None
+    raise CliError(
+        f"--compact-out: torch.export cannot capture the compacted model "
+        f"({type(failure).__name__}: {_one_line(failure)}); --out writes the masked weights"
+    )
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -238,23 +470,34 @@ def _units_table(report: Report) -> str:
 
 def cmd_prune(args: argparse.Namespace) -> Any:
     plan = plan_from_args(args)
+    # Every mistake that can be seen without the model is reported before the evaluation runs.
+    paths = check_outputs(
+        {"--out": args.out, "--compact-out": args.compact_out, "--save-plan": args.save_plan}
+    )
+    if "--compact-out" in paths and not can_compact(plan.method):
+        raise CliError(
+            f"--compact-out needs a structured plan; {plan.method!r} leaves "
+            "scattered zeros that cannot be removed"
+        )
     bench = open_workbench(args.model)
     report = bench.report(plan)
+    # Build everything first, then write: a failed export leaves no partial set of files.
+    writers: dict[str, Callable[[IO[bytes]], None]] = {}
+    if "--out" in paths:
+        # On the CPU, so that the file loads on a machine without the GPU it was made on.
+        state = {k: v.cpu() for k, v in masked_state_dict(bench.pruner, plan, args.format).items()}
+        writers["--out"] = lambda file: torch.save(state, file)
+    if "--compact-out" in paths:
+        program = export_program(compact(bench.pruner, plan), bench.eval_set.input_shape)
+        # A file object: torch.export.save warns about names that do not end in .pt2.
+        writers["--compact-out"] = lambda file: torch.export.save(program, file)
+    if "--save-plan" in paths:
+        writers["--save-plan"] = lambda file: file.write((plan.to_json() + "\n").encode())
+    names = {"--out": "weights", "--compact-out": "compacted_model", "--save-plan": "plan"}
     written = {}
-    if args.out:
-        torch.save(masked_state_dict(bench.pruner, plan, args.format), args.out)
-        written["weights"] = args.out
-    if args.compact_out:
-        if not can_compact(plan.method):
-            raise CliError(
-                f"--compact-out needs a structured plan; {plan.method!r} leaves "
-                "scattered zeros that cannot be removed"
-            )
-        torch.save(compact(bench.pruner, plan), args.compact_out)
-        written["compacted_model"] = args.compact_out
-    if args.save_plan:
-        Path(args.save_plan).write_text(plan.to_json() + "\n")
-        written["plan"] = args.save_plan
+    for flag, write in writers.items():
+        write_output(flag, paths[flag], write)
+        written[names[flag]] = str(paths[flag])
     if args.json:
         return {**report.to_dict(), "written": written}
     lines = [
@@ -267,7 +510,11 @@ def cmd_prune(args: argparse.Namespace) -> Any:
         f"{report.accuracy_delta * 100:+.2f} pts)",
     ]
     lines += [f"warning: {w}" for w in report.warnings]
-    lines += [f"wrote {what}: {path}" for what, path in written.items()]
+    for what, path in written.items():
+        how = ""
+        if what == "compacted_model":
+            how = f" (a torch.export program; load: {LOAD_COMPACTED.replace('PATH', repr(path))})"
+        lines.append(f"wrote {what}: {path}{how}")
     return "\n".join(lines)
 
 
@@ -376,7 +623,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pruning-explorer", description="Prune the bundled models and read honest numbers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -392,7 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="apply a plan and write the pruned weights")
     p.add_argument("model", help=model_help)
     _add_plan_options(p)
-    p.add_argument("--out", metavar="FILE", help="write the pruned state_dict (torch.save)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the pruned state_dict (torch.save; load with torch.load(FILE, "
+        "weights_only=True))",
+    )
     p.add_argument(
         "--format",
         choices=EXPORT_STYLES,
@@ -403,7 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compact-out",
         metavar="FILE",
-        help="structured plans: write the physically smaller model (torch.save)",
+        help="structured plans: write the physically smaller model as a torch.export program "
+        "(CPU, any batch size; .pt2 is the usual name). Load it with "
+        f"{LOAD_COMPACTED.replace('PATH', 'FILE')}: no model class and no pickle needed; "
+        "the module is already in inference mode (it refuses .eval())",
     )
     p.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -412,24 +667,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=model_help)
     _add_plan_options(p)
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--repeats", type=int, default=30, help="timed runs per model and batch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads while timing")
+    p.add_argument(
+        "--repeats",
+        type=whole_number("--repeats", 1),
+        default=30,
+        help="timed runs per model and batch (default 30)",
+    )
+    p.add_argument(
+        "--threads",
+        type=whole_number("--threads", 1),
+        default=None,
+        help="torch threads while timing (default: torch's setting)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _print_error(line: str) -> None:
+    with contextlib.suppress(OSError):  # stderr itself is gone: nobody is left to tell
+        print(line, file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a BrokenPipeError, as Python's docs advise (signal module, "Note on SIGPIPE"):
+    point stdout at devnull, so that the flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. stdout captured by a test)
+        pass
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     if getattr(args, "model", None) is not None and args.model not in ZOO:
-        print(f"error: unknown model {args.model!r}; choose one of {sorted(ZOO)}", file=sys.stderr)
+        _print_error(f"error: unknown model {args.model!r}; choose one of {sorted(ZOO)}")
         return 2
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         output = COMMANDS[args.command](args)
-    except (CliError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        text = json.dumps(output, indent=2) if args.json else str(output)
+    except CliError as err:
+        _print_error(f"error: {err}")
         return 2
-    print(json.dumps(output, indent=2) if args.json else output)
+    except BrokenPipeError:
+        raise
+    except (ValueError, OSError) as err:
+        # The library's ValueErrors are checks of user input (plans, layer names); OSErrors
+        # are files. Both are the user's to fix.
+        if debug:
+            raise
+        _print_error(f"error: {_one_line(err)}")
+        return 2
+    except Exception as err:
+        if debug:
+            raise
+        _print_error(
+            f"internal error: {type(err).__name__}: {_one_line(err)} "
+            f"(run with {DEBUG_ENV}=1 for the traceback)"
+        )
+        return 1
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()  # here, inside main: a closed pipe must fail now, not at exit
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit code follows the convention in the module docstring."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C; the user needs no message
+    except BrokenPipeError:
+        # The reader stopped early (``| head``): it has what it wanted, so this is no error.
+        _silence_stdout()
+        return 0
 
 
 if __name__ == "__main__":
