@@ -525,9 +525,7 @@ class Pruner:
             reason = method.reason_left_dense(unit, plan)
             if reason and plan.amount_for(unit.name) > 0:
                 if unit.name in plan.overrides:
-                    raise ValueError(
-                        f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: {reason}"
-                    )
+                    raise ValueError(f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: {reason}")
                 warnings.append(f"{unit.name} left dense: {reason}")
         return warnings
 

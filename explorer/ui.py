@@ -223,7 +223,8 @@ def model_picker_ui() -> str:
         key="model_picker",
         on_change=changed,
         help=HELP["model"],
-        format_func=lambda n: load_card(n).get("title", n),
+        # the short title: the sidebar is narrow, the details are on Model & data
+        format_func=lambda n: load_card(n).get("title", n).split(" (")[0],
     )
     return current_model()
 

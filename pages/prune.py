@@ -251,7 +251,7 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
         coupled = (
             f" Coupled, pruned together: {', '.join(unit.layers)}." if len(unit.layers) > 1 else ""
         )
-        row = st.columns([3, 5, 1.3, 0.7], vertical_alignment="center")
+        row = st.columns([3, 5, 1.2, 1.2], vertical_alignment="center")
         row[0].markdown(
             f"**{unit.name}**  \n:gray[{unit.size:,} {unit.kind} · {tag}]",
             help=f"{pruned:,} of {unit.size:,} {unit.kind} pruned "
@@ -296,12 +296,12 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             help=f"Lock {unit.name} dense: never pruned.",
         )
         row[3].button(
-            "",
-            icon=":material/restart_alt:",
+            "Reset",
             key=f"reset::{ui.current_model()}::{plan.method}::{unit.name}",
             on_click=_reset_layer,
             args=(unit.name,),
             disabled=not (own or dense),
+            width="stretch",
             help=f"Reset {unit.name}: follow the global setting again.",
         )
 

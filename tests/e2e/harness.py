@@ -86,7 +86,7 @@ def running_app(timeout: float = 120) -> Iterator[str]:
 
 
 @contextmanager
-def browser_page(width: int = 1500, height: int = 1000) -> Iterator[object]:
+def browser_page(width: int = 1280, height: int = 800) -> Iterator[object]:
     """A Playwright page in Debian's headless chromium."""
     from playwright.sync_api import sync_playwright
 
@@ -183,3 +183,57 @@ def exceptions(page: object) -> list[str]:
     shown = [e.inner_text() for e in page.query_selector_all("[data-testid=stException]")]
     alerts = [e.inner_text() for e in page.query_selector_all("[data-testid=stAlert]")]
     return shown + [a for a in alerts if a.startswith("Something went wrong")]
+
+
+CUT_TEXT = """(selector) => {
+    // Text cut off inside the elements matching selector: an element (or a descendant) whose
+    // content is wider than its box and that hides the overflow (ellipsis or clipping).
+    const cut = [];
+    for (const root of document.querySelectorAll(selector)) {
+        for (const el of [root, ...root.querySelectorAll('*')]) {
+            const style = getComputedStyle(el);
+            // (a 1-px box is text for screen readers only, clipped on purpose)
+            if (style.overflowX === 'visible' || el.clientWidth <= 1) continue;
+            // an icon is a ligature: its text ("restart_alt") is wider than the glyph it draws
+            if (el.closest('[data-testid^=stIcon]')) continue;
+            if (el.scrollWidth > el.clientWidth + 1) cut.push(el.innerText.trim() || el.tagName);
+        }
+    }
+    return cut;
+}"""
+
+
+def cut_off_text(page: object, selector: str) -> list[str]:
+    """Texts cut off (ellipsis or clipped) inside the elements matching ``selector``."""
+    return page.evaluate(CUT_TEXT, selector)
+
+
+def clipped_tables(page: object) -> list[int]:
+    """Indices of the dataframes whose columns do not all fit (a horizontal scrollbar)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('[data-testid=stDataFrame]')].flatMap((t, i) => {
+            const scroller = t.querySelector('.dvn-scroller');
+            return scroller && scroller.scrollWidth > scroller.clientWidth + 1 ? [i] : [];
+        })"""
+    )
+
+
+def scroll_parent_is_the_page(page: object, selector: str) -> bool:
+    """Whether the element's nearest scrolling ancestor is the page's main area (not an inner
+    scroll box that a user would not notice)."""
+    return page.evaluate(
+        """(selector) => {
+            let el = document.querySelector(selector).parentElement;
+            while (el) {
+                const style = getComputedStyle(el);
+                const scrolls = ['auto', 'scroll'].includes(style.overflowY);
+                if (scrolls && el.scrollHeight > el.clientHeight + 1) {
+                    return el.matches('[data-testid=stMain], [data-testid=stAppViewContainer], '
+                        + 'section.stMain, html, body') || el.querySelector('h1') !== null;
+                }
+                el = el.parentElement;
+            }
+            return true;
+        }""",
+        selector,
+    )
