@@ -291,6 +291,20 @@ def user_changed(kind: str, name: str, key: str) -> bool:
     return key == current and key in drawn and st.session_state[key] != drawn[key]
 
 
+def metric_change(value: float, spec: str, unit: str = "", color: str = "normal") -> dict:
+    """``delta`` arguments for ``st.metric``: a change that rounds to zero is "no change" in
+    grey (a red "+0.0000" with an arrow would claim a change that is not there).
+
+    Args:
+        value: the change; spec: its format, e.g. ``".2f"``; unit: appended, e.g. ``" pts"``;
+        color: ``delta_color`` of a real change (``"normal"``, ``"inverse"`` or ``"off"``).
+    """
+    text = f"{value:+{spec}}"
+    if float(text) == 0:
+        return {"delta": "no change", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": text + unit, "delta_color": color}
+
+
 def global_amount_ui(key: str, extra_help: str = "") -> None:
     """The global sparsity slider; it writes the shared plan (any page can show one)."""
     plan = current_plan()

@@ -155,8 +155,9 @@ def stats_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str) -> None:
     cols[3].metric(
         "Zeros · pruned",
         f"{pruned.zero_fraction.mean():.1%}",
-        f"{(pruned.zero_fraction.mean() - dense.zero_fraction.mean()) * 100:+.1f} pts",
-        delta_color="off",
+        **ui.metric_change(
+            (pruned.zero_fraction.mean() - dense.zero_fraction.mean()) * 100, ".1f", " pts", "off"
+        ),
         help="Share of this layer's measured values that are exactly 0, and the change "
         "from the dense model in percentage points.",
     )

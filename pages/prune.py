@@ -341,13 +341,13 @@ class MetricsRow:
         self.quality[0].metric(
             "Accuracy",
             f"{approx}{result.accuracy * 100:.{digits}f}%",
-            **_change((result.accuracy - dense.accuracy) * 100, ".2f", " pts"),
+            **ui.metric_change((result.accuracy - dense.accuracy) * 100, ".2f", " pts"),
             help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).",
         )
         self.quality[1].metric(
             "Loss",
             f"{approx}{result.loss:.{digits + 2}f}",
-            **_change(result.loss - dense.loss, ".4f", "", inverse=True),
+            **ui.metric_change(result.loss - dense.loss, ".4f", color="inverse"),
             help=f"Mean cross-entropy on {on} (dense {dense.loss:.4f}).",
         )
         changed = len(result.changed_vs(dense))
@@ -465,15 +465,6 @@ def _flops(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}" if n < 100 * scale else f"{n / scale:.1f} {unit}"
     return f"{n:,}"
-
-
-def _change(value: float, spec: str, unit: str, inverse: bool = False) -> dict:
-    """Delta arguments for st.metric: a change that rounds to zero is "no change", in grey
-    (a red "+0.0000" with an arrow would claim a loss that is not there)."""
-    text = f"{value:+{spec}}"
-    if float(text) == 0:
-        return {"delta": "no change", "delta_color": "off", "delta_arrow": "off"}
-    return {"delta": text + unit, "delta_color": "inverse" if inverse else "normal"}
 
 
 def latency_metric(

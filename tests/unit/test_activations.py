@@ -22,6 +22,7 @@ from explorer.activations import (
 from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from explorer.plan import PruningPlan
 from explorer.plots.activations import (
+    divergence_figure,
     feature_maps_figure,
     token_map_figure,
     unit_stats_figure,
@@ -236,3 +237,15 @@ def test_unit_stats_figure_shades_removed_units(mlp, mlp_state, eval_images):
     assert len(fig.data) == 6  # three panels x (dense, pruned)
     spans = {(s.x0 + 0.5, s.x1 - 0.5) for s in fig.layout.shapes}
     assert spans == {(3, 5), (50, 50)}
+
+
+def test_change_by_layer_keeps_every_layer_name_readable():
+    # A ViT has 14 prunable layers: vertical labels under narrow bars overlapped into a smear.
+    layers = [layer.name for layer in Pruner(seeded(vit_tiny), INPUT_SHAPE).structure.layers]
+    assert len(layers) == 14
+    fig = divergence_figure(layers, [i / 10 for i in range(14)], selected=layers[3])
+    (bars,) = fig.data
+    assert bars.orientation == "h" and list(bars.y) == layers  # one row per name
+    assert fig.layout.yaxis.automargin and fig.layout.xaxis.automargin
+    assert fig.layout.height >= 14 * 20  # room for every row
+    assert list(bars.marker.line.width).index(3) == 3  # the layer shown is outlined

@@ -176,3 +176,32 @@ def test_each_layer_finds_the_unit_that_prunes_it(cnn_pruner):
     assert unit_of_layer(vit, "heads", "block1.attn.qkv").name == "block1.attn"
     assert unit_of_layer(vit, "heads", "block1.fc1") is None
     assert "attention" in why_no_unit(vit, "heads", "block1.fc1")
+
+
+def test_pruned_has_one_colour_on_the_page_and_it_is_not_a_weight_colour():
+    # The heatmap draws weights red (positive) to blue (negative) through white; "pruned" must
+    # not borrow one of those (it was red in the histogram, pale grey in the heatmap).
+    from plotly.colors import sample_colorscale
+
+    from explorer.plots.weights import WEIGHT_SCALE
+
+    model = distinct_weights(seeded(lenet_300_100))
+    pruner = Pruner(model, INPUT_SHAPE)
+    plan = PruningPlan(amount=0.5)
+    state = pruner.resolve(plan)
+    param = "fc1.weight"
+    heat = weight_heatmap_figure(weight_grid(state.parameters[param], state.masks[param]))
+    (pruned_cells,) = [t for t in heat.data if t.name == "pruned"]
+    cell_colour = pruned_cells.colorscale[0][1]
+    scores, threshold = pruner.unit_scores(plan, "fc1")
+    keep = state.keeps["fc1"]
+    hist = score_histogram_figure(score_histogram(scores, keep), threshold, "weights")
+    (pruned_bars,) = [t for t in hist.data if t.name.startswith("pruned")]
+    assert pruned_bars.marker.color == cell_colour
+    ranked = ranked_scores_figure(scores[:64].numpy(), keep[:64].numpy(), threshold, "weights")
+    assert {t.marker.color for t in ranked.data if t.name.startswith("pruned")} == {cell_colour}
+    red, white, blue = sample_colorscale(WEIGHT_SCALE, [1.0, 0.5, 0.0], colortype="tuple")
+    r, g, b = (int(cell_colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    assert abs(r - g) < 0.05 and abs(g - b) < 0.05, "a neutral grey, not a hue"
+    assert r < 0.5, "dark: pale grey reads as a near-zero weight"
+    assert (r, g, b) not in (red, white, blue)
