@@ -37,11 +37,12 @@ import torch
 from torch import nn
 
 from explorer.compaction import can_compact, compact
+from explorer.export import masked_state_dict
 from explorer.importance import CRITERIA, get_criterion
 from explorer.inspection import example_input, prunable_layers
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
-from explorer.pruning import METHODS, get_method, masked_state_dict
+from explorer.pruning import METHODS, get_method
 from explorer.workbench import Report, open_workbench
 
 #: Short names people type, as (method, criterion).

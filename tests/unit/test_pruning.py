@@ -11,9 +11,10 @@ from torch.nn.utils import prune
 
 from explorer.compaction import compact
 from explorer.cost import model_cost, size_report
+from explorer.export import masked_state_dict
 from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from explorer.plan import PruningPlan
-from explorer.pruning import METHODS, Pruner, masked_state_dict
+from explorer.pruning import METHODS, Pruner
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

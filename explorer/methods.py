@@ -1,0 +1,364 @@
+"""Pruning methods: what a unit is (weights, channels, heads), how its elements are scored from
+a criterion's scores, and which parameters a kept set masks. One class per method in a registry.
+
+This is the *selection* layer of the pruning engine (``explorer.pruning``): scoring lives in
+``explorer.importance``, surgery in ``explorer.compaction``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from explorer.importance import Criterion, ScoringContext, get_criterion
+from explorer.plan import PruningPlan
+from explorer.structure import ChannelGroup, HeadGroup, ModelStructure, ParamSlice
+
+
+@dataclass(frozen=True, eq=False)
+class Unit:
+    """What one slider prunes: a layer's weights, a channel group, or an attention's heads.
+
+    Attributes:
+        name: the name plans use (a layer name, a group's first layer, an attention module).
+        size: number of prunable elements (weights, channels or heads).
+        layers: every layer whose parameters the unit touches.
+        kind: ``"weights"``, ``"channels"`` or ``"heads"``.
+        detail: the underlying ``LayerInfo``, ``ChannelGroup`` or ``HeadGroup``.
+    """
+
+    name: str
+    size: int
+    layers: tuple[str, ...]
+    kind: str
+    detail: object = field(repr=False)
+
+
+def _ln_rows(scores: torch.Tensor, dim: int, p: float) -> torch.Tensor:
+    """sum(|s|^p) over everything but ``dim``: one value per index along ``dim``."""
+    moved = scores.movedim(dim, 0).reshape(scores.shape[dim], -1)
+    return moved.abs().pow(p).sum(1)
+
+
+def _broadcast_keep(keep_along: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    view = [1] * len(shape)
+    view[dim] = -1
+    return keep_along.reshape(view).expand(shape).float()
+
+
+class Method(ABC):
+    """A pruning granularity: which units exist, how they are scored, what a kept set masks."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    help: ClassVar[str]
+    unit_kind: ClassVar[str]
+    structured: ClassVar[bool] = True
+    #: Divide each unit's scores by their mean before a global ranking, so that layers with
+    #: different fan-in (and so different norm scales) compete fairly.
+    normalize_globally: ClassVar[bool] = False
+    supports_global: ClassVar[bool] = True
+    #: The amount only switches a unit on (> 0) or off (0): the pattern fixes the sparsity.
+    amount_is_switch: ClassVar[bool] = False
+    #: What one per-unit control stands for, as a heading.
+    unit_heading: ClassVar[str] = "Per layer"
+    #: Why a model may have no unit of this method, for the message that says so.
+    absent_because: ClassVar[str] = ""
+
+    @abstractmethod
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        """The units of this method in graph order."""
+
+    @abstractmethod
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        """One score per element of ``unit`` (shape (unit.size,)); low = prune first."""
+
+    @abstractmethod
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """0/1 float masks (parameter shape) per parameter name for a keep vector (unit.size,)."""
+
+    def keep(
+        self, order: torch.Tensor, scores: torch.Tensor, pruned: int, plan: PruningPlan
+    ) -> torch.Tensor:
+        """Which elements survive when ``pruned`` of them go: the lowest-scored ones."""
+        keep = torch.ones(len(order), dtype=torch.bool)
+        keep[order[:pruned]] = False
+        return keep
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        """Why ``layer`` (a real layer but not a unit name) cannot be set, or None if unknown."""
+        return None
+
+    def reason_left_dense(self, unit: Unit, plan: PruningPlan) -> str | None:
+        """Why the plan leaves ``unit`` dense although it asks for pruning, or None."""
+        return None
+
+    def scored_layers(self, unit: Unit) -> tuple[str, ...]:
+        """The layers of ``unit`` whose own weights its scores are about (default: all)."""
+        return tuple(unit.layers)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+
+
+@register_method
+class Unstructured(Method):
+    name = "unstructured"
+    title = "Unstructured (weights)"
+    help = (
+        "Zero individual weights. Reaches high sparsity at little accuracy cost, but dense "
+        "kernels still multiply the zeros: no speed-up without sparse hardware or kernels."
+    )
+    unit_kind = "weights"
+    structured = False
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(layer.name, layer.weight_numel, (layer.name,), self.unit_kind, layer)
+            for layer in structure.layers
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        return criterion.weight_scores(ctx, unit.name).flatten().float().cpu()
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        param = f"{unit.name}.weight"
+        return {param: keep.reshape(structure.parameters[param].shape).float()}
+
+
+@register_method
+class NM(Unstructured):
+    name = "nm"
+    title = "N:M semi-structured"
+    help = (
+        "Keep the N most important of every M consecutive input weights of each output "
+        "(2:4 = 50% sparsity). Sparse tensor cores on recent GPUs run 2:4 about twice as fast; "
+        "on a CPU it is as slow as dense. The pattern fixes the sparsity: a layer is either "
+        "N:M or dense, so there is no amount and no global ranking."
+    )
+    supports_global = False
+    amount_is_switch = True
+
+    def reason_left_dense(self, unit: Unit, plan: PruningPlan) -> str | None:
+        if self.fits(unit, plan.m):
+            return None
+        inputs = unit.size // unit.detail.weight_shape[0]
+        return f"its {inputs} inputs per output do not divide into groups of {plan.m}"
+
+    def keep(
+        self, order: torch.Tensor, scores: torch.Tensor, pruned: int, plan: PruningPlan
+    ) -> torch.Tensor:
+        if pruned == 0:
+            return torch.ones(len(scores), dtype=torch.bool)
+        blocks = scores.reshape(-1, plan.m)
+        # Stable choice: argsort within each block, drop the M-N lowest (ties: lower index first).
+        drop = torch.argsort(blocks, dim=1, stable=True)[:, : plan.m - plan.n]
+        keep = torch.ones_like(blocks, dtype=torch.bool)
+        keep.scatter_(1, drop, False)
+        return keep.flatten()
+
+    def fits(self, unit: Unit, m: int) -> bool:
+        """N:M groups run along each output's inputs, so their count must divide by M."""
+        shape = unit.detail.weight_shape
+        return (unit.size // shape[0]) % m == 0
+
+
+class _ChannelMethod(Method):
+    """Shared by the two structured channel methods: same groups, scored from one side."""
+
+    unit_kind = "channels"
+    unit_heading = "Per channel group"
+    normalize_globally = True
+    score_role: ClassVar[str]
+
+    def _scored_side(self, group: ChannelGroup) -> tuple[str, ...]:
+        # Only one side is scored: e.g. the classifier *reads* a group of channels, but its
+        # own outputs (the classes) are not in it.
+        return tuple(group.producers if self.score_role == "producer" else group.consumers)
+
+    def _name(self, group: ChannelGroup) -> str:
+        return self._scored_side(group)[0]
+
+    def scored_layers(self, unit: Unit) -> tuple[str, ...]:
+        return self._scored_side(unit.detail)
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(self._name(g), g.size, g.layers, self.unit_kind, g)
+            for g in structure.channel_groups
+            if g.consumers
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        group: ChannelGroup = unit.detail
+        direct = criterion.channel_scores(ctx, group)
+        if direct is not None:
+            return direct.float().cpu()
+        total = torch.zeros(group.size)
+        for piece in group.slices:
+            if piece.role != self.score_role or not piece.param.endswith(".weight"):
+                continue
+            layer = piece.param.rsplit(".", 1)[0]
+            rows = _ln_rows(criterion.weight_scores(ctx, layer).float().cpu(), piece.dim, norm)
+            valid = piece.channel_of >= 0
+            total.index_add_(0, piece.channel_of[valid], rows[valid])
+        return total.pow(1.0 / norm)
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        group: ChannelGroup = unit.detail
+        out = {}
+        for piece in group.slices:
+            out[piece.param] = self._slice_mask(structure, piece, keep)
+        return out
+
+    @staticmethod
+    def _slice_mask(
+        structure: ModelStructure, piece: ParamSlice, keep: torch.Tensor
+    ) -> torch.Tensor:
+        padded = torch.cat([keep, torch.ones(1, dtype=torch.bool)])  # index -1 -> kept
+        keep_along = padded[piece.channel_of]
+        return _broadcast_keep(keep_along, structure.parameters[piece.param].shape, piece.dim)
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        for unit in self.units(structure):
+            if layer in self.scored_layers(unit):
+                return (
+                    f"layer {layer!r} is coupled with {list(unit.layers)}: their channels "
+                    f"are pruned together; set the amount on {unit.name!r}"
+                )
+        reasons = structure.unsupported_channel_layers
+        if layer in reasons and self.score_role == "producer":
+            return f"layer {layer!r} cannot lose output channels: {reasons[layer]}"
+        return (
+            f"layer {layer!r} has no prunable channels for {self.name!r} "
+            "(its inputs are the model's input, or masking could not equal removal)"
+        )
+
+
+@register_method
+class Filters(_ChannelMethod):
+    name = "filters"
+    title = "Structured: filters / neurons"
+    help = (
+        "Remove whole neurons or conv filters, scored by the Ln norm of their own weights "
+        "(Li et al. 2017). Coupled channels (residual adds) go together. The model can be "
+        "made physically smaller, so it really gets faster."
+    )
+    score_role = "producer"
+
+
+@register_method
+class Channels(_ChannelMethod):
+    name = "channels"
+    title = "Structured: input channels"
+    help = (
+        "Remove whole input channels of a layer, scored by the Ln norm of the weights that "
+        "read them. Removing an input channel removes the neuron/filter that produced it."
+    )
+    score_role = "consumer"
+
+
+@register_method
+class Heads(Method):
+    name = "heads"
+    title = "Attention heads"
+    help = (
+        "Remove whole attention heads (their q, k, v rows and output-projection columns). "
+        "Many heads are redundant (Michel et al. 2019)."
+    )
+    unit_kind = "heads"
+    unit_heading = "Per attention module"
+    absent_because = "it has no attention heads"
+
+    def units(self, structure: ModelStructure) -> list[Unit]:
+        return [
+            Unit(h.name, h.num_heads, (h.qkv, h.proj), self.unit_kind, h) for h in structure.heads
+        ]
+
+    def scores(
+        self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
+    ) -> torch.Tensor:
+        heads: HeadGroup = unit.detail
+        direct = criterion.head_scores(ctx, heads)
+        if direct is not None:
+            return direct.float().cpu()
+        qkv = criterion.weight_scores(ctx, heads.qkv).float().cpu().abs().pow(norm)
+        proj = criterion.weight_scores(ctx, heads.proj).float().cpu().abs().pow(norm)
+        return torch.stack(
+            [
+                qkv[heads.qkv_rows(h)].sum() + proj[:, heads.proj_columns(h)].sum()
+                for h in range(heads.num_heads)
+            ]
+        ).pow(1.0 / norm)
+
+    def masks(
+        self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        heads: HeadGroup = unit.detail
+        rows = torch.ones(heads.num_heads * heads.head_dim * 3, dtype=torch.bool)
+        cols = torch.ones(heads.num_heads * heads.head_dim, dtype=torch.bool)
+        for h in torch.nonzero(~keep).flatten().tolist():
+            rows[heads.qkv_rows(h)] = False
+            cols[heads.proj_columns(h)] = False
+        params = structure.parameters
+        out = {
+            f"{heads.qkv}.weight": _broadcast_keep(rows, params[f"{heads.qkv}.weight"].shape, 0),
+            f"{heads.proj}.weight": _broadcast_keep(cols, params[f"{heads.proj}.weight"].shape, 1),
+        }
+        if f"{heads.qkv}.bias" in params:
+            out[f"{heads.qkv}.bias"] = rows.float()
+        return out
+
+    def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
+        for heads in structure.heads:
+            if layer in (heads.qkv, heads.proj):
+                return f"layer {layer!r} belongs to attention {heads.name!r}; set it by that name"
+        return f"layer {layer!r} is not an attention module; head pruning applies to attention"
+
+
+def plan_label(plan: PruningPlan, amount: bool = True) -> str:
+    """The plan in a few words, e.g. "Unstructured (weights), magnitude, global, 50%"."""
+    method = get_method(plan.method)
+    criterion = get_criterion(plan.criterion)
+    parts = [method.title, criterion.title.lower()]
+    if criterion.seeded:
+        parts[-1] += f" (seed {plan.seed})"
+    if method.amount_is_switch:
+        parts.append(f"{plan.n}:{plan.m}" + (" on every layer" if plan.amount > 0 else ""))
+    else:
+        parts.append("global" if plan.scope == "global" else "layer-wise")
+        if amount:
+            parts.append(f"{plan.amount:.0%}")
+    if plan.layer_amounts and not method.amount_is_switch:
+        parts.append(f"{len(plan.layer_amounts)} own amount(s)")
+    if plan.dense_layers:
+        parts.append(f"{len(plan.dense_layers)} locked dense")
+    return ", ".join(parts)
