@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -40,10 +41,13 @@ from explorer.compaction import can_compact, compact
 from explorer.export import masked_state_dict
 from explorer.importance import CRITERIA, get_criterion
 from explorer.inspection import example_input, prunable_layers
+from explorer.loading.errors import check_file
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
 from explorer.pruning import METHODS, get_method
-from explorer.workbench import Report, open_workbench
+from explorer.store import default_store
+from explorer.subject import DataSpec, ModelSource, Subject
+from explorer.workbench import Report, Workbench, open_workbench
 
 #: Short names people type, as (method, criterion).
 METHOD_ALIASES = {
@@ -312,6 +316,122 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=whole_number("--seed"), help="seed of the random criterion")
 
 
+# --- the subject: model source, weights, data ---------------------------------------------------
+
+MODEL_HELP = (
+    "a model source: a bundled name ("
+    + ", ".join(ZOO)
+    + "), torchvision:ARCH, path/to/model.py:ClassName (runs that file), a .pt2 / .onnx / .ts "
+    "file, torchscript:FILE, or pickle:FILE (with --trust-pickle)"
+)
+
+
+def _numbers(flag: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type: one number or one per channel, comma-separated."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        values = tuple(_float(part) for part in text.split(","))
+        if not values or any(v is None for v in values):
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a number or one per channel, e.g. 0.5 or 0.485,0.456,0.406; "
+                f"got {_shown(text)}"
+            )
+        return values  # type: ignore[return-value]
+
+    return parse
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*([0-9]+)\s*(?:[xX×,]\s*([0-9]+))?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"--size must be N or HxW, e.g. 224 or 32x32; got {text!r}"
+        )
+    height = int(match.group(1))
+    width = int(match.group(2) or height)
+    if not (1 <= height <= 4096 and 1 <= width <= 4096):
+        raise argparse.ArgumentTypeError(f"--size must be within 1..4096, got {text!r}")
+    return height, width
+
+
+def _add_subject_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
+    group = parser.add_argument_group("model and data (see README: Your own model)")
+    group.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="a state_dict (.pt/.pth, read with weights_only=True) or .safetensors file",
+    )
+    group.add_argument(
+        "--model-args",
+        metavar="JSON",
+        help="constructor arguments of a .py or torchvision model, e.g. '{\"num_classes\": 10}'",
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickle:FILE, a whole pickled module (unpickling runs code from the file)",
+    )
+    group.add_argument(
+        "--data",
+        metavar="SOURCE",
+        default="mnist",
+        help="mnist (bundled), an .npz (images, labels), an ImageFolder tree or .zip, or a "
+        "CIFAR-10 / MNIST folder (default mnist)",
+    )
+    group.add_argument("--size", type=_image_size, help="resize images to N or HxW pixels")
+    group.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3")
+    group.add_argument("--mean", type=_numbers("--mean"), help="normalisation mean(s)")
+    group.add_argument("--std", type=_numbers("--std"), help="normalisation std(s)")
+    group.add_argument(
+        "--eval-fraction",
+        type=fraction("--eval-fraction"),
+        default=0.3,
+        help="share of each class held out for evaluation (own data; default 0.3)",
+    )
+    group.add_argument(
+        "--split-seed", type=whole_number("--split-seed", 0), default=0, help="seed of that split"
+    )
+
+
+def subject_from_args(args: argparse.Namespace) -> Subject:
+    """The subject the command works on; files are checked and hashed here."""
+    try:
+        source = ModelSource.parse(args.model, args.model_args)
+    except ValueError as err:
+        raise CliError(f"model {args.model!r}: {err}") from None
+    if source.kind == "zoo" and source.ref not in ZOO:
+        close = difflib.get_close_matches(source.ref, list(ZOO), n=1)
+        raise CliError(
+            f"unknown model {source.ref!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; bundled models: {', '.join(ZOO)}; or give torchvision:ARCH, "
+            "path/to/model.py:ClassName, or a .pt2 / .onnx / .ts file"
+        )
+    weights = None
+    if args.weights:
+        weights = default_store().register(check_file(args.weights, "weights file"))
+    try:
+        data = DataSpec(
+            source=args.data,
+            size=args.size,
+            channels=args.channels,
+            mean=args.mean,
+            std=args.std,
+            eval_fraction=args.eval_fraction,
+            seed=args.split_seed,
+        )
+    except ValueError as err:
+        raise CliError(f"--data: {err}") from None
+    return Subject(source, weights, data)
+
+
+def open_subject(args: argparse.Namespace) -> Workbench:
+    """The workbench of the command's subject. A .py model runs here: the CLI runs on the
+    user's own files, so their code is theirs to run; a pickled module needs --trust-pickle."""
+    return open_workbench(subject_from_args(args), trust_code=True, trust_pickle=args.trust_pickle)
+
+
 # --- output files -------------------------------------------------------------------------------
 
 
@@ -411,11 +531,29 @@ def cmd_models(args: argparse.Namespace) -> Any:
 
 
 def cmd_info(args: argparse.Namespace) -> Any:
-    card = load_card(args.model)
-    spec = get_spec(args.model)
-    model = load_model(args.model)
-    layers = prunable_layers(model, tuple(card.get("input_shape", (1, 28, 28))))
-    total_flops = card.get("flops") or sum(layer.flops for layer in layers)
+    subject = subject_from_args(args)
+    if subject.is_bundled and subject.weights is None:
+        name = subject.model.ref
+        card, spec = load_card(name), get_spec(name)
+        layers = prunable_layers(load_model(name), tuple(card.get("input_shape", (1, 28, 28))))
+        head = [f"{spec.title} ({spec.name})", spec.summary]
+        if "eval_accuracy" in card:
+            head.append(
+                f"eval accuracy {_pct(card['eval_accuracy'])} on {card['eval_samples']:,} "
+                f"held-out images; {card['params']:,} params; {card['flops']:,} FLOPs/img"
+            )
+    else:
+        bench = open_subject(args)
+        card, layers = bench.card, list(bench.pruner.structure.layers)
+        card = {**card, "eval_accuracy": bench.dense.accuracy, "flops": bench.dense_flops}
+        head = [
+            f"{bench.subject.label}: {card.get('summary', '')}",
+            f"eval accuracy {_pct(bench.dense.accuracy)} on {len(bench.eval_set):,} held-out "
+            f"images ({card.get('fit_samples', 0):,} for fit); {card.get('params', 0):,} "
+            f"params; {bench.dense_flops:,} FLOPs/img; input {bench.eval_set.input_shape}",
+            *bench.notes,
+        ]
+    total_flops = card.get("flops") or sum(layer.flops for layer in layers) or 1
     if args.json:
         return {
             "card": card,
@@ -431,12 +569,6 @@ def cmd_info(args: argparse.Namespace) -> Any:
                 for la in layers
             ],
         }
-    head = [f"{spec.title} ({spec.name})", spec.summary]
-    if "eval_accuracy" in card:
-        head.append(
-            f"eval accuracy {_pct(card['eval_accuracy'])} on {card['eval_samples']:,} "
-            f"held-out images; {card['params']:,} params; {card['flops']:,} FLOPs/img"
-        )
     rows = [
         (
             la.name,
@@ -480,7 +612,7 @@ def cmd_prune(args: argparse.Namespace) -> Any:
             f"--compact-out needs a structured plan; {plan.method!r} leaves "
             "scattered zeros that cannot be removed"
         )
-    bench = open_workbench(args.model)
+    bench = open_subject(args)
     report = bench.report(plan)
     # Build everything first, then write: a failed export leaves no partial set of files.
     writers: dict[str, Callable[[IO[bytes]], None]] = {}
@@ -521,7 +653,7 @@ def cmd_prune(args: argparse.Namespace) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> Any:
     plan = plan_from_args(args)
-    bench = open_workbench(args.model)
+    bench = open_subject(args)
     report = bench.report(
         plan, latency=not args.no_latency, latency_repeats=args.repeats, threads=args.threads
     )
@@ -628,17 +760,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pruning-explorer", description="Prune the bundled models and read honest numbers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    model_help = f"a bundled model: {', '.join(ZOO)}"
 
     p = sub.add_parser("models", help="list the bundled models with their model cards")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("info", help="a model's card and its prunable layers")
-    p.add_argument("model", help=model_help)
+    _add_subject_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("prune", help="apply a plan and write the pruned weights")
-    p.add_argument("model", help=model_help)
+    _add_subject_options(p)
     _add_plan_options(p)
     p.add_argument(
         "--out",
@@ -665,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("eval", help="accuracy, FLOPs, size and latency of a (pruned) model")
-    p.add_argument("model", help=model_help)
+    _add_subject_options(p)
     _add_plan_options(p)
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument(
@@ -704,9 +835,6 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
-    if getattr(args, "model", None) is not None and args.model not in ZOO:
-        _print_error(f"error: unknown model {args.model!r}; choose one of {sorted(ZOO)}")
-        return 2
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         output = COMMANDS[args.command](args)

@@ -23,6 +23,7 @@ from explorer.latency import HONEST_NOTE, Latency, measure_latency
 from explorer.models import get_spec, load_card, load_model
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState, Pruner
+from explorer.subject import Subject
 
 CALIBRATION_SIZE = 256
 RETIME_ATTEMPTS = 3  # timings of one architecture: at most this many tries at a steady one
@@ -74,20 +75,24 @@ class Report:
 
 
 class Workbench:
-    """A zoo model with its eval split, calibration batch, pruner and incremental evaluator.
+    """A subject's model with its eval split, calibration batch, pruner and incremental
+    evaluator.
 
     Heavy parts are built once and then only read; ``report(plan)`` never modifies the model.
     """
 
     def __init__(
         self,
-        name: str,
+        subject: Subject | str,
         model: nn.Module,
         eval_set: ImageDataset,
         calibration: ImageDataset | None,
         card: dict[str, Any] | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
-        self.name = name
+        self.subject = Subject.of(subject)
+        self.name = self.subject.label
+        self.notes = tuple(notes)
         self.model = model.eval()
         self.eval_set = eval_set
         self.card = card or {}
@@ -281,11 +286,38 @@ def _with_latency(report: Report, timings: list[Latency]) -> Report:
     return Report(**{**asdict(report), "latency": rows})
 
 
-def open_workbench(name: str, device: torch.device | None = None) -> Workbench:
-    """A zoo model (committed weights) on its dataset's eval split, calibrated on the fit split."""
-    spec = get_spec(name)
+def open_workbench(
+    subject: Subject | str,
+    device: torch.device | None = None,
+    *,
+    trust_code: bool = False,
+    trust_pickle: bool = False,
+) -> Workbench:
+    """The workbench of ``subject`` (or of a model-source text such as ``"lenet5"``): its model
+    on the eval part of its data, calibrated on the fit part.
+
+    A bundled model on the bundled data is built from the zoo; any other subject goes through
+    the loaders (``explorer.loading``), whose errors are ``LoadError`` with a clear message.
+    ``trust_code`` / ``trust_pickle`` allow importing a ``.py`` model / unpickling a whole
+    module: the caller (CLI, an operator's flag) decides.
+    """
+    subject = Subject.of(subject)
     device = device or default_device()
-    model = load_model(name).to(device)
-    eval_set = load_dataset(spec.dataset, "eval")
-    calibration = calibration_batch(load_dataset(spec.dataset, "fit"), CALIBRATION_SIZE)
-    return Workbench(name, model, eval_set, calibration, load_card(name))
+    if subject.is_bundled and subject.weights is None:
+        name = subject.model.ref
+        spec = get_spec(name)
+        model = load_model(name).to(device)
+        eval_set = load_dataset(spec.dataset, "eval")
+        calibration = calibration_batch(load_dataset(spec.dataset, "fit"), CALIBRATION_SIZE)
+        return Workbench(subject, model, eval_set, calibration, load_card(name))
+    from explorer.loading.subjects import load_subject  # user files: heavier imports
+
+    loaded = load_subject(subject, trust_code=trust_code, trust_pickle=trust_pickle)
+    return Workbench(
+        subject,
+        loaded.model.to(device),
+        loaded.data.eval,
+        calibration_batch(loaded.data.fit, CALIBRATION_SIZE),
+        loaded.card,
+        loaded.notes,
+    )

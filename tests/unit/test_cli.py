@@ -21,6 +21,7 @@ from explorer.evaluation import evaluate
 from explorer.models import ZOO, lenet5, lenet_300_100, list_models, load_card, load_model
 from explorer.plan import PruningPlan
 from explorer.pruning import Pruner
+from explorer.subject import Subject
 from explorer.workbench import Workbench
 from tests.unit.conftest import INPUT_SHAPE
 
@@ -256,9 +257,9 @@ def no_evaluation(monkeypatch) -> list[str]:
     """Models the command tried to open (and evaluate); an empty list if it stopped before."""
     opened: list[str] = []
 
-    def open_workbench(name: str) -> Workbench:
-        opened.append(name)
-        raise EvaluationStarted(name)
+    def open_workbench(subject: Subject, **_: object) -> Workbench:
+        opened.append(str(subject.model))
+        raise EvaluationStarted(str(subject.model))
 
     monkeypatch.setattr(cli, "open_workbench", open_workbench)
     return opened
@@ -492,8 +493,9 @@ def quick_benches(monkeypatch, eval_set: ImageDataset) -> dict[str, Workbench]:
     few = dataclasses.replace(eval_set, images=eval_set.images[:64], labels=eval_set.labels[:64])
     benches: dict[str, Workbench] = {}
 
-    def open_workbench(name: str) -> Workbench:
-        benches[name] = Workbench(name, load_model(name), few, None, load_card(name))
+    def open_workbench(subject: Subject, **_: object) -> Workbench:
+        name = subject.model.ref
+        benches[name] = Workbench(subject, load_model(name), few, None, load_card(name))
         return benches[name]
 
     monkeypatch.setattr(cli, "open_workbench", open_workbench)

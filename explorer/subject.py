@@ -1,0 +1,313 @@
+"""What a workbench works on, as plain, hashable data: a *subject*.
+
+A subject says where the architecture comes from (a **model source**), which weights (by the
+SHA-256 of their bytes), and which data with which preprocessing (a **data spec**). Caches, the
+URL, the CLI and saved experiments are keyed by it, never by a bare model name: a model that
+comes from a file, or whose weights were fine-tuned, is a different subject, and nothing cached
+for one is reused for another. The bundled models are subjects like any other.
+
+Text forms, the same in the CLI, the URL and the app:
+
+- model source: ``lenet5`` (bundled), ``torchvision:resnet18``, ``path/to/model.py:ClassName``,
+  ``model.pt2`` (torch.export), ``model.onnx``, ``torchscript:model.pt`` or ``model.ts``,
+  ``pickle:model.pt`` (a whole pickled module: only with the operator's explicit opt-in);
+  a file kept in the content-addressed store is written ``store:<sha256>.<suffix>``;
+- weights: ``sha256:<hex>`` (None: the source's own, e.g. a bundled model's committed ones);
+- data: ``mnist`` (bundled) or a path (``.npz``, an ImageFolder tree or ``.zip``, a CIFAR-10 or
+  MNIST folder) with size, channels, mean and std.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Suffixes that name a self-contained model file, and the kind each one is.
+MODEL_FILE_KINDS = {
+    ".pt2": "export",
+    ".onnx": "onnx",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+}
+#: Explicit prefixes ``kind:ref``.
+MODEL_PREFIXES = ("torchvision", "torchscript", "pickle", "export", "onnx")
+#: Every kind of model source: where an architecture (and maybe its weights) comes from.
+MODEL_KINDS = ("zoo", "torchvision", "python", "export", "onnx", "torchscript", "pickle")
+STORE_PREFIX = "store:"
+HASH_PREFIX = "sha256:"
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an architecture comes from.
+
+    Attributes:
+        kind: one of ``MODEL_KINDS``.
+        ref: the bundled name, the torchvision architecture, ``path.py:ClassName``, or a file.
+        args: constructor keyword arguments as canonical JSON (``"{}"`` when none), for
+            ``python`` and ``torchvision`` sources, e.g. ``{"num_classes": 10}``.
+    """
+
+    kind: str
+    ref: str
+    args: str = "{}"
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {MODEL_KINDS}")
+        if not self.ref.strip():
+            raise ValueError("a model source needs a name or a path")
+        try:
+            args = json.loads(self.args)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f'model arguments must be JSON, e.g. {{"num_classes": 10}}: {err}'
+            ) from None
+        if not isinstance(args, dict):
+            raise ValueError(f"model arguments must be a JSON object, got {self.args!r}")
+        if args and self.kind not in ("python", "torchvision"):
+            raise ValueError(f"a {self.kind} model takes no constructor arguments")
+        object.__setattr__(self, "args", _canonical_json(args))
+        if self.kind == "python":
+            path, sep, name = self.ref.rpartition(":")
+            if not sep or not path.endswith(".py") or not name.isidentifier():
+                raise ValueError(
+                    f"a Python model source is path/to/model.py:ClassName, got {self.ref!r}"
+                )
+
+    @classmethod
+    def parse(cls, text: str, args: Mapping[str, Any] | str | None = None) -> ModelSource:
+        """A source from its text form (see the module docstring)."""
+        text = text.strip()
+        payload = _canonical_json(dict(args)) if isinstance(args, Mapping) else (args or "{}")
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix in MODEL_PREFIXES:
+            return cls(prefix, rest, payload)
+        if text.startswith(STORE_PREFIX):
+            return cls(_kind_of_file(text), text, payload)
+        if ".py:" in text:
+            return cls("python", text, payload)
+        if Path(text).suffix.lower() in MODEL_FILE_KINDS:
+            return cls(_kind_of_file(text), text, payload)
+        if Path(text).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors"):
+            raise ValueError(
+                f"{text!r} may hold weights, a TorchScript or a pickled model: give the "
+                f"architecture and --weights {text}, or torchscript:{text}, or pickle:{text}"
+            )
+        if "/" in text or "\\" in text or Path(text).suffix:
+            raise ValueError(
+                f"{text!r} is not a model source this tool knows: give a bundled name, "
+                "torchvision:ARCH, path/to/model.py:ClassName, a .pt2, .onnx or .ts file, "
+                "torchscript:FILE or pickle:FILE"
+            )
+        return cls("zoo", text, payload)
+
+    def __str__(self) -> str:
+        if self.kind in ("zoo", "python") or (
+            self.kind != "pickle" and _kind_of_file(self.ref) == self.kind
+        ):
+            return self.ref
+        return f"{self.kind}:{self.ref}"
+
+    @property
+    def constructor_args(self) -> dict[str, Any]:
+        return json.loads(self.args)
+
+    @property
+    def runs_user_code(self) -> bool:
+        """Whether loading it imports or unpickles code that came with it."""
+        return self.kind in ("python", "pickle")
+
+    @property
+    def file(self) -> str | None:
+        """The file this source reads (a path or a ``store:`` reference), if any."""
+        if self.kind in ("zoo", "torchvision"):
+            return None
+        return self.ref.rpartition(":")[0] if self.kind == "python" else self.ref
+
+
+def _kind_of_file(text: str) -> str:
+    return MODEL_FILE_KINDS.get(Path(text).suffix.lower(), "pickle")
+
+
+def _floats(value: Any, what: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number or one per channel, got {value!r}") from None
+    if not numbers or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{what} must be finite numbers, got {value!r}")
+    return numbers
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A dataset and how its images become model inputs.
+
+    Attributes:
+        source: ``"mnist"`` (bundled) or a path / ``store:`` reference to an ``.npz``, an
+            ImageFolder tree or ``.zip``, or a folder in CIFAR-10 (python) or MNIST (IDX) layout.
+        size: (height, width) images are resized to; None = as they are (or the model's).
+        channels: 1 or 3 (grey images are repeated, colour ones averaged); None = as they are.
+        mean, std: per-channel normalisation (one value for all channels allowed); None = the
+            model's declared preprocessing, else the dataset's own statistics.
+        eval_fraction: share of each class held out for evaluation (a user dataset is split
+            once, stratified by class); the bundled MNIST has its fixed split.
+        seed: seed of that split.
+    """
+
+    source: str = "mnist"
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    eval_fraction: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not str(self.source).strip():
+            raise ValueError("a data spec needs a source: 'mnist' or a path")
+        if self.size is not None:
+            size = (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+            if len(size) != 2 or not all(isinstance(s, int) and 1 <= s <= 4096 for s in size):
+                raise ValueError(f"size must be one or two whole numbers in 1..4096, got {size!r}")
+            set_(self, "size", size)
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        set_(self, "mean", _floats(self.mean, "mean"))
+        std = _floats(self.std, "std")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std!r}")
+        set_(self, "std", std)
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction!r}")
+
+    @property
+    def bundled(self) -> bool:
+        return self.source == "mnist"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "size": list(self.size) if self.size else None,
+            "channels": self.channels,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "eval_fraction": self.eval_fraction,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
+        unknown = sorted(set(data) - set(cls().to_dict()))
+        if unknown:
+            raise ValueError(f"unknown data field(s) {unknown}")
+        size = data.get("size")
+        return cls(
+            source=data.get("source", "mnist"),
+            size=tuple(size) if isinstance(size, list) else size,
+            channels=data.get("channels"),
+            mean=data.get("mean"),
+            std=data.get("std"),
+            eval_fraction=data.get("eval_fraction", 0.3),
+            seed=data.get("seed", 0),
+        )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model source, its weights and its data: what every number is measured on.
+
+    Attributes:
+        model: where the architecture comes from.
+        weights: ``"sha256:<hex>"`` of the weights file, or None for the source's own.
+        data: the dataset and its preprocessing.
+    """
+
+    model: ModelSource
+    weights: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not (
+            self.weights.startswith(HASH_PREFIX)
+            and len(self.weights) == len(HASH_PREFIX) + 64
+            and all(c in "0123456789abcdef" for c in self.weights[len(HASH_PREFIX) :])
+        ):
+            raise ValueError(
+                f"weights are named by their hash, sha256:<64 hex>; got {self.weights!r}"
+            )
+
+    @classmethod
+    def bundled(cls, name: str) -> Subject:
+        """A bundled model with its committed weights on the bundled MNIST."""
+        return cls(ModelSource("zoo", name))
+
+    @classmethod
+    def of(cls, subject: Subject | str) -> Subject:
+        """``subject`` itself, or the subject a model-source text names with its own weights."""
+        return subject if isinstance(subject, Subject) else cls(ModelSource.parse(subject))
+
+    @property
+    def is_bundled(self) -> bool:
+        """A bundled model on its bundled data (names alone reproduce it anywhere)."""
+        return self.model.kind == "zoo" and self.data == DataSpec()
+
+    def with_weights(self, digest: str | None) -> Subject:
+        """The same architecture and data with other weights (a fine-tune, an upload)."""
+        return Subject(self.model, digest, self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "model_args": json.loads(self.model.args),
+            "weights": self.weights,
+            "data": self.data.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Subject:
+        if not isinstance(data, Mapping) or "model" not in data:
+            raise ValueError("a subject is an object with at least a 'model' field")
+        return cls(
+            ModelSource.parse(str(data["model"]), data.get("model_args") or None),
+            data.get("weights"),
+            DataSpec.from_dict(data.get("data") or {}),
+        )
+
+    @property
+    def key(self) -> str:
+        """A short, stable identifier: the hash of the canonical plain-data form."""
+        return hashlib.sha256(_canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """A few words for people, e.g. "lenet5" or "model.py:Net · weights 3fa2c1 · data.zip"."""
+        parts = [str(self.model)]
+        if self.weights:
+            parts.append(f"weights {self.weights[len(HASH_PREFIX) :][:8]}")
+        if not self.data.bundled:
+            parts.append(f"data {Path(self.data.source).name}")
+        return " · ".join(parts)
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """``"sha256:<hex>"`` of a file's bytes, read in chunks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return HASH_PREFIX + digest.hexdigest()
