@@ -288,6 +288,13 @@ class Subject:
             DataSpec.from_dict(data.get("data") or {}),
         )
 
+    def to_json(self) -> str:
+        return _canonical_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Subject:
+        return cls.from_dict(json.loads(text))
+
     @property
     def key(self) -> str:
         """A short, stable identifier: the hash of the canonical plain-data form."""
@@ -311,3 +318,71 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return HASH_PREFIX + digest.hexdigest()
+
+
+#: URL query parameters of a subject (beside the plan's); a bundled subject is just ``model``.
+SUBJECT_FIELDS = (
+    "model",
+    "model_args",
+    "weights",
+    "data",
+    "size",
+    "channels",
+    "mean",
+    "std",
+    "eval_fraction",
+    "split_seed",
+)
+
+
+def subject_to_query(subject: Subject) -> dict[str, str]:
+    """The subject as short URL query parameters (defaults left out)."""
+    query = {"model": str(subject.model)}
+    if subject.model.constructor_args:
+        query["model_args"] = subject.model.args
+    if subject.weights:
+        query["weights"] = subject.weights
+    data, default = subject.data, DataSpec()
+    if data.source != default.source:
+        query["data"] = data.source
+    if data.size:
+        query["size"] = f"{data.size[0]}x{data.size[1]}"
+    if data.channels:
+        query["channels"] = str(data.channels)
+    for name in ("mean", "std"):
+        values = getattr(data, name)
+        if values:
+            query[name] = ",".join(f"{v:g}" for v in values)
+    if data.eval_fraction != default.eval_fraction:
+        query["eval_fraction"] = f"{data.eval_fraction:g}"
+    if data.seed != default.seed:
+        query["split_seed"] = str(data.seed)
+    return query
+
+
+def subject_from_query(query: Mapping[str, str]) -> Subject:
+    """Inverse of ``subject_to_query``; a ValueError that names the bad parameter otherwise."""
+
+    def number(name: str, kind: type = float) -> Any:
+        try:
+            return kind(query[name])
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {query[name]!r}") from None
+
+    size = None
+    if query.get("size"):
+        height, _, width = query["size"].lower().partition("x")
+        if not (height.isdigit() and (not width or width.isdigit())):
+            raise ValueError(f"size must look like 32x32, got {query['size']!r}")
+        size = (int(height), int(width or height))
+    data = DataSpec(
+        source=query.get("data", "mnist"),
+        size=size,
+        channels=number("channels", int) if query.get("channels") else None,
+        mean=[float(v) for v in query["mean"].split(",")] if query.get("mean") else None,
+        std=[float(v) for v in query["std"].split(",")] if query.get("std") else None,
+        eval_fraction=number("eval_fraction") if query.get("eval_fraction") else 0.3,
+        seed=number("split_seed", int) if query.get("split_seed") else 0,
+    )
+    source = ModelSource.parse(query.get("model", ""), query.get("model_args") or None)
+    return Subject(source, query.get("weights") or None, data)

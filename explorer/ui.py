@@ -7,10 +7,14 @@ A session holds only plain data: the model name and the plan.
 
 from __future__ import annotations
 
+import argparse
+import os
 import runpy
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -21,6 +25,15 @@ from explorer.data import ImageDataset
 from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.pruning import METHODS, PrunedState, plan_label
+from explorer.store import default_store
+from explorer.subject import (
+    SUBJECT_FIELDS,
+    DataSpec,
+    ModelSource,
+    Subject,
+    subject_from_query,
+    subject_to_query,
+)
 from explorer.workbench import Workbench, open_workbench
 
 DEFAULT_MODEL = "lenet5"
@@ -54,29 +67,89 @@ HELP = {
 
 
 @st.cache_resource(show_spinner="Loading the model, its data and its structure…")
-def get_workbench(name: str) -> Workbench:
-    """The model ``name`` with its data, pruner and evaluator; shared, never mutated."""
-    bench = open_workbench(name)
+def get_workbench(subject_json: str) -> Workbench:
+    """The workbench of a subject (its canonical JSON); shared by every session, never mutated.
+
+    Raises ``LoadError`` (a ValueError) for a subject whose files cannot be used.
+    """
+    settings = app_settings()
+    bench = open_workbench(
+        Subject.from_json(subject_json),
+        trust_code=settings.trust_code,
+        trust_pickle=settings.trust_pickle,
+    )
     bench.evaluator  # noqa: B018 - warm the dense pass once, here, behind the spinner
     return bench
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def pruned_model(model_name: str, plan_json: str) -> nn.Module:
-    """The pruned copy (zeros in place) of ``model_name`` under a plan; shared, never mutated."""
-    bench = get_workbench(model_name)
+def pruned_model(subject_json: str, plan_json: str) -> nn.Module:
+    """The pruned copy (zeros in place) of a subject's model under a plan; shared, never
+    mutated."""
+    bench = get_workbench(subject_json)
     return bench.pruner.pruned_model(bench.resolve(PruningPlan.from_json(plan_json)))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def eval_unit_stats(model_name: str, plan_json: str) -> dict[str, UnitStats]:
-    """Per-unit statistics of every prunable layer on the eval split, for one (model, plan)."""
-    bench = get_workbench(model_name)
+def eval_unit_stats(subject_json: str, plan_json: str) -> dict[str, UnitStats]:
+    """Per-unit statistics of every prunable layer on the eval split, for one (subject, plan)."""
+    bench = get_workbench(subject_json)
     state = bench.resolve(PruningPlan.from_json(plan_json))
     layers = [layer.name for layer in bench.pruner.structure.layers]
     with bench.borrowed_model() as model:  # functional_call must not touch the shared model
         points = observation_points(model, layers)
         return unit_statistics(model, bench.eval_set.images, points, state.parameters)
+
+
+# --- how the operator started the app ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """What the operator decided when starting the app (never a visitor).
+
+    Attributes:
+        subject: the subject to open first (``streamlit run app.py -- --model … --data …``).
+        trust_code: a ``.py`` model file may be imported (local files are the operator's own;
+            uploaded ones only with ``--trust-code`` / ``PRUNING_EXPLORER_TRUST_CODE=1``).
+        trust_pickle: a whole pickled module may be unpickled (``--trust-pickle``).
+        uploads_trusted: uploaded ``.py`` files may be imported (``--trust-code`` only).
+    """
+
+    subject: Subject | None = None
+    trust_code: bool = False
+    trust_pickle: bool = False
+    uploads_trusted: bool = False
+
+
+def _flag(env: str) -> bool:
+    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes")
+
+
+@st.cache_resource(show_spinner=False)
+def app_settings() -> AppSettings:
+    """The operator's settings: the script's own arguments (after ``--``) and the environment.
+
+    A bad argument is reported on the page (``startup_problem``), never a crash.
+    """
+    parser = argparse.ArgumentParser(prog="app.py", add_help=False, exit_on_error=False)
+    parser.add_argument("--model")
+    parser.add_argument("--weights")
+    parser.add_argument("--model-args")
+    parser.add_argument("--data", default="mnist")
+    parser.add_argument("--trust-code", action="store_true")
+    parser.add_argument("--trust-pickle", action="store_true")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    trust_code = args.trust_code or _flag("PRUNING_EXPLORER_TRUST_CODE")
+    trust_pickle = args.trust_pickle or _flag("PRUNING_EXPLORER_TRUST_PICKLE")
+    subject = None
+    if args.model:
+        source = ModelSource.parse(args.model, args.model_args)
+        weights = default_store().register(args.weights) if args.weights else None
+        subject = Subject(source, weights, DataSpec(source=args.data))
+        # The operator named a local .py file: it is theirs to run.
+        trust_code = trust_code or source.kind == "python"
+    return AppSettings(subject, trust_code, trust_pickle, args.trust_code)
 
 
 # --- session state and the URL ------------------------------------------------------------------
@@ -93,29 +166,17 @@ def show_notices() -> None:
 
 
 def init_session() -> None:
-    """On a session's first run, take the model and plan from the URL (or defaults)."""
+    """On a session's first run, take the subject and plan from the URL (or defaults)."""
     if MODEL_KEY in st.session_state:
         return
     params = st.query_params.to_dict()
-    model = params.get("model", DEFAULT_MODEL)
-    if model not in ZOO:
-        notify(
-            f"The link names an unknown model {model!r}; showing {DEFAULT_MODEL!r}. "
-            f"Models: {', '.join(ZOO)}."
-        )
-        model = DEFAULT_MODEL
-    elif not weights_path(model).exists():
-        notify(
-            f"{model!r} has no trained weights yet (run `python sample_models/train.py "
-            f"{model}`); showing {DEFAULT_MODEL!r}."
-        )
-        model = DEFAULT_MODEL
+    subject = _subject_from_link(params)
     plan = PruningPlan()
     query = {key: params[key] for key in PLAN_FIELDS if key in params}
     if query:
         try:
             candidate = plan_from_query(query)
-            get_workbench(model).resolve(candidate)
+            get_workbench(subject.to_json()).resolve(candidate)
             plan = candidate
         except ValueError as err:
             notify(
@@ -123,13 +184,64 @@ def init_session() -> None:
                 "instead."
             )
     _store_plan(plan)
-    st.session_state[MODEL_KEY] = model
+    st.session_state[MODEL_KEY] = subject
     write_url()
 
 
-def current_model() -> str:
+def _subject_from_link(params: dict[str, str]) -> Subject:
+    """The subject a link names, if it can be opened here; else the default, with a notice."""
+    default = app_settings().subject or Subject.bundled(DEFAULT_MODEL)
+    if "model" not in params:
+        return default
+    fallback = f"showing {default.label!r}"
+    try:
+        subject = subject_from_query({k: params[k] for k in SUBJECT_FIELDS if k in params})
+    except ValueError as err:
+        notify(f"The link's model could not be used: {err}; {fallback}.")
+        return default
+    if subject.model.kind == "zoo":
+        name = subject.model.ref
+        if name not in ZOO:
+            notify(
+                f"The link names an unknown model {name!r}; {fallback}. "
+                f"Bundled models: {', '.join(ZOO)}."
+            )
+            return default
+        if not weights_path(name).exists():
+            notify(
+                f"{name!r} has no trained weights yet (run `python sample_models/train.py "
+                f"{name}`); {fallback}."
+            )
+            return default
+    if subject.is_bundled:
+        return subject
+    try:
+        get_workbench(subject.to_json())
+    except (ValueError, OSError) as err:  # LoadError, or a file the server no longer holds
+        notify(
+            f"The link names {subject.label}, which this server cannot open: {err}. Upload "
+            f"its files on Model & data to open it again; {fallback}."
+        )
+        return default
+    remember_subject(subject)
+    return subject
+
+
+def current_subject() -> Subject:
+    """What the session works on: model source, weights and data (plain data)."""
     init_session()  # a fragment rerun can reach a session whose full run never happened
     return st.session_state[MODEL_KEY]
+
+
+def current_model() -> str:
+    """The current subject as the text every cache is keyed by (its canonical JSON)."""
+    return current_subject().to_json()
+
+
+def subject_tag() -> str:
+    """A short name of the current subject for widget keys and file names."""
+    subject = current_subject()
+    return subject.model.ref if subject.is_bundled and not subject.weights else subject.key
 
 
 def current_plan() -> PruningPlan:
@@ -142,8 +254,8 @@ def current_workbench() -> Workbench:
 
 
 def write_url() -> None:
-    """Mirror the model and plan into the URL so that a link reopens this exact state."""
-    target = {"model": current_model(), **plan_to_query(current_plan())}
+    """Mirror the subject and plan into the URL so that a link reopens this exact state."""
+    target = {**subject_to_query(current_subject()), **plan_to_query(current_plan())}
     if st.query_params.to_dict() != target:
         st.query_params.from_dict(target)
 
@@ -172,20 +284,37 @@ def _store_plan(plan: PruningPlan, source: Hashable = None) -> None:
     st.session_state[PLAN_SOURCE_KEY] = source
 
 
-def set_model(name: str) -> None:
-    """Switch model, keeping what of the plan still applies."""
-    if not weights_path(name).exists():
+USER_SUBJECTS_KEY = "user_subjects"
+
+
+def remember_subject(subject: Subject) -> None:
+    """Offer ``subject`` in the model picker for the rest of the session."""
+    known = st.session_state.setdefault(USER_SUBJECTS_KEY, [])
+    if subject not in known and not subject.is_bundled:
+        known.append(subject)
+
+
+def set_subject(subject: Subject) -> bool:
+    """Switch to ``subject``, keeping what of the plan still applies; the last good subject
+    stays when this one cannot be opened (the reason is queued). Returns whether it switched."""
+    if subject.model.kind == "zoo" and not weights_path(subject.model.ref).exists():
         notify(
-            f"{name!r} has no trained weights yet: run `python sample_models/train.py {name}`.",
+            f"{subject.model.ref!r} has no trained weights yet: run "
+            f"`python sample_models/train.py {subject.model.ref}`.",
             "error",
         )
-        return
-    st.session_state[MODEL_KEY] = name
-    bench = get_workbench(name)
+        return False
+    try:
+        bench = get_workbench(subject.to_json())
+    except (ValueError, OSError) as err:
+        notify(f"{subject.label} could not be opened: {err}", "error")
+        return False
+    st.session_state[MODEL_KEY] = subject
+    remember_subject(subject)
     plan = current_plan()
     if plan.method not in usable_methods(bench):
         notify(
-            f"{name} has nothing for {METHODS[plan.method].title!r}; switched to "
+            f"{subject.label} has nothing for {METHODS[plan.method].title!r}; switched to "
             "unstructured pruning.",
             "info",
         )
@@ -193,12 +322,14 @@ def set_model(name: str) -> None:
     plan, dropped = bench.pruner.adapt(plan)
     if dropped:
         notify(
-            f"Per-layer settings for {', '.join(dropped)} do not apply to {name} and were dropped.",
+            f"Per-layer settings for {', '.join(dropped)} do not apply to {subject.label} and "
+            "were dropped.",
             "info",
         )
     if not set_plan(plan):
         _store_plan(PruningPlan())
         write_url()
+    return True
 
 
 def usable_methods(bench: Workbench) -> list[str]:
@@ -209,24 +340,36 @@ def usable_methods(bench: Workbench) -> list[str]:
 # --- widget groups ------------------------------------------------------------------------------
 
 
-def model_picker_ui() -> str:
-    """Sidebar model choice; switching keeps the parts of the plan that still apply."""
-    names = list(ZOO)
+def _picker_label(subject: Subject) -> str:
+    if subject.is_bundled and not subject.weights:
+        # the short title: the sidebar is narrow, the details are on Model & data
+        return load_card(subject.model.ref).get("title", subject.model.ref).split(" (")[0]
+    return subject.label
+
+
+def model_picker_ui() -> Subject:
+    """Sidebar model choice: the bundled models and the subjects opened in this session;
+    switching keeps the parts of the plan that still apply."""
+    options = [Subject.bundled(name) for name in ZOO]
+    options += [s for s in st.session_state.get(USER_SUBJECTS_KEY, []) if s not in options]
+    current = current_subject()
+    if current not in options:
+        options.append(current)
 
     def changed() -> None:
-        set_model(st.session_state["model_picker"])
+        if not set_subject(st.session_state["model_picker"]):
+            st.session_state["model_picker"] = current_subject()
 
-    st.session_state["model_picker"] = current_model()
+    st.session_state["model_picker"] = current
     st.selectbox(
         "Model",
-        names,
+        options,
         key="model_picker",
         on_change=changed,
         help=HELP["model"],
-        # the short title: the sidebar is narrow, the details are on Model & data
-        format_func=lambda n: load_card(n).get("title", n).split(" (")[0],
+        format_func=_picker_label,
     )
-    return current_model()
+    return current_subject()
 
 
 def plan_summary_ui(plan: PruningPlan | None = None) -> None:
@@ -262,7 +405,7 @@ def derived_widget_key(kind: str, name: str) -> str:
     version = st.session_state.get(PLAN_VERSION_KEY, 0)
     keys = st.session_state.setdefault(DERIVED_KEYS, {})
     if (kind, name) not in keys or st.session_state.get(PLAN_SOURCE_KEY) != (kind, name):
-        keys[(kind, name)] = f"{kind}::{current_model()}::{name}::v{version}"
+        keys[(kind, name)] = f"{kind}::{subject_tag()}::{name}::v{version}"
     return keys[(kind, name)]
 
 
@@ -339,7 +482,7 @@ def layer_picker_ui(bench: Workbench, key: str, help: str) -> str:
     return st.selectbox(
         "Layer",
         list(layers),
-        key=f"{key}::{current_model()}",
+        key=f"{key}::{subject_tag()}",
         format_func=lambda n: f"{n} · {layers[n].kind} {layers[n].shape_text}",
         help=help,
     )

@@ -297,7 +297,7 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
         )
         row[3].button(
             "Reset",
-            key=f"reset::{ui.current_model()}::{plan.method}::{unit.name}",
+            key=f"reset::{ui.subject_tag()}::{plan.method}::{unit.name}",
             on_click=_reset_layer,
             args=(unit.name,),
             disabled=not (own or dense),
@@ -645,7 +645,7 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) 
     )
     if not show:
         return
-    model = ui.current_model()
+    model = ui.current_model()  # sweeps belong to a subject
     curves = st.session_state.setdefault(CURVES_KEY, {}).setdefault(model, {})
     this = _curve_id(plan)
     # Points are kept one by one, so a run interrupted by another change resumes where it was.
@@ -737,7 +737,7 @@ def plan_file_ui() -> None:
     cols[0].download_button(
         "Download plan (JSON)",
         ui.current_plan().to_json(),
-        file_name=f"plan-{ui.current_model()}.json",
+        file_name=f"plan-{ui.subject_tag()}.json",
         mime="application/json",
     )
     upload = cols[1].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")

@@ -10,12 +10,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.plan import PruningPlan
+from explorer.subject import Subject
 from explorer.workbench import open_workbench
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES_DIR = "pages"
 PAGES = ("home", "prune", "weights", "activations", "saliency")
 TIMEOUT = 120
+LENET5 = Subject.bundled("lenet5").to_json()  # what the app's caches are keyed by
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +170,7 @@ def test_link_with_unknown_model_falls_back_with_a_message():
     at = start("home", model="resnet9000")
     assert_clean(at)
     assert any("resnet9000" in w.value for w in at.warning)
-    assert at.session_state["model"] == "lenet5"
+    assert at.session_state["model"] == Subject.bundled("lenet5")
 
 
 def test_link_reopens_the_same_state():
@@ -185,15 +187,15 @@ def test_link_reopens_the_same_state():
     at = start("prune", model="lenet5", **plan_to_query(plan))
     assert_clean(at)
     assert at.session_state["plan"] == plan
-    assert query["model"] == at.session_state["model"]
+    assert Subject.bundled(query["model"]) == at.session_state["model"]
 
 
 def test_switching_model_keeps_what_applies():
     at = start("prune", model="lenet5", amount="0.5", layers="fc1:0.9")
-    at.sidebar.selectbox(key="model_picker").set_value("lenet300").run()
+    at.sidebar.selectbox(key="model_picker").set_value(Subject.bundled("lenet300")).run()
     assert_clean(at)
     plan = at.session_state["plan"]
-    assert at.session_state["model"] == "lenet300"
+    assert at.session_state["model"] == Subject.bundled("lenet300")
     assert plan.amount == 0.5 and dict(plan.layer_amounts) == {"fc1": 0.9}
 
 
@@ -201,7 +203,7 @@ def test_curve_points_agree_with_explorer(lenet5):
     at = start("prune", model="lenet5", amount="0.3")
     at.toggle(key="show_curve").set_value(True).run()
     assert_clean(at)
-    (curve,) = at.session_state["curves"]["lenet5"].values()
+    (curve,) = at.session_state["curves"][LENET5].values()
     points = curve["points"]
     assert len(points) == 20
     assert points[0.0][1] == pytest.approx(lenet5.dense.accuracy)
@@ -219,7 +221,7 @@ def test_sweeps_of_a_session_are_overlaid_with_their_labels(lenet5):
     at.number_input(key="ctl_seed").set_value(7).run()
     assert_clean(at)
     assert at.session_state["plan"] == PruningPlan(criterion="random", amount=0.3, seed=7)
-    curves = at.session_state["curves"]["lenet5"]
+    curves = at.session_state["curves"][LENET5]
     labels = sorted(c["label"] for c in curves.values())
     assert labels == [
         "Unstructured (weights), random (seed 0), global",
