@@ -747,11 +747,44 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     return "\n\n".join(parts)
 
 
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def app_command(args: argparse.Namespace) -> list[str]:
+    """The ``streamlit run app.py -- …`` command line that opens the app on the given files."""
+    if not APP_SCRIPT.is_file():
+        raise CliError(f"the app's script {APP_SCRIPT} is missing: run from a clone of the repo")
+    extra = []
+    if args.model:
+        subject_from_args(args)  # the same checks as every other command, before starting
+        extra += ["--model", args.model, "--data", args.data]
+        if args.weights:
+            extra += ["--weights", str(Path(args.weights).resolve())]
+        if args.model_args:
+            extra += ["--model-args", args.model_args]
+    if args.trust_code:
+        extra.append("--trust-code")
+    if args.trust_pickle:
+        extra.append("--trust-pickle")
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
+    if args.port:
+        command += ["--server.port", str(args.port)]
+    return command + (["--", *extra] if extra else [])
+
+
+def cmd_app(args: argparse.Namespace) -> Any:
+    """Start the app (replaces this process: the app's own output follows)."""
+    command = app_command(args)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "models": cmd_models,
     "info": cmd_info,
     "prune": cmd_prune,
     "eval": cmd_eval,
+    "app": cmd_app,
 }
 
 
@@ -794,6 +827,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save-plan", metavar="FILE", help="write the plan as JSON")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("app", help="start the app, optionally on your own model and data")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
+    p.add_argument("--weights", metavar="FILE", help="a state_dict or .safetensors file")
+    p.add_argument("--model-args", metavar="JSON", help="constructor arguments (JSON)")
+    p.add_argument("--data", metavar="SOURCE", default="mnist", help="as for eval")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let visitors' uploaded .py model files run (your own --model file always may)",
+    )
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled modules")
+    p.add_argument("--port", type=whole_number("--port", 1), help="the server's port")
+    p.set_defaults(json=False, size=None, channels=None, mean=None, std=None)
+    p.set_defaults(eval_fraction=0.3, split_seed=0)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs, size and latency of a (pruned) model")
     _add_subject_options(p)

@@ -557,3 +557,20 @@ def test_a_model_torch_export_cannot_capture_is_one_line(
     assert line.startswith("error: --compact-out: torch.export cannot capture the compacted model")
     assert "UserError: Constraints violated!" in line
     assert not target.exists() and not weights.exists()  # all files or none
+
+
+def test_app_starts_streamlit_on_the_given_files(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(load_model("lenet5").state_dict(), weights)
+    args = cli.build_parser().parse_args(
+        ["app", "lenet5", "--weights", str(weights), "--port", "8700"]
+    )
+    command = cli.app_command(args)
+    assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("app.py")
+    assert command[5:7] == ["--server.port", "8700"]
+    assert command[7:] == ["--", "--model", "lenet5", "--data", "mnist", "--weights", str(weights)]
+
+
+def test_app_checks_its_files_before_starting(capsys):
+    code, _, err = run(capsys, "app", "lenet5", "--weights", "/nonexistent/w.pt")
+    assert code == 2 and err.strip() == "error: weights file /nonexistent/w.pt does not exist"
