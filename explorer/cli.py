@@ -428,7 +428,8 @@ def subject_from_args(args: argparse.Namespace) -> Subject:
 
 def open_subject(args: argparse.Namespace) -> Workbench:
     """The workbench of the command's subject. A .py model runs here: the CLI runs on the
-    user's own files, so their code is theirs to run; a pickled module needs --trust-pickle."""
+    user's own files, so their code is theirs to run (a .py model is imported, a .pt2 or
+    TorchScript file can run code as it loads); a pickled module needs --trust-pickle."""
     return open_workbench(subject_from_args(args), trust_code=True, trust_pickle=args.trust_pickle)
 
 
@@ -836,7 +837,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-code",
         action="store_true",
-        help="let visitors' uploaded .py model files run (your own --model file always may)",
+        help="accept visitors' uploads that run code as they load (.py, .pt2, TorchScript); "
+        "your own --model file always may",
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled modules")
     p.add_argument("--port", type=whole_number("--port", 1), help="the server's port")

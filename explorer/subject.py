@@ -124,8 +124,10 @@ class ModelSource:
 
     @property
     def runs_user_code(self) -> bool:
-        """Whether loading it imports or unpickles code that came with it."""
-        return self.kind in ("python", "pickle")
+        """Whether loading it can run code that came with it: a .py file is imported, a pickle
+        unpickled; a TorchScript file is a program, and torch.export.load evaluates parts of a
+        .pt2 (shape expressions through sympy, pickled constants). ONNX and weights are data."""
+        return self.kind in ("python", "pickle", "export", "torchscript")
 
     @property
     def file(self) -> str | None:

@@ -147,8 +147,8 @@ def app_settings() -> AppSettings:
         source = ModelSource.parse(args.model, args.model_args)
         weights = default_store().register(args.weights) if args.weights else None
         subject = Subject(source, weights, DataSpec(source=args.data))
-        # The operator named a local .py file: it is theirs to run.
-        trust_code = trust_code or source.kind == "python"
+        # The operator named a local file: it is theirs to run.
+        trust_code = trust_code or (source.runs_user_code and source.kind != "pickle")
     return AppSettings(subject, trust_code, trust_pickle, args.trust_code)
 
 
@@ -592,3 +592,8 @@ def resolve_current() -> PrunedState:
         _store_plan(PruningPlan())
         write_url()
         return bench.resolve(PruningPlan())
+
+
+def bundled_names() -> list[str]:
+    """The bundled models, in zoo order."""
+    return list(ZOO)

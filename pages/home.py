@@ -2,11 +2,211 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
+import torchvision
 
 from explorer import ui
 from explorer.plots import sample_grid_figure
+from explorer.store import default_store, max_upload_bytes
+from explorer.subject import DataSpec, ModelSource, Subject
+
+# --- bring your own: upload a model, its weights and data; check; adopt -----------------------
+# Uploads go into the content-addressed store; the subject names them by hash, so a link to it
+# works while this server holds them.
+
+SOURCES = {
+    "torchvision": "torchvision architecture + weights",
+    "file": "a model file (.pt2, .onnx, TorchScript .ts)",
+    "python": "my own class (.py) + weights",
+    "bundled": "a bundled architecture + other weights",
+}
+CANDIDATE_KEY = "byo_candidate"
+
+
+def _stored(upload: object, suffix: str | None = None) -> str:
+    """Keep an uploaded file in the store; its reference (``store:<sha256><suffix>``)."""
+    suffix = suffix if suffix is not None else Path(upload.name).suffix.lower()
+    return default_store().put(upload.getvalue(), suffix)
+
+
+def _upload(label: str, types: list[str], key: str, help: str) -> object | None:
+    return st.file_uploader(label, type=types, key=key, help=help)
+
+
+def model_source_ui() -> tuple[ModelSource | None, str | None]:
+    """The model source and weights (``sha256:``) the user gave, or None while incomplete."""
+    settings = ui.app_settings()
+    kind = st.radio(
+        "Model",
+        list(SOURCES),
+        format_func=SOURCES.get,
+        key="byo_kind",
+        help="Weights are read with torch.load(weights_only=True) or safetensors: no code in "
+        "them runs. A whole pickled model is refused: save its state_dict instead.",
+    )
+    weights_help = "A state_dict: torch.save(model.state_dict(), 'weights.pt') or .safetensors."
+    source, weights = None, None
+    if kind == "torchvision":
+        names = torchvision.models.list_models(module=torchvision.models)
+        arch = st.selectbox(
+            "Architecture",
+            names,
+            index=names.index("resnet18"),
+            key="byo_arch",
+            help="Built by torchvision with no weights downloaded; the class count is read "
+            "from your weights file.",
+        )
+        source = ModelSource("torchvision", arch)
+        upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_tv_weights", weights_help)
+        weights = default_store().digest(_stored(upload)) if upload else None
+    elif kind == "file":
+        # ONNX is a graph (data); a .pt2 or TorchScript file can run code when loaded.
+        types = ["onnx"] + (["pt2", "ts", "torchscript"] if settings.uploads_trusted else [])
+        upload = _upload(
+            "Model file",
+            types,
+            "byo_file",
+            "ONNX (converted with onnx2torch)"
+            + (
+                ", torch.export program (.pt2) or TorchScript"
+                if settings.uploads_trusted
+                else "; .pt2 and TorchScript files can run code when loaded, so they are "
+                "accepted only when the app was started with --trust-code"
+            )
+            + ": each carries its weights.",
+        )
+        source = ModelSource.parse(_stored(upload)) if upload else None
+    elif kind == "python":
+        if not settings.uploads_trusted:
+            st.info(
+                "Running an uploaded .py file would run its code on this server, so it is "
+                "off. Start the app with `streamlit run app.py -- --trust-code` (or set "
+                "PRUNING_EXPLORER_TRUST_CODE=1) on a machine you trust, or start it on your "
+                "own file: `streamlit run app.py -- --model path/model.py:Net --weights w.pt`."
+            )
+            return None, None
+        cols = st.columns(2)
+        code = cols[0].file_uploader("Model code (.py)", type=["py"], key="byo_py")
+        name = cols[1].text_input("Class name", key="byo_class", placeholder="Net")
+        args = st.text_input(
+            "Constructor arguments (JSON)", "{}", key="byo_args", help='e.g. {"num_classes": 10}'
+        )
+        upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_py_weights", weights_help)
+        if code and name.strip():
+            source = ModelSource.parse(f"{_stored(code, '.py')}:{name.strip()}", args)
+        weights = default_store().digest(_stored(upload)) if upload else None
+    else:
+        arch = st.selectbox("Architecture", ui.bundled_names(), key="byo_bundled")
+        source = ModelSource("zoo", arch)
+        upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_zoo_weights", weights_help)
+        weights = default_store().digest(_stored(upload)) if upload else None
+    return source, weights
+
+
+def data_spec_ui() -> DataSpec | None:
+    """The dataset and its preprocessing, or None while no file is given."""
+    kind = st.radio(
+        "Data",
+        ["mnist", "upload"],
+        format_func={"mnist": "bundled MNIST", "upload": "my images (.npz or .zip)"}.get,
+        horizontal=True,
+        key="byo_data_kind",
+        help="An .npz with `images` (N×H×W[×C], uint8) and `labels`; or a .zip of an "
+        "ImageFolder tree (one folder per class). Split once, by class, into a fit part "
+        "(calibration, fine-tuning) and a held-out eval part (every number shown).",
+    )
+    source = "mnist"
+    if kind == "upload":
+        upload = st.file_uploader("Dataset", type=["npz", "zip"], key="byo_data")
+        if upload is None:
+            return None
+        source = _stored(upload)
+    with st.expander("Preprocessing", expanded=kind == "upload"):
+        cols = st.columns(3)
+        size = cols[0].number_input(
+            "Size (px, 0 = as is)",
+            0,
+            1024,
+            0,
+            key="byo_size",
+            help="Resize images to a square of this side; 0 keeps them (or takes the model's).",
+        )
+        channels = cols[1].selectbox(
+            "Channels", [None, 1, 3], key="byo_channels", format_func=lambda c: c or "as is"
+        )
+        fraction = cols[2].slider("Held out for eval", 0.1, 0.9, 0.3, 0.05, key="byo_eval")
+        cols = st.columns(2)
+        mean = cols[0].text_input(
+            "Mean", "", key="byo_mean", placeholder="model's, else the data's", help="e.g. 0.5"
+        )
+        std = cols[1].text_input(
+            "Std", "", key="byo_std", placeholder="model's, else the data's", help="0.5,0.5,0.5"
+        )
+    return DataSpec(
+        source=source,
+        size=(int(size), int(size)) if size else None,
+        channels=channels,
+        mean=[float(v) for v in mean.split(",")] if mean.strip() else None,
+        std=[float(v) for v in std.split(",")] if std.strip() else None,
+        eval_fraction=float(fraction),
+    )
+
+
+def candidate_ui(subject: Subject) -> None:
+    """What was understood about a subject, and the button that makes it current."""
+    try:
+        bench = ui.get_workbench(subject.to_json())
+    except (ValueError, OSError) as err:
+        st.error(f"Not usable: {err}. The current model stays {ui.current_subject().label}.")
+        return
+    layers = bench.pruner.structure.layers
+    st.success(f"Understood: {type(bench.model).__name__}, {len(layers)} prunable layers.")
+    cols = st.columns(4)
+    cols[0].metric("Eval accuracy", f"{bench.dense.accuracy:.2%}", help="Dense, eval part.")
+    cols[1].metric("Input", "×".join(map(str, bench.eval_set.input_shape)), help="C×H×W")
+    cols[2].metric("Classes", f"{len(bench.eval_set.classes)}")
+    cols[3].metric("Eval images", f"{len(bench.eval_set):,}")
+    st.caption(
+        "Classes: "
+        + ", ".join(bench.eval_set.classes[:20])
+        + ("…" if len(bench.eval_set.classes) > 20 else "")
+    )
+    for note in bench.notes:
+        st.caption(note)
+    if st.button("Use this model", type="primary", key="byo_use") and ui.set_subject(subject):
+        st.session_state.pop(CANDIDATE_KEY, None)
+        st.rerun()
+
+
+def bring_your_own_ui() -> None:
+    """Upload a model (and weights) and data; check; adopt."""
+    st.caption(
+        f"Files up to {max_upload_bytes() / 2**20:,.0f} MB each. Nothing you upload is run "
+        "unless the operator allowed it (--trust-code): weights load with weights_only=True, "
+        "ONNX files are graphs."
+    )
+    left, right = st.columns(2, gap="large")
+    try:
+        with left:
+            source, weights = model_source_ui()
+        with right:
+            data = data_spec_ui()
+    except ValueError as err:  # a bad setting or file: say which, keep the current model
+        st.error(f"Not usable: {err}")
+        return
+    ready = source is not None and data is not None
+    if st.button("Check", disabled=not ready, key="byo_check", help="Load and evaluate it."):
+        st.session_state[CANDIDATE_KEY] = Subject(source, weights, data)
+    candidate = st.session_state.get(CANDIDATE_KEY)
+    if candidate is not None:
+        with st.spinner("Loading and evaluating…"):
+            candidate_ui(candidate)
+
+
+# --- the page --------------------------------------------------------------------------------
 
 
 def model_card_ui(card: dict, bench: ui.Workbench) -> None:
@@ -102,6 +302,8 @@ def main() -> None:
         st.plotly_chart(sample_grid_figure(data, count=24), config={"displayModeBar": False})
     st.markdown("#### Prunable layers")
     layer_table_ui(bench)
+    with st.expander("Bring your own model and data", icon=":material/upload_file:"):
+        bring_your_own_ui()
     with st.expander("What is pruning?"):
         st.markdown(
             "- Trained networks are **over-parameterised**: many weights can be set to zero "
