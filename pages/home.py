@@ -135,7 +135,7 @@ def data_spec_ui() -> DataSpec | None:
             help="Resize images to a square of this side; 0 keeps them (or takes the model's).",
         )
         channels = cols[1].selectbox(
-            "Channels", [None, 1, 3], key="byo_channels", format_func=lambda c: c or "as is"
+            "Channels", [None, 1, 3], key="byo_channels", format_func=lambda c: str(c or "as is")
         )
         fraction = cols[2].slider("Held out for eval", 0.1, 0.9, 0.3, 0.05, key="byo_eval")
         cols = st.columns(2)
