@@ -123,6 +123,40 @@ class IncrementalResult:
     def covered(self) -> int:
         return len(self.samples)
 
+    def accuracy_interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Where the accuracy on all ``total`` samples lies, from the ``covered`` ones: a Wilson
+        score interval (z = 1.96: 95%) shrunk by the finite-population correction, since the
+        preview samples *without* replacement from a known, finite eval set. Exact (zero width)
+        once complete."""
+        correct = round(self.result.accuracy * self.covered)
+        return wilson_interval(correct, self.covered, z, population=self.total)
+
+
+def wilson_interval(
+    successes: int, trials: int, z: float = 1.96, population: int | None = None
+) -> tuple[float, float]:
+    """Wilson score interval for a proportion (``successes`` of ``trials``), in [0, 1].
+
+    Args:
+        successes, trials: the observed count and sample size (trials >= 1).
+        z: the normal quantile; 1.96 for a 95% interval.
+        population: size of the finite population sampled without replacement; the interval
+            narrows by sqrt((N - n) / (N - 1)) and is a point when the sample is the population.
+    """
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    p = successes / trials
+    if population is not None:
+        if population < trials:
+            raise ValueError(f"a sample of {trials} cannot come from {population}")
+        if population == trials:
+            return p, p
+        z *= math.sqrt((population - trials) / (population - 1))
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
 
 class IncrementalEvaluator:
     """Evaluates pruned states of one model on one dataset, recomputing only what changed.

@@ -338,11 +338,13 @@ class MetricsRow:
             else f"a preview: {outcome.covered:,} of the {outcome.total:,} eval images, "
             "spread over the split; the dense model on the same ones"
         )
+        low, high = outcome.accuracy_interval()
+        interval = "" if outcome.complete else f" 95% interval for all: {low:.1%} to {high:.1%}."
         self.quality[0].metric(
             "Accuracy",
             f"{approx}{result.accuracy * 100:.{digits}f}%",
             **ui.metric_change((result.accuracy - dense.accuracy) * 100, ".2f", " pts"),
-            help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).",
+            help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).{interval}",
         )
         self.quality[1].metric(
             "Loss",
@@ -429,7 +431,11 @@ class MetricsRow:
                 self.show_quality(outcome)
                 previewed = True
                 meanwhile()
-            self.status.caption(f"Refining on all eval images… {outcome.covered:,} of {total:,}")
+            low, high = outcome.accuracy_interval()
+            self.status.caption(
+                f"Refining on all eval images… {outcome.covered:,} of {total:,}; from these, "
+                f"the accuracy on all of them lies between {low:.1%} and {high:.1%} (95%)."
+            )
         self.show_quality(outcome)
         if not previewed:
             meanwhile()

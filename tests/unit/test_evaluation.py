@@ -228,3 +228,36 @@ def test_a_model_that_is_not_sequential_is_one_stage(mlp, eval_set):
     outcome = evaluator.evaluate_state(pruner.resolve(plan))
     assert outcome.resumed_from == 0
     assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
+
+
+def test_wilson_interval_by_hand_and_its_edges():
+    from explorer.evaluation import wilson_interval
+
+    # 81 of 100 at z = 1.96, by the textbook formula
+    p, n, z = 0.81, 100, 1.96
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    assert wilson_interval(81, 100) == pytest.approx((centre - half, centre + half))
+    low, high = wilson_interval(100, 100)
+    assert high == pytest.approx(1.0) and low < 0.99  # no zero-width claim from a perfect sample
+    assert wilson_interval(40, 50, population=50) == (0.8, 0.8)  # the sample is everything
+    wide, narrow = wilson_interval(900, 1000), wilson_interval(900, 1000, population=1200)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    with pytest.raises(ValueError):
+        wilson_interval(5, 0)
+
+
+def test_preview_intervals_cover_the_full_accuracy_about_95_percent_of_the_time():
+    # The oracle is the population itself: draw many previews without replacement from a
+    # fixed set of right / wrong answers and count how often the interval holds the truth.
+    from explorer.evaluation import wilson_interval
+
+    generator = torch.Generator().manual_seed(0)
+    population = (torch.rand(5000, generator=generator) < 0.93).int()
+    truth = float(population.float().mean())
+    hits, trials = 0, 400
+    for _ in range(trials):
+        sample = population[torch.randperm(5000, generator=generator)[:1000]]
+        low, high = wilson_interval(int(sample.sum()), 1000, population=5000)
+        hits += low <= truth <= high
+    assert 0.91 <= hits / trials <= 0.99
