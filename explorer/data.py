@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,7 +54,8 @@ class ImageDataset:
         images: float32, shape (N, C, H, W), normalised with ``mean`` / ``std``.
         labels: int64, shape (N,), values in ``range(len(classes))``.
         classes: human-readable class names, index = label.
-        mean, std: per-dataset normalisation, to turn ``images`` back into pixels for display.
+        mean, std: the normalisation ``images`` carry, to turn them back into pixels for
+            display: one number for every channel, or a tuple with one per channel (C,).
     """
 
     name: str
@@ -60,14 +63,18 @@ class ImageDataset:
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        channels = self.images.shape[1]
+        for what, value in (("mean", self.mean), ("std", self.std)):
+            if isinstance(value, tuple) and len(value) not in (1, channels):
+                raise ValueError(f"{what} has {len(value)} values for {channels} channel(s)")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,7 +86,10 @@ class ImageDataset:
 
     def pixels(self, index: int) -> np.ndarray:
         """Sample ``index`` as display pixels in [0, 1], shape (H, W) or (H, W, C)."""
-        img = (self.images[index] * self.std + self.mean).clamp(0, 1).numpy()
+        # (C, 1, 1) broadcasts a per-channel tuple and a single number alike
+        std = torch.as_tensor(self.std, dtype=torch.float32).reshape(-1, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32).reshape(-1, 1, 1)
+        img = (self.images[index] * std + mean).clamp(0, 1).numpy()
         return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
     def subset(self, indices: torch.Tensor | list[int] | range) -> ImageDataset:
@@ -96,34 +106,68 @@ class ImageDataset:
         )
 
 
-def read_idx(path: Path, expected_sha256: str | None = None) -> np.ndarray:
-    """Read a (gzipped) IDX file into a uint8 array; check its SHA-256 when given."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+def read_idx(
+    path: Path, expected_sha256: str | None = None, max_bytes: int | None = None
+) -> np.ndarray:
+    """Read a (gzipped) IDX file into a uint8 array, (N, H, W) images or (N,) labels.
+
+    Checks its SHA-256 when given, and that the header's counts match the file's length; a
+    ``.gz`` that would expand past ``max_bytes`` is refused before it is all in memory.
+    Every problem is a ``ValueError`` naming the file.
+    """
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read(-1 if max_bytes is None else max_bytes + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path.name} is not a valid gzip file: {err}") from None
+    else:
+        raw = path.read_bytes()
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ValueError(f"{path.name} is larger than {max_bytes:,} bytes uncompressed")
     if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
         raise ValueError(f"{path.name} is corrupt: its SHA-256 does not match the published one")
+    if len(raw) < 8:
+        raise ValueError(f"{path.name} is too short for an IDX header ({len(raw)} bytes)")
     magic, count = struct.unpack(">II", raw[:8])
     if magic == 2051:
+        if len(raw) < 16:
+            raise ValueError(f"{path.name} is too short for an IDX image header")
         rows, cols = struct.unpack(">II", raw[8:16])
-        return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
-    if magic == 2049:
-        return np.frombuffer(raw, dtype=np.uint8, offset=8).reshape(count)
-    raise ValueError(f"{path.name}: unknown IDX magic number {magic}")
+        shape, offset = (count, rows, cols), 16
+    elif magic == 2049:
+        shape, offset = (count,), 8
+    else:
+        raise ValueError(f"{path.name}: unknown IDX magic number {magic}")
+    expected = math.prod(shape)
+    if len(raw) - offset != expected:
+        raise ValueError(
+            f"{path.name} is truncated or corrupt: its header says {'x'.join(map(str, shape))} "
+            f"({expected:,} bytes) but it holds {len(raw) - offset:,}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _mnist_file(stem: str) -> np.ndarray:
     return read_idx(DATA_DIR / f"{stem}.gz", MNIST_SHA256[stem])
 
 
-@lru_cache(maxsize=2)
-def _mnist_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def mnist_pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled MNIST ``split`` (``"fit"`` or ``"eval"``) as raw uint8 pixels (N, 28, 28)
+    and labels (N,), before any normalisation."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     test_x, test_y = _mnist_file("t10k-images-idx3-ubyte"), _mnist_file("t10k-labels-idx1-ubyte")
     if split == "eval":
-        x, y = test_x[1::2], test_y[1::2]
-    else:
-        train_x = _mnist_file("train-5k-images-idx3-ubyte")
-        train_y = _mnist_file("train-5k-labels-idx1-ubyte")
-        x = np.concatenate([train_x, test_x[0::2]])
-        y = np.concatenate([train_y, test_y[0::2]])
+        return test_x[1::2], test_y[1::2]
+    train_x = _mnist_file("train-5k-images-idx3-ubyte")
+    train_y = _mnist_file("train-5k-labels-idx1-ubyte")
+    return np.concatenate([train_x, test_x[0::2]]), np.concatenate([train_y, test_y[0::2]])
+
+
+@lru_cache(maxsize=2)
+def _mnist_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_pixels(split)
     images = (torch.from_numpy(x.copy()).float().div_(255) - MNIST_MEAN) / MNIST_STD
     return images.unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
