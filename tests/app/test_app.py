@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from explorer.models import weights_path
 from explorer.plan import PruningPlan
-from explorer.subject import Subject
+from explorer.subject import DataSpec, Subject
 from explorer.workbench import open_workbench
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -304,3 +305,72 @@ def test_a_plan_upload_confirms_itself():
     assert_clean(at)
     assert at.session_state["plan"] == plan
     assert any("Loaded mine.json" in s.value for s in at.success)
+
+
+# --- bring your own model and data ------------------------------------------------------------
+
+
+def _mnist_npz(count: int = 300) -> bytes:
+    import io
+
+    import numpy as np
+
+    from explorer.data import mnist_pixels
+
+    images, labels = mnist_pixels("eval")
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images[:count], labels=labels[:count])
+    return buffer.getvalue()
+
+
+def _upload_own(at: AppTest, weights: bytes, data: bytes) -> AppTest:
+    at.radio(key="byo_kind").set_value("bundled").run()
+    at.selectbox(key="byo_bundled").set_value("lenet5").run()
+    at.file_uploader(key="byo_zoo_weights").upload("init.pt", weights, "application/octet-stream")
+    at.radio(key="byo_data_kind").set_value("upload").run()
+    at.file_uploader(key="byo_data").upload("digits.npz", data, "application/octet-stream")
+    at.run()
+    return at.button(key="byo_check").click().run()
+
+
+def test_own_weights_and_data_are_checked_then_become_the_subject(tmp_path, monkeypatch):
+    import torch
+
+    from explorer.evaluation import evaluate
+    from explorer.loading.data import load_data
+    from explorer.models import load_model
+    from explorer.store import default_store
+
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
+    weights = weights_path("lenet5", "init").read_bytes()  # the untrained initial weights
+    data = _mnist_npz()
+    at = _upload_own(start("home", model="lenet5"), weights, data)
+    assert_clean(at)
+    # The oracle: the same weights on the same held-out part, evaluated directly with torch.
+    store = default_store()
+    spec_source = store.put(data, ".npz")  # the same bytes: the same store reference
+    held_out = load_data(DataSpec(spec_source)).eval
+    expected = evaluate(load_model("lenet5", "init"), held_out).accuracy
+    assert f"{expected:.2%}" in [m.value for m in at.metric if m.label == "Eval accuracy"]
+    at.button(key="byo_use").click().run()
+    assert_clean(at)
+    subject = at.session_state["model"]
+    assert subject.model.ref == "lenet5" and subject.weights.startswith("sha256:")
+    assert subject.data.source == spec_source
+    assert at.query_params["weights"] == subject.weights  # a link names the weights by hash
+    assert torch.equal(
+        load_model("lenet5", "init").conv1.weight,
+        torch.load(store.path(subject.weights), weights_only=True)["conv1.weight"],
+    )
+    at.switch_page("pages/prune.py").run()
+    assert_clean(at)
+    assert metric(at, "Accuracy") == f"{expected:.2%}"
+
+
+def test_a_corrupt_upload_is_an_error_and_the_subject_stays(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
+    weights = weights_path("lenet5").read_bytes()
+    at = _upload_own(start("home", model="lenet5"), weights, b"PK\x03\x04 not really a zip")
+    assert_clean(at)
+    assert any("Not usable" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state["model"] == Subject.bundled("lenet5")
