@@ -23,6 +23,11 @@ from torch import nn
 from explorer.data import ImageDataset
 from explorer.structure import ChannelGroup, HeadGroup, ModelStructure
 
+#: Images per mini-batch in the Taylor score. On the zoo models, rankings from batches of 1 to 64
+#: agreed (pruned accuracy within noise): near a minimum the mean gradient is ~0, so E[(g_b w)^2]
+#: ~ w^2 Var(g) / B for every B. 32 keeps it to 8 backward passes for 256 images.
+TAYLOR_BATCH = 32
+
 
 class UnsupportedCriterion(ValueError):
     """A criterion asked for a kind of unit it cannot score."""
@@ -31,8 +36,9 @@ class UnsupportedCriterion(ValueError):
 class ScoringContext:
     """A dense model, its structure and a calibration batch; statistics are computed lazily, once.
 
-    The model is never changed: gradients are taken with ``torch.autograd.grad`` on detached
-    copies of the parameters, hooks are removed before returning.
+    The model is never touched, not even for a moment: gradients and activations are measured on
+    a private deep copy (other sessions may be running the shared model at the same time, and
+    would otherwise see swapped parameters or record into our hooks).
     """
 
     def __init__(
@@ -68,26 +74,39 @@ class ScoringContext:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @property
-    def gradients(self) -> dict[str, torch.Tensor]:
-        """d(mean cross-entropy on the calibration batch) / d(parameter), per parameter name."""
-        return self._cached("gradients", self._compute_gradients)
+    def _private_model(self) -> nn.Module:
+        """A throwaway deep copy of the model, for measurements that need gradients or hooks."""
+        return copy.deepcopy(self.model)
 
-    def _compute_gradients(self) -> dict[str, torch.Tensor]:
+    @property
+    def taylor_squares(self) -> dict[str, torch.Tensor]:
+        """Per parameter name: the mean over calibration mini-batches b of (g_b * w)^2, where
+        g_b = d(mean cross-entropy on b) / dw; shaped like the parameter.
+
+        Mini-batches hold ``TAYLOR_BATCH`` images, in calibration order (the last may be smaller).
+        """
+        return self._cached("taylor_squares", self._compute_taylor_squares)
+
+    def _compute_taylor_squares(self) -> dict[str, torch.Tensor]:
         data = self.require_calibration("taylor")
-        params = {
-            name: p.detach().clone().requires_grad_(True)
-            for name, p in self.model.named_parameters()
-        }
-        x, y = data.images.to(self._device()), data.labels.to(self._device())
+        model = self._private_model()
+        params = dict(model.named_parameters())
+        weights = {name: p.detach().clone() for name, p in params.items()}
+        for p in params.values():
+            p.requires_grad_(True)
+        totals = {name: torch.zeros_like(w) for name, w in weights.items()}
+        device = self._device()
+        batches = range(0, len(data), TAYLOR_BATCH)
         with torch.enable_grad():
-            logits = torch.func.functional_call(self.model, params, (x,))
-            loss = F.cross_entropy(logits, y)
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        return {
-            name: (g if g is not None else torch.zeros_like(params[name])).detach()
-            for name, g in zip(params, grads, strict=True)
-        }
+            for start in batches:
+                x = data.images[start : start + TAYLOR_BATCH].to(device)
+                y = data.labels[start : start + TAYLOR_BATCH].to(device)
+                loss = F.cross_entropy(model(x), y)
+                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                for (name, w), g in zip(weights.items(), grads, strict=True):
+                    if g is not None:  # unused parameters: no loss change, score 0
+                        totals[name] += (g.detach() * w) ** 2
+        return {name: total / max(len(batches), 1) for name, total in totals.items()}
 
     def _compute_activation_stats(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per prunable layer: L2 norm, mean |x| and fraction of zeros of each *input* channel.
@@ -96,7 +115,7 @@ class ScoringContext:
         """
         data = self.require_calibration("activation")
         stats: dict[str, dict[str, torch.Tensor]] = {}
-        modules = self.structure.modules
+        model = self._private_model()
 
         def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
             def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -111,12 +130,12 @@ class ScoringContext:
             return record
 
         handles = [
-            modules[layer.name].register_forward_pre_hook(hook_for(layer.name))
+            model.get_submodule(layer.name).register_forward_pre_hook(hook_for(layer.name))
             for layer in self.structure.layers
         ]
         try:
             with torch.inference_mode():
-                self.model(data.images.to(self._device()))
+                model(data.images.to(self._device()))
         finally:
             for handle in handles:
                 handle.remove()
@@ -234,18 +253,33 @@ class Random(Criterion):
 
 @register_criterion
 class Taylor(Criterion):
+    """Root mean square over calibration mini-batches of g * w (Molchanov et al. 2019).
+
+    g * w is the first-order prediction of the loss change if w were set to zero. Near a minimum
+    the gradient averaged over many images is ~0 (that is what trained means), so |mean(g) * w|
+    is mostly noise; averaging the squares per mini-batch keeps the signal. The mean of
+    (g * w)^2 is then about w^2 times the (empirical) Fisher diagonal over the batch size, the
+    curvature term of Optimal Brain Damage. The square root keeps the units of g * w (a loss
+    change), so channel and head Ln norms behave as they do for magnitude.
+    """
+
     name = "taylor"
     title = "First-order Taylor"
     help = (
-        "|gradient x weight| on a calibration batch of the fit split: the loss change a "
-        "first-order Taylor expansion predicts if the weight were set to zero "
-        "(Molchanov et al. 2017/2019)."
+        "g x w (g = loss gradient): the loss change a first-order Taylor expansion predicts if "
+        f"the weight were set to zero, as a root mean square over mini-batches of {TAYLOR_BATCH} "
+        "calibration images from the fit split (Molchanov et al. 2019). Squares, because a "
+        "trained model sits near a loss minimum, where the gradient averaged over many images "
+        "is about zero. It can still lose to magnitude: these models classify their training "
+        "images almost perfectly, so a handful of calibration images carry nearly all the "
+        "gradient and the scores say what those few need; and a first-order estimate is for a "
+        "tiny change to one weight, while pruning removes many at once, a large step whose size "
+        "magnitude measures directly. Channels and heads use the Ln norm of these scores."
     )
     needs_data = True
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
-        name = f"{layer}.weight"
-        return (ctx.gradients[name].cpu() * _weight(ctx, layer).cpu()).abs()
+        return ctx.taylor_squares[f"{layer}.weight"].cpu().sqrt()
 
 
 @register_criterion

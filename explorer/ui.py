@@ -51,7 +51,8 @@ HELP = {
     "method": "What gets removed: single weights (unstructured), whole neurons/filters or input "
     "channels (structured), N of every M weights (N:M) or attention heads.",
     "criterion": "How importance is scored. Magnitude: small weights matter least. Taylor: "
-    "|gradient x weight|, the first-order loss change if the weight were zeroed. "
+    "gradient x weight, the first-order loss change if the weight were zeroed (root mean "
+    "square over calibration mini-batches). "
     "Activation/APoZ: measured on real inputs. Random: the baseline to beat.",
     "scope": "Global: rank all layers together, so sparsity flows to the layers that can "
     "afford it. Layer-wise: every layer loses exactly its own fraction.",
