@@ -64,6 +64,8 @@ def test_model_page_values_and_layer_table_are_whole(app_url, width, height):
         page.screenshot(path=SHOTS / f"home-{width}x{height}.png")
         assert cut_off_text(page, "[data-testid=stMetric]") == []
         assert clipped_tables(page) == []
+        # People use this app, they do not develop it: no Deploy button, no developer menu.
+        assert page.get_by_role("button", name="Deploy").count() == 0
         # The call to action is above the fold.
         start = page.get_by_role("button", name=re.compile("Start pruning"))
         box = start.bounding_box()

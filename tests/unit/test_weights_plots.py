@@ -205,3 +205,23 @@ def test_pruned_has_one_colour_on_the_page_and_it_is_not_a_weight_colour():
     assert abs(r - g) < 0.05 and abs(g - b) < 0.05, "a neutral grey, not a hue"
     assert r < 0.5, "dark: pale grey reads as a near-zero weight"
     assert (r, g, b) not in (red, white, blue)
+
+
+def test_sample_grid_labels_sit_under_their_digits_not_on_them():
+    from explorer.data import load_mnist
+    from explorer.plots.common import sample_grid_figure
+
+    data = load_mnist("eval")
+    fig = sample_grid_figure(data, count=16, columns=8)
+    height, width = data.input_shape[-2:]
+    mosaic = np.asarray(fig.data[0].z)
+    pitch_y, pitch_x = mosaic.shape[0] / 2, mosaic.shape[1] / 8  # 2 rows of 8
+    labels = [a.text for a in fig.layout.annotations]
+    assert labels == [data.classes[int(y)] for y in data.labels[:16]]
+    for i, note in enumerate(fig.layout.annotations):
+        row, column = divmod(i, 8)
+        top = row * pitch_y
+        # below its digit's last row and above the next row of digits, centred under it
+        assert note.yanchor == "top" and top + height <= note.y < top + pitch_y
+        assert note.x == pytest.approx(column * pitch_x + width / 2)
+        assert note.font.size >= 12
