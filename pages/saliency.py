@@ -37,12 +37,20 @@ HOW_TO_READ = """
   overlap** is the intersection over union of each map's most important tenth of the pixels.
 - A gradient map is local and noisy: it says how the logit would react to a tiny change of a
   pixel, not how much the pixel contributed.
+- **Map ≈ 0**: a map whose total, in logit units, is under 0.1% of the spread between the
+  model's highest and lowest logit is drawn blank instead of scaled to 1 (which would turn a
+  residue into a bright spot), and nothing is compared with it: the agreement shows *n/a*.
+  Grad-CAM on LeNet-5 often comes close, because after `conv2` LeNet-5 flattens rather than
+  averages, and Grad-CAM's mean gradient then cancels most of the evidence.
+- For a vision transformer, Grad-CAM reads the patch tokens that the last transformer block's
+  attention reads (one value per patch), not the patch embedding, which is its only
+  convolution and its *first* layer.
 """
 
 
-def method_ui(model: nn.Module) -> str:
-    """The attribution method, among those that apply to this model."""
-    names = attributions_for(model)
+def method_ui(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """The attribution method, among those that apply to this model on (C, H, W) inputs."""
+    names = attributions_for(model, input_shape)
     if st.session_state.get(METHOD_KEY) not in names:
         st.session_state[METHOD_KEY] = names[0]
     method = st.selectbox(
@@ -100,18 +108,19 @@ def agreement_ui(explanation: PairExplanation, classes: tuple[str, ...], label: 
             help=f"Top-1 class and its softmax probability; the true label is {classes[label]}.",
         )
     corr, iou = comparison["correlation"], comparison["top_iou"]
-    flat = "undefined: a map is flat (e.g. the pruned model no longer reacts to its input)"
+    reason = comparison["reason"]
+    why = f" Undefined here: {reason}." if reason else ""
     cols[2].metric(
         "Map correlation",
         f"{corr:+.2f}" if math.isfinite(corr) else "n/a",
         help="Pearson correlation of the two maps, pixel by pixel: 1 = the same "
-        "pattern, 0 = unrelated. " + ("" if math.isfinite(corr) else flat),
+        "pattern, 0 = unrelated." + ("" if math.isfinite(corr) else why),
     )
     cols[3].metric(
         f"Top-{comparison['top_fraction']:.0%} overlap",
         f"{iou:.2f}" if math.isfinite(iou) else "n/a",
         help="Intersection over union of the most important tenth of each map's "
-        "pixels: 1 = the same pixels, 0 = none shared. " + ("" if math.isfinite(iou) else flat),
+        "pixels: 1 = the same pixels, 0 = none shared." + ("" if math.isfinite(iou) else why),
     )
 
 
@@ -137,7 +146,7 @@ def _saliency_body() -> None:
     label = int(data.labels[index])
     dense_pred, pruned_pred = predict_one(bench.model, x), predict_one(pruned, x)
     with middle:
-        method = method_ui(bench.model)
+        method = method_ui(bench.model, data.input_shape)
         target = target_ui(data.classes, dense_pred.label, label, pruned_pred.label)
     with right:
         ui.global_amount_ui(
@@ -151,6 +160,11 @@ def _saliency_body() -> None:
         )
     explanation = explain_pair(method, bench.model, pruned, x, target)
     classes = data.classes
+    maps = {"Dense": explanation.dense_attribution, "Pruned": explanation.pruned_attribution}
+    # a map ≈ 0 is drawn blank with what that means for this method, never stretched to 1
+    notes = {
+        name: ATTRIBUTIONS[method].zero_means if a.negligible else "" for name, a in maps.items()
+    }
     st.plotly_chart(
         saliency_figure(
             data.pixels(index),
@@ -161,10 +175,17 @@ def _saliency_body() -> None:
             classes[target],
             (classes[explanation.dense.label], explanation.dense.confidence),
             (classes[explanation.pruned.label], explanation.pruned.confidence),
+            dense_note=notes["Dense"],
+            pruned_note=notes["Pruned"],
         ),
         config={"displayModeBar": False},
     )
     agreement_ui(explanation, classes, label)
+    if explanation.comparison["reason"]:
+        st.caption(f"Agreement n/a: {explanation.comparison['reason']}.")
+    for name, attribution in maps.items():
+        if attribution.negligible:
+            st.caption(f"{name} map ≈ 0, drawn blank: {attribution.reason}.")
     if not any(state.pruned.values()):
         st.info(
             "This plan prunes nothing, so both maps come from the same weights. Move the "

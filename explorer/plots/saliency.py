@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.plots.common import PRUNED_COLOR, compact_layout
+from explorer.plots.common import CHANGED_COLOR, compact_layout
 
 MAP_SCALE = "Viridis"
 DIFFERENCE_SCALE = "RdBu_r"  # red: the pruned model relies on a pixel more; blue: less
+NOTE_WIDTH = 22  # characters per line of a note over a blank panel (a quarter of the figure)
 
 
 def prediction_text(name: str, label: str, confidence: float) -> str:
@@ -30,6 +33,21 @@ def _outline(image: np.ndarray, color: str) -> go.Contour:
     )
 
 
+def _note_over(fig: go.Figure, col: int, text: str) -> None:
+    """``text`` in the middle of panel ``col`` (a blank map), wrapped to the panel's width."""
+    axis = "" if col == 1 else str(col)
+    fig.add_annotation(
+        text="<br>".join(textwrap.wrap(text, NOTE_WIDTH)),
+        xref=f"x{axis} domain",
+        yref=f"y{axis} domain",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        font={"size": 12, "color": "white"},
+        bgcolor="rgba(0,0,0,0.35)",
+    )
+
+
 def saliency_figure(
     image: np.ndarray,
     dense_map: np.ndarray,
@@ -40,6 +58,8 @@ def saliency_figure(
     dense_prediction: tuple[str, float],
     pruned_prediction: tuple[str, float],
     height: int = 330,
+    dense_note: str = "",
+    pruned_note: str = "",
 ) -> go.Figure:
     """Input, dense map, pruned map and their difference in one row.
 
@@ -51,7 +71,17 @@ def saliency_figure(
         target: the class name whose logit both maps explain.
         dense_prediction, pruned_prediction: (class name, softmax confidence in [0, 1]).
         height: figure height in pixels.
+        dense_note, pruned_note: "" to draw the map; otherwise the map is "≈ 0" and its panel
+            is drawn blank (all zeros, never stretched to a maximum of 1) under "map ≈ 0" and
+            this text (e.g. "no evidence for this class at this layer"); the difference panel
+            is then blank too. Default "".
     """
+    if dense_note:
+        dense_map = np.zeros(np.shape(dense_map))
+    if pruned_note:
+        pruned_map = np.zeros(np.shape(pruned_map))
+    if dense_note or pruned_note:
+        difference = np.zeros(np.shape(difference))
     grey = image if image.ndim == 2 else image.mean(-1)
     titles = [
         f"Input<br>true class {true_label}",
@@ -113,7 +143,7 @@ def saliency_figure(
             col=col,
         )
     if dense_prediction[0] != pruned_prediction[0]:
-        fig.layout.annotations[2].font.color = PRUNED_COLOR  # the prediction changed
+        fig.layout.annotations[2].font.color = CHANGED_COLOR  # the prediction changed
     target_note = f"both maps explain the logit of class {target}"
     fig.add_annotation(
         text=target_note,
@@ -126,6 +156,11 @@ def saliency_figure(
         showarrow=False,
         font={"size": 12},
     )
+    for col, note in ((2, dense_note), (3, pruned_note)):
+        if note:
+            _note_over(fig, col, f"map ≈ 0 ({note})")
+    if dense_note or pruned_note:
+        _note_over(fig, 4, "n/a: a map ≈ 0 has no pattern to compare")
     fig = compact_layout(fig, height)
     fig.update_layout(margin={"t": 56, "b": 70})
     return fig

@@ -1,7 +1,8 @@
 """Saliency: which pixels a (pruned) model's decision rests on, and how pruning moved them.
 
-``base`` holds the ``AttributionMethod`` class and the registry; each method lives in its own
-module (imported here so that it registers); ``compare`` measures how two maps agree;
+``base`` holds the ``AttributionMethod`` class, the registry and the rule for a map that is
+"≈ 0"; each method lives in its own module (imported here so that it registers); ``tokens``
+finds a vision transformer's patch tokens; ``compare`` measures how two maps agree;
 ``explain`` runs one image through a dense and a pruned model.
 """
 
@@ -12,11 +13,17 @@ from explorer.saliency import gradient  # noqa: F401
 from explorer.saliency import gradcam  # noqa: F401
 
 # isort: split
+from explorer.saliency import token_gradcam  # noqa: F401
+
+# isort: split
 from explorer.saliency.base import (
     ATTRIBUTIONS,
+    NEGLIGIBLE_SHARE,
+    Attribution,
     AttributionMethod,
     attributions_for,
     get_attribution,
+    is_negligible,
     register_attribution,
 )
 from explorer.saliency.compare import compare_maps
@@ -24,6 +31,8 @@ from explorer.saliency.explain import PairExplanation, Prediction, explain_pair,
 
 __all__ = [
     "ATTRIBUTIONS",
+    "NEGLIGIBLE_SHARE",
+    "Attribution",
     "AttributionMethod",
     "PairExplanation",
     "Prediction",
@@ -31,6 +40,7 @@ __all__ = [
     "compare_maps",
     "explain_pair",
     "get_attribution",
+    "is_negligible",
     "predict_one",
     "register_attribution",
 ]

@@ -2,12 +2,14 @@
 
 The seed of the agreement metrics: a difference map and two numbers. Both maps are first scaled
 to a maximum of 1 (``scaled``), so that the comparison is about *where* a model looks, not about
-how large its gradients are (pruning often shrinks or inflates them all together).
+how large its gradients are (pruning often shrinks or inflates them all together). A map that
+is "≈ 0" (``Attribution.negligible``) is not scaled at all: nothing is compared with it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,8 +53,26 @@ def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) ->
     return float((top_a & top_b).sum() / (top_a | top_b).sum())
 
 
+def undefined_reason(
+    dense_map: np.ndarray, pruned_map: np.ndarray, negligible: Sequence[bool]
+) -> str:
+    """Why the two maps cannot be compared ("" when they can): a map ≈ 0 or flat."""
+    dense_zero, pruned_zero = negligible
+    if dense_zero and pruned_zero:
+        return "both maps are ≈ 0, so there is no pattern to compare"
+    if dense_zero or pruned_zero:
+        which = "dense" if dense_zero else "pruned"
+        return f"the {which} map is ≈ 0, so there is no pattern to compare"
+    if np.ptp(dense_map) == 0 or np.ptp(pruned_map) == 0:
+        return "a map is flat (e.g. the pruned model no longer reacts to its input)"
+    return ""
+
+
 def compare_maps(
-    dense_map: np.ndarray, pruned_map: np.ndarray, fraction: float = TOP_FRACTION
+    dense_map: np.ndarray,
+    pruned_map: np.ndarray,
+    fraction: float = TOP_FRACTION,
+    negligible: Sequence[bool] = (False, False),
 ) -> dict[str, Any]:
     """Agreement of the dense and the pruned model's maps of one image.
 
@@ -60,15 +80,20 @@ def compare_maps(
         dense_map: (H, W) attribution of the dense model.
         pruned_map: (H, W) attribution of the pruned model, same image and target class.
         fraction: share of pixels in each map's "top" set for ``top_iou``; default 0.1.
+        negligible: (dense, pruned): whether each map is "≈ 0" (``Attribution.negligible``).
+            A negligible map has no pattern, only a residue that scaling would stretch, so
+            nothing is computed on it: default (False, False).
 
     Returns:
         ``difference``: float64 (H, W), ``scaled(pruned) - scaled(dense)`` in [-2, 2];
-            > 0 where the pruned model relies on a pixel more than the dense one did.
+            > 0 where the pruned model relies on a pixel more than the dense one did; all
+            zeros when a map is negligible.
         ``correlation``: Pearson correlation of the two maps in [-1, 1] (1 = same pattern up
-            to scale); nan when a map is flat.
+            to scale); nan when a map is negligible or flat.
         ``top_iou``: intersection over union of the two maps' top-``fraction`` pixels in
-            [0, 1]; nan when a map is flat.
+            [0, 1]; nan when a map is negligible or flat.
         ``top_fraction``: the ``fraction`` used.
+        ``reason``: why correlation and overlap are nan, "" when they are not.
     """
     dense_map, pruned_map = np.asarray(dense_map), np.asarray(pruned_map)
     if dense_map.shape != pruned_map.shape or dense_map.ndim != 2:
@@ -78,9 +103,21 @@ def compare_maps(
         )
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if len(negligible) != 2:
+        raise ValueError(f"negligible must be two flags (dense, pruned), got {negligible!r}")
+    reason = undefined_reason(dense_map, pruned_map, negligible)
+    if any(negligible):
+        return {
+            "difference": np.zeros(dense_map.shape),
+            "correlation": math.nan,
+            "top_iou": math.nan,
+            "top_fraction": fraction,
+            "reason": reason,
+        }
     return {
         "difference": scaled(pruned_map) - scaled(dense_map),
         "correlation": correlation(dense_map, pruned_map),
         "top_iou": top_overlap(dense_map, pruned_map, fraction),
         "top_fraction": fraction,
+        "reason": reason,
     }

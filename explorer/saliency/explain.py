@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from explorer.evaluation import predict
-from explorer.saliency.base import get_attribution
+from explorer.saliency.base import Attribution, get_attribution
 from explorer.saliency.compare import compare_maps, scaled
 
 
@@ -52,30 +52,48 @@ class PairExplanation:
     Attributes:
         method: registry name of the attribution method.
         target: the class index both maps explain.
-        dense_map, pruned_map: float32 (H, W) raw attributions (non-negative).
+        dense_attribution, pruned_attribution: each model's map (float32 (H, W), raw,
+            non-negative) with its evidence and whether it is "≈ 0" (``negligible``).
         dense, pruned: each model's prediction for the image.
-        comparison: ``compare_maps(dense_map, pruned_map)`` (difference, correlation, top_iou).
+        comparison: ``compare_maps`` of the two maps (difference, correlation, top_iou,
+            reason); nan agreement with a reason when either map is negligible.
         seconds: wall time of the two attributions.
     """
 
     method: str
     target: int
-    dense_map: np.ndarray
-    pruned_map: np.ndarray
+    dense_attribution: Attribution
+    pruned_attribution: Attribution
     dense: Prediction
     pruned: Prediction
     comparison: dict[str, Any]
     seconds: float
 
     @property
+    def dense_map(self) -> np.ndarray:
+        """(H, W) raw attribution of the dense model."""
+        return self.dense_attribution.values
+
+    @property
+    def pruned_map(self) -> np.ndarray:
+        """(H, W) raw attribution of the pruned model."""
+        return self.pruned_attribution.values
+
+    @property
     def dense_scaled(self) -> np.ndarray:
-        """(H, W) ``dense_map`` scaled to a maximum of 1 (what the difference is made of)."""
-        return scaled(self.dense_map)
+        """(H, W) ``dense_map`` scaled to a maximum of 1, what the figure shows; all zeros when
+        the map is negligible (stretching a residue to 1 would invent a pattern)."""
+        return _shown(self.dense_attribution)
 
     @property
     def pruned_scaled(self) -> np.ndarray:
-        """(H, W) ``pruned_map`` scaled to a maximum of 1."""
-        return scaled(self.pruned_map)
+        """(H, W) ``pruned_map`` scaled to a maximum of 1; all zeros when negligible."""
+        return _shown(self.pruned_attribution)
+
+
+def _shown(attribution: Attribution) -> np.ndarray:
+    values = attribution.values
+    return np.zeros(values.shape) if attribution.negligible else scaled(values)
 
 
 def explain_pair(
@@ -83,20 +101,25 @@ def explain_pair(
 ) -> PairExplanation:
     """Attribute class ``target`` of image ``x`` (1, C, H, W) with ``method`` in both models.
 
-    Neither model is modified (see ``AttributionMethod.attribute``).
+    Neither model is modified (see ``AttributionMethod.explain``).
     """
     attribution = get_attribution(method)
     start = time.perf_counter()
-    dense_map = attribution.attribute(dense, x, target)
-    pruned_map = attribution.attribute(pruned, x, target)
+    dense_attribution = attribution.explain(dense, x, target)
+    pruned_attribution = attribution.explain(pruned, x, target)
     seconds = time.perf_counter() - start
+    comparison = compare_maps(
+        dense_attribution.values,
+        pruned_attribution.values,
+        negligible=(dense_attribution.negligible, pruned_attribution.negligible),
+    )
     return PairExplanation(
         method,
         int(target),
-        dense_map,
-        pruned_map,
+        dense_attribution,
+        pruned_attribution,
         predict_one(dense, x),
         predict_one(pruned, x),
-        compare_maps(dense_map, pruned_map),
+        comparison,
         seconds,
     )

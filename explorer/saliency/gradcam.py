@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017) on the last Conv2d, via captum's ``LayerGradCam``."""
+"""Grad-CAM (Selvaraju et al. 2017) on the last Conv2d of a CNN, via captum's ``LayerGradCam``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from explorer.inspection import execution_order, has_conv2d
-from explorer.saliency.base import AttributionMethod, private_copy, register_attribution
+from explorer.saliency.base import (
+    AttributionMethod,
+    architecture_key,
+    private_copy,
+    register_attribution,
+)
+from explorer.saliency.tokens import token_layout
 
 #: How the coarse (h, w) map is brought to the input's (H, W) (a ``F.interpolate`` mode).
 UPSAMPLE_MODE = "bilinear"
@@ -20,17 +26,13 @@ UPSAMPLE_MODE = "bilinear"
 _LAST_CONV: dict[tuple[Hashable, ...], str | None] = {}
 
 
-def _architecture(model: nn.Module) -> tuple[tuple[str, type], ...]:
-    return tuple((name, type(module)) for name, module in model.named_modules())
-
-
 def last_conv(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     """Name of the last ``nn.Conv2d`` a forward pass of one (C, H, W) input reaches, or None.
 
     The probe runs on a private copy (the caller's model gets no hooks) and is remembered per
     architecture and input shape.
     """
-    key = (_architecture(model), tuple(input_shape))
+    key = architecture_key(model, input_shape)
     if key not in _LAST_CONV:
         if not has_conv2d(model):
             _LAST_CONV[key] = None
@@ -51,20 +53,33 @@ class GradCam(AttributionMethod):
         "Where the last convolution's feature maps support the class: each map weighted by its "
         "mean gradient, summed, ReLU'd, upsampled to the image. Coarse but class-specific."
     )
-    requires = "a convolution (Conv2d) layer"
+    # A ViT has a Conv2d too, but only as its patch embedding: the first layer, not a feature
+    # map near the decision. It gets the token version (``token_gradcam``) instead.
+    requires = (
+        "a convolutional feature map (a CNN; a vision transformer's only convolution is its "
+        "patch embedding, the first layer)"
+    )
+    evidence_means = "the Grad-CAM map summed over the layer's positions"
+    zero_means = "no evidence for this class at this layer"
 
-    def applies_to(self, model: nn.Module) -> bool:
-        return has_conv2d(model)
+    def applies_to(self, model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+        return has_conv2d(model) and token_layout(model, input_shape) is None
 
     def describe(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
         layer = last_conv(model, input_shape)
         return f"Grad-CAM reads `{layer}`, the last convolution the input reaches." if layer else ""
 
-    def _attribute(self, model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    def _attribute(
+        self, model: nn.Module, x: torch.Tensor, target: int
+    ) -> tuple[torch.Tensor, float]:
         layer_name = last_conv(model, tuple(x.shape[1:]))
         if layer_name is None:
             raise ValueError("Grad-CAM needs a Conv2d layer that the forward pass uses")
         layer = model.get_submodule(layer_name)
-        # (1, 1, h, w): sum_k alpha_k A_k with alpha_k the spatial mean of d logit / d A_k
+        # (1, 1, h, w): ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k
         cam = LayerGradCam(model, layer).attribute(x, target=target, relu_attributions=True)
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), UPSAMPLE_MODE)
+        # Evidence: the coarse map's sum. Each position's value is a first-order share of the
+        # logit (sum_k alpha_k A_k); after global average pooling the unclipped sum is exactly
+        # the layer's contribution to the logit.
+        evidence = float(cam.detach().sum())
+        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), UPSAMPLE_MODE), evidence

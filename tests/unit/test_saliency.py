@@ -1,9 +1,11 @@
-"""Saliency: attribution maps against autograd oracles, side effects, dead models, agreement."""
+"""Saliency: attribution maps against autograd oracles, side effects, dead models, agreement,
+maps that are "≈ 0", and Grad-CAM for a vision transformer."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 
 import numpy as np
 import plotly.graph_objects as go
@@ -12,24 +14,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
+from explorer.models import lenet5, lenet_300_100, load_model, resnet_mini, vit_tiny
 from explorer.plan import PruningPlan
 from explorer.plots.saliency import saliency_figure
 from explorer.pruning import Pruner
 from explorer.saliency import (
     ATTRIBUTIONS,
+    NEGLIGIBLE_SHARE,
     attributions_for,
     compare_maps,
     explain_pair,
     get_attribution,
+    is_negligible,
     predict_one,
 )
 from explorer.saliency.gradcam import UPSAMPLE_MODE, last_conv
+from explorer.saliency.tokens import TokenLayout, token_layout
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,
     prunable,
     randomize_batchnorm,
+    require_trained,
     seeded,
     snapshot,
 )
@@ -88,8 +94,14 @@ def test_gradient_map_takes_the_max_over_colour_channels():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
     x = torch.randn(1, 3, 4, 4)
     weight = model[1].weight.detach()[2].reshape(3, 4, 4)  # d logit_2 / d x, exactly
-    got = get_attribution("gradient").attribute(model, x, 2)
-    np.testing.assert_allclose(got, weight.abs().amax(0).numpy(), rtol=1e-6)
+    got = get_attribution("gradient").explain(model, x, 2)
+    np.testing.assert_allclose(got.values, weight.abs().amax(0).numpy(), rtol=1e-6)
+    # evidence: the map's sum times the image's contrast, in logit units
+    contrast = float(x.max() - x.min())
+    assert got.evidence == pytest.approx(float(weight.abs().amax(0).sum()) * contrast, rel=1e-5)
+    with torch.no_grad():
+        logits = model(x)[0]
+    assert got.logit_range == pytest.approx(float(logits.max() - logits.min()), rel=1e-6)
 
 
 def test_gradcam_on_lenet5_equals_grad_cam_by_hand(models, image):
@@ -122,8 +134,11 @@ def test_gradcam_uses_the_last_conv_in_graph_order(models):
 
 
 def test_gradcam_applies_only_to_models_with_a_conv(models, image):
-    assert attributions_for(models["lenet300"]) == ["gradient"]
-    assert attributions_for(models["lenet5"]) == ["gradient", "gradcam"]
+    assert attributions_for(models["lenet300"], INPUT_SHAPE) == ["gradient"]
+    assert attributions_for(models["lenet5"], INPUT_SHAPE) == ["gradient", "gradcam"]
+    assert attributions_for(models["resnet_mini"], INPUT_SHAPE) == ["gradient", "gradcam"]
+    # the ViT's only conv is its patch embedding: it gets Grad-CAM over tokens instead
+    assert attributions_for(models["vit_tiny"], INPUT_SHAPE) == ["gradient", "gradcam_tokens"]
     with pytest.raises(ValueError, match="does not apply"):
         get_attribution("gradcam").attribute(models["lenet300"], image, 0)
 
@@ -136,7 +151,8 @@ def test_attribution_leaves_the_model_untouched(models, image, name):
     model = models[name]
     before = snapshot(model)
     flags = [p.requires_grad for p in model.parameters()]
-    for method in attributions_for(model):
+    assert len(attributions_for(model, INPUT_SHAPE)) >= 1
+    for method in attributions_for(model, INPUT_SHAPE):
         get_attribution(method).attribute(model, image, 1)
         get_attribution(method).describe(model, INPUT_SHAPE)
     assert hooks_of(model) == []
@@ -148,7 +164,7 @@ def test_attribution_leaves_the_model_untouched(models, image, name):
 def test_a_model_in_training_mode_keeps_its_mode_and_batchnorm_statistics(image):
     model = randomize_batchnorm(seeded(resnet_mini, seed=5), seed=5).train()
     before = snapshot(model)  # running means / variances included
-    for method in attributions_for(model):
+    for method in attributions_for(model, INPUT_SHAPE):
         get_attribution(method).attribute(model, image, 2)
     assert model.training
     assert all(m.training for m in model.modules())
@@ -172,17 +188,19 @@ def magnitude_pruned(model: nn.Module, amount: float) -> nn.Module:
 def test_the_pruner_at_100_percent_gives_finite_zero_maps(models, image):
     dead = Pruner(models["lenet5"], INPUT_SHAPE).pruned_model(PruningPlan(amount=1.0))
     for method in ("gradient", "gradcam"):
-        got = get_attribution(method).attribute(dead, image, 0)
-        assert np.isfinite(got).all() and not got.any(), method
+        got = get_attribution(method).explain(dead, image, 0)
+        assert np.isfinite(got.values).all() and not got.values.any(), method
+        assert got.negligible and "exactly zero" in got.reason, method
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_all_zero_weights_give_finite_zero_maps(models, image, name):
     dead = magnitude_pruned(models[name], 1.0)
-    for method in attributions_for(dead):
-        got = get_attribution(method).attribute(dead, image, 0)
-        assert np.isfinite(got).all(), method
-        assert not got.any(), method
+    for method in attributions_for(dead, INPUT_SHAPE):
+        got = get_attribution(method).explain(dead, image, 0)
+        assert np.isfinite(got.values).all(), method
+        assert not got.values.any(), method
+        assert got.evidence == 0 and got.negligible, method
 
 
 def test_attribute_rejects_a_batch_and_unknown_names(models, image):
@@ -261,3 +279,185 @@ def test_saliency_figure_titles_carry_predictions():
     assert "Dense<br>predicts 7 (99.1%)" in titles
     assert "Pruned<br>predicts 3 (54.0%)" in titles
     assert fig.layout.coloraxis2.cmin == -fig.layout.coloraxis2.cmax  # centred at 0
+
+
+# --- maps that are ≈ 0 --------------------------------------------------------------------------
+
+
+class TwoPaths(nn.Module):
+    """logits = pixels @ W + feature_scale * head(conv features averaged over positions).
+
+    With positive conv weights, a positive image and a positive head row, every Grad-CAM term is
+    positive (the ReLU clips nothing), and after global average pooling the map's coarse sum is
+    exactly the conv path's share of the target logit: ``feature_scale * head(features)[t]``.
+    """
+
+    def __init__(self, feature_scale: float) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(1, 3, 3, bias=False)  # (1, 1, 4, 4) -> (1, 3, 2, 2)
+        self.pixels = nn.Linear(16, 3)
+        self.head = nn.Linear(3, 3, bias=False)
+        self.feature_scale = feature_scale
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.rand(3, 1, 3, 3, generator=generator) + 0.1)
+            self.pixels.weight.copy_(torch.randn(3, 16, generator=generator))
+            self.head.weight.copy_(torch.rand(3, 3, generator=generator) + 0.1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3))  # (N, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pixels(x.flatten(1)) + self.feature_scale * self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def small_image() -> torch.Tensor:
+    """A positive (1, 1, 4, 4) image with a pattern (so the conv feature map is not flat)."""
+    return (torch.arange(16.0).reshape(1, 1, 4, 4) % 5 + 1) / 5
+
+
+@pytest.mark.parametrize("feature_scale", [1.0, 1e-6])
+def test_gradcam_evidence_is_the_conv_paths_share_of_the_logit(small_image, feature_scale):
+    model, target = TwoPaths(feature_scale).eval(), 1
+    with torch.no_grad():
+        logits = model(small_image)[0]
+        share = feature_scale * float(model.head(model.features(small_image))[0, target])
+    got = get_attribution("gradcam").explain(model, small_image, target)
+    assert got.evidence == pytest.approx(share, rel=1e-4)
+    assert got.logit_range == pytest.approx(float(logits.max() - logits.min()), rel=1e-6)
+    assert np.ptp(got.values) > 0  # a pattern, which a plot scaled to max 1 would show ...
+    # ... but only a conv path worth a millionth of the logits is "≈ 0"
+    assert got.negligible == (feature_scale < 1e-3)
+    assert ("logits" in got.reason) == got.negligible
+
+
+def test_the_issues_lenet5_image_0_has_an_empty_gradcam_map(eval_set):
+    require_trained("lenet5")
+    model = load_model("lenet5")
+    maps = {}
+    for index in (0, 1):
+        x = eval_set.images[index : index + 1]
+        maps[index] = get_attribution("gradcam").explain(model, x, predict_one(model, x).label)
+    assert 0 < maps[0].values.max() < 0.01  # the issue's "max 0.0036" map
+    assert maps[0].negligible and maps[0].share < NEGLIGIBLE_SHARE
+    assert not maps[1].negligible and maps[1].share > 10 * NEGLIGIBLE_SHARE
+
+
+def test_the_negligible_rule_at_its_edges():
+    assert is_negligible(0.9e-3, 1.0) and not is_negligible(1.1e-3, 1.0)
+    assert is_negligible(0.02, 30.0) and not is_negligible(0.04, 30.0)  # scales with the range
+    assert is_negligible(0.0, 0.0)  # nothing over nothing
+    assert not is_negligible(0.5, 0.0)  # classes tied: the map shows what breaks the tie
+    assert is_negligible(5.0, math.nan) and is_negligible(math.nan, 3.0)  # broken output
+
+
+def test_no_agreement_is_computed_on_a_negligible_map(small_image):
+    normal, residue = TwoPaths(1.0).eval(), TwoPaths(1e-6).eval()
+    out = explain_pair("gradcam", normal, residue, small_image, target=1)
+    assert not out.dense_attribution.negligible and out.pruned_attribution.negligible
+    comparison = out.comparison
+    assert math.isnan(comparison["correlation"]) and math.isnan(comparison["top_iou"])
+    assert comparison["reason"] == "the pruned map is ≈ 0, so there is no pattern to compare"
+    assert not comparison["difference"].any()
+    assert not out.pruned_scaled.any()  # shown blank, not stretched to 1
+    assert out.pruned_map.any()  # the raw residue is still there for whoever wants it
+    assert out.dense_scaled.max() == pytest.approx(1.0)
+    # the same two maps without the verdict would be compared: the flags are what stops it
+    assert math.isfinite(compare_maps(out.dense_map, out.pruned_map)["correlation"])
+
+
+def test_compare_maps_on_negligible_flags():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((5, 5)), rng.random((5, 5))
+    both = compare_maps(a, b, negligible=(True, True))
+    assert math.isnan(both["correlation"]) and "both maps" in both["reason"]
+    dense = compare_maps(a, b, negligible=(True, False))
+    assert math.isnan(dense["top_iou"]) and "dense map" in dense["reason"]
+    assert compare_maps(a, b)["reason"] == ""
+    assert "flat" in compare_maps(a, np.ones((5, 5)))["reason"]
+
+
+def heatmaps(fig: go.Figure) -> list[go.Heatmap]:
+    """The dense map, pruned map and difference panels, in that order."""
+    return [t for t in fig.data if isinstance(t, go.Heatmap) and t.coloraxis]
+
+
+def test_saliency_figure_does_not_stretch_a_negligible_map():
+    maps = np.random.default_rng(0).random((3, 28, 28))
+    args = (maps[0], maps[1], maps[2], maps[2] - maps[1], "7", "7", ("7", 0.99), ("7", 0.98))
+    plain = saliency_figure(*args)
+    assert all(np.asarray(h.z).any() for h in heatmaps(plain))
+    fig = saliency_figure(*args, pruned_note="no evidence for this class at this layer")
+    dense, pruned, difference = heatmaps(fig)
+    np.testing.assert_array_equal(np.asarray(dense.z), maps[1])
+    assert not np.asarray(pruned.z).any()  # all zeros, although it was given a pattern
+    assert not np.asarray(difference.z).any()
+    notes = [a.text for a in fig.layout.annotations if a.xref == "x3 domain"]
+    assert len(notes) == 1 and notes[0].startswith("map ≈ 0")
+    assert "no evidence" in notes[0]
+
+
+# --- Grad-CAM for a vision transformer ----------------------------------------------------------
+
+
+def test_vit_token_layout_is_found_from_shapes(models):
+    assert token_layout(models["vit_tiny"], INPUT_SHAPE) == TokenLayout(
+        embedding="embed.proj", grid=(4, 4), prefix=1, block="block3", layer="block3.norm1"
+    )
+    for name in ("lenet300", "lenet5", "resnet_mini"):
+        assert token_layout(models[name], INPUT_SHAPE) is None, name
+    # blocks inside a container: the container is not "the last block", its last child is
+    vit = models["vit_tiny"]
+    nested = nn.Sequential(
+        OrderedDict(
+            embed=vit.embed,
+            blocks=nn.Sequential(vit.block1, vit.block2, vit.block3),
+            head=vit.head,
+        )
+    ).eval()
+    layout = token_layout(nested, INPUT_SHAPE)
+    assert (layout.block, layout.layer) == ("blocks.2", "blocks.2.norm1")
+
+
+def test_vit_gradcam_reads_the_last_block_and_equals_grad_cam_by_hand(models, image):
+    model, target = models["vit_tiny"], 6
+    before = snapshot(model)
+    method = get_attribution("gradcam_tokens")
+    assert "block3.norm1" in method.describe(model, INPUT_SHAPE)
+    assert "patch embedding, the first layer" in method.describe(model, INPUT_SHAPE)
+    got = method.explain(model, image, target)
+    assert hooks_of(model) == []
+    assert_unchanged(model, before)
+    # By hand: A = the normalised tokens the last block's attention reads, [CLS] dropped;
+    # alpha_d = mean over patches of d logit / d A_d; map = ReLU(A @ alpha) on the 4x4 grid.
+    captured = {}
+    handle = model.block3.norm1.register_forward_hook(lambda _m, _i, o: captured.setdefault("A", o))
+    try:
+        logit = model(image)[0, target]
+    finally:
+        handle.remove()
+    (grads,) = torch.autograd.grad(logit, captured["A"])
+    patches, alpha = captured["A"][0, 1:], grads[0, 1:].mean(0)  # (16, 64), (64,)
+    cam = F.relu(patches @ alpha).reshape(1, 1, 4, 4).detach()
+    expected = F.interpolate(cam, size=(28, 28), mode=UPSAMPLE_MODE)[0, 0].numpy()
+    assert float(cam.max()) > 0  # the oracle is not trivially zero
+    assert got.values.shape == (28, 28) and got.values.dtype == np.float32
+    assert np.isfinite(got.values).all() and (got.values >= 0).all()
+    np.testing.assert_allclose(got.values, expected, rtol=1e-4, atol=1e-6)
+    assert got.evidence == pytest.approx(float(cam.sum()), rel=1e-4)
+    assert hooks_of(model) == []
+
+
+def test_vit_patch_tokens_leaving_the_last_block_reach_no_logit(models, image):
+    """Why Grad-CAM reads the last block's input: its output patch tokens have zero gradient
+    (the head reads only [CLS]), so a map there would always be empty."""
+    model = models["vit_tiny"]
+    captured = {}
+    handle = model.block3.register_forward_hook(lambda _m, _i, o: captured.setdefault("out", o))
+    try:
+        logits = model(image)[0]
+    finally:
+        handle.remove()
+    (grads,) = torch.autograd.grad(logits.sum(), captured["out"])
+    assert not grads[0, 1:].any() and grads[0, 0].any()
