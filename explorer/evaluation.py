@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +16,11 @@ from torch import nn
 from explorer.data import ImageDataset
 
 EVAL_BATCH = 1000
+#: A slow model's first chunk should take about this long, so that first numbers come quickly
+#: (the page shows them with an interval, then refines); later chunks double up to a batch.
+FIRST_CHUNK_S = 0.25
+#: The smallest first chunk: fewer images make an interval too wide to say anything.
+MIN_FIRST_CHUNK = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +105,34 @@ def uses_channels_last(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
 
+def chunk_layout(labels: torch.Tensor, batch_size: int, first: int) -> list[torch.Tensor]:
+    """The samples of each evaluation chunk, so that the first chunks are a fair preview.
+
+    With ``first >= min(batch_size, len(labels))``: equal chunks that each stride through the
+    data (chunk ``c`` holds ``c, c + n, c + 2n, ...``). Otherwise chunks of ``first``,
+    ``2 first``, ... up to ``batch_size`` over an order that interleaves the classes (a seeded
+    shuffle within each class, merged by rank / class size), so that any prefix holds each
+    class in proportion.
+    """
+    total = len(labels)
+    if first >= min(batch_size, total):
+        count = max(1, math.ceil(total / batch_size))
+        return [torch.arange(c, total, count) for c in range(count)]
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.empty(total, dtype=torch.float64)
+    for label in labels.unique():
+        members = torch.nonzero(labels == label).flatten()
+        shuffled = members[torch.randperm(len(members), generator=generator)]
+        keys[shuffled] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    order = torch.argsort(keys, stable=True)
+    chunks, start, size = [], 0, first
+    while start < total:
+        chunks.append(order[start : start + size])
+        start += size
+        size = min(batch_size, size * 2)
+    return chunks
+
+
 @dataclass(frozen=True, eq=False)
 class IncrementalResult:
     """An evaluation (possibly of the first chunks only) plus how it was obtained.
@@ -172,14 +206,25 @@ class IncrementalEvaluator:
     Convolution models run in channels_last (about 1.2-2x faster on CPU); their logits then
     differ from ``predict``'s by float rounding (~1e-6), never in a prediction on the sample models.
 
+    A model too slow for a whole batch in ``first_chunk_s`` (a torchvision network at 224 px)
+    gets a small first chunk instead, sized from a timed probe, and chunks that double from
+    there: its samples are ordered so that every prefix holds each class in proportion.
+
     Args:
         model: the dense model in eval mode (read, never written).
         dataset: the data to evaluate on (typically the eval split).
         batch_size: the largest chunk.
+        first_chunk_s: the time the first chunk should take; None: equal strided chunks.
+        first_chunk: the first chunk's size, instead of timing one (e.g. for a benchmark).
     """
 
     def __init__(
-        self, model: nn.Module, dataset: ImageDataset, batch_size: int = EVAL_BATCH
+        self,
+        model: nn.Module,
+        dataset: ImageDataset,
+        batch_size: int = EVAL_BATCH,
+        first_chunk_s: float | None = FIRST_CHUNK_S,
+        first_chunk: int | None = None,
     ) -> None:
         # A private copy: functional_call swaps parameters in place while it runs, which other
         # threads (app sessions) using the shared model must never see.
@@ -197,8 +242,14 @@ class IncrementalEvaluator:
                 full = f"{stage_name}.{param_name}" if stage_name else param_name
                 self._stage_of_param[full] = (index, param_name)
                 self._strides[full] = param.stride()
-        count = max(1, math.ceil(len(dataset) / batch_size))
-        self._chunk_samples = [torch.arange(c, len(dataset), count) for c in range(count)]
+        first = batch_size if first_chunk is None else first_chunk
+        if first_chunk is None and first_chunk_s is not None and len(dataset) > MIN_FIRST_CHUNK:
+            per_image = self._seconds_per_image()
+            # Only a clearly slow model changes layout (a batch over 4x the target): the bundled
+            # ones keep their equal strided chunks however busy the machine is.
+            if per_image * min(batch_size, len(dataset)) > 4 * first_chunk_s:
+                first = max(MIN_FIRST_CHUNK, int(first_chunk_s / per_image))
+        self._chunk_samples = chunk_layout(dataset.labels, batch_size, first)
         # _inputs[c][k] = (signature of stages < k, chunk c's input to stage k) from the last pass.
         self._inputs: list[list[tuple[tuple, torch.Tensor] | None]] = []
         for samples in self._chunk_samples:
@@ -208,6 +259,15 @@ class IncrementalEvaluator:
         self._dense_logits: torch.Tensor | None = None
         self.dense = self.evaluate({}, {})
         self._dense_logits = self.dense.logits
+
+    def _seconds_per_image(self, probe: int = 8) -> float:
+        """Forward time per image, from a second (warm) pass over a few images."""
+        images = self._to_device(self.dataset.images[:probe])
+        with torch.inference_mode():
+            self.model(images)
+            start = time.perf_counter()
+            self.model(images)
+            return max((time.perf_counter() - start) / len(images), 1e-9)
 
     def _dense_on(self, samples: torch.Tensor, fallback: EvalResult) -> EvalResult:
         """The dense model's metrics on ``samples`` (``fallback`` while the dense pass runs)."""

@@ -152,7 +152,7 @@ def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
 
 def test_steps_preview_a_strided_subset_then_complete(mlp, mlp_pruner, eval_set):
     data = eval_set.subset(range(1000))
-    evaluator = IncrementalEvaluator(mlp, data, batch_size=300)  # 4 chunks: 0::4, 1::4, ...
+    evaluator = IncrementalEvaluator(mlp, data, batch_size=300, first_chunk_s=None)  # 0::4, ...
     plan = PruningPlan(amount=0.9)
     state = mlp_pruner.resolve(plan)
     steps = list(evaluator.steps_for_state(state))
@@ -261,3 +261,25 @@ def test_preview_intervals_cover_the_full_accuracy_about_95_percent_of_the_time(
         low, high = wilson_interval(int(sample.sum()), 1000, population=5000)
         hits += low <= truth <= high
     assert 0.91 <= hits / trials <= 0.99
+
+
+def test_a_slow_model_previews_on_a_small_class_balanced_first_chunk(mlp, mlp_pruner, eval_set):
+    from explorer.evaluation import chunk_layout
+
+    data = eval_set.subset(range(1000))
+    chunks = chunk_layout(data.labels, batch_size=300, first=40)
+    assert [len(c) for c in chunks] == [40, 80, 160, 300, 300, 120]
+    everything = torch.cat(chunks)
+    assert sorted(everything.tolist()) == list(range(1000))  # each sample exactly once
+    # every prefix holds each class in proportion (within one image per class)
+    share = torch.bincount(data.labels, minlength=10).double() / 1000
+    for end in (40, 120, 280):
+        counts = torch.bincount(data.labels[everything[:end]], minlength=10).double()
+        assert torch.all((counts - share * end).abs() <= 1.0 + 1e-9), (end, counts)
+    assert chunk_layout(data.labels, 300, 40)[0].tolist() == chunks[0].tolist()  # fixed seed
+    # The evaluator with such a layout previews on the first chunk, then is exact.
+    evaluator = IncrementalEvaluator(mlp, data, batch_size=300, first_chunk=40)
+    steps = list(evaluator.steps_for_state(mlp_pruner.resolve(PruningPlan(amount=0.9))))
+    assert [s.covered for s in steps] == [40, 120, 280, 580, 880, 1000]
+    full = full_pass(mlp_pruner, PruningPlan(amount=0.9), data.images, 1000)
+    assert torch.equal(steps[-1].logits, full)
