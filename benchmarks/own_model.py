@@ -1,0 +1,111 @@
+"""A big user model stays interactive: torchvision ResNet-18 at 224 px, 1,000 eval images.
+
+    python benchmarks/own_model.py [--arch resnet18] [--size 224] [--eval 1000] [--moves 5]
+
+Builds the user's files in a temporary folder (nothing is downloaded): the architecture with
+random weights of 10 classes saved as a state_dict, and an .npz of bundled MNIST digits (the
+images are resized to --size and repeated to 3 channels by the loader, as a user's would be).
+Then, as the app does for a user subject, prints:
+
+- load: the subject opened (weights checked, data split and preprocessed, structure traced,
+  dense pass over the eval part) — the goal is <= 15 s;
+- first numbers: a global slider step -> the first chunk's accuracy with its 95% interval
+  (library side; the browser adds about 0.1-0.2 s) — the goal is <= 1 s;
+- exact: the whole eval part;
+- peak memory of the process (ru_maxrss).
+
+Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+import torchvision
+
+from explorer.data import mnist_pixels
+from explorer.plan import PruningPlan
+from explorer.store import default_store
+from explorer.subject import DataSpec, ModelSource, Subject
+from explorer.workbench import open_workbench
+
+
+def user_files(folder: Path, arch: str, eval_images: int) -> tuple[Path, Path]:
+    """A state_dict of ``arch`` with 10 classes and an .npz of MNIST digits (fit + eval)."""
+    torch.manual_seed(0)
+    weights = folder / f"{arch}.pt"
+    torch.save(
+        torchvision.models.get_model(arch, weights=None, num_classes=10).state_dict(), weights
+    )
+    images, labels = mnist_pixels("eval")
+    count = round(eval_images / 0.3)  # the default split holds 30% out for eval
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images[:count], labels=labels[:count])
+    data = folder / "digits.npz"
+    data.write_bytes(buffer.getvalue())
+    return weights, data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--eval", type=int, default=1000, help="eval images")
+    parser.add_argument("--moves", type=int, default=5, help="global slider steps timed")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        weights, data = user_files(folder, args.arch, args.eval)
+        os.environ["PRUNING_EXPLORER_HOME"] = str(folder)  # the store the workbench reads
+        digest = default_store().register(weights)
+        subject = Subject(
+            ModelSource("torchvision", args.arch),
+            digest,
+            DataSpec(str(data), size=(args.size, args.size), channels=3),
+        )
+        start = time.perf_counter()
+        bench = open_workbench(subject)
+        evaluator = bench.evaluator
+        load_s = time.perf_counter() - start
+        chunks = [len(c) for c in evaluator._chunk_samples]
+        first, exact, widths = [], [], []
+        for move in range(1, args.moves + 1):
+            state = bench.resolve(PruningPlan(method="filters", amount=0.02 * move))
+            began = time.perf_counter()
+            for outcome in evaluator.steps_for_state(state):
+                if not first or len(first) < move:
+                    first.append(time.perf_counter() - began)
+                    low, high = outcome.accuracy_interval()
+                    widths.append((high - low) * 100)
+            exact.append(time.perf_counter() - began)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{args.arch} at {args.size} px, {len(bench.eval_set):,} eval images, "
+        f"{bench.dense_flops / 1e9:.2f} GFLOPs/img, {torch.get_num_threads()} threads"
+    )
+    print(f"chunks: {chunks}")
+    print(f"load (files -> dense numbers): {load_s:.1f} s (goal <= 15 s)")
+    print(
+        f"global step -> first numbers: {statistics.median(first):.2f} s median, "
+        f"{max(first):.2f} s max (goal <= 1 s); "
+        f"95% interval {statistics.median(widths):.1f} pts wide"
+    )
+    print(f"global step -> exact numbers: {statistics.median(exact):.1f} s median")
+    print(f"peak memory: {peak_mb:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
