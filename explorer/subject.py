@@ -92,10 +92,10 @@ class ModelSource:
         prefix, sep, rest = text.partition(":")
         if sep and prefix in MODEL_PREFIXES:
             return cls(prefix, rest, payload)
+        if ".py:" in text:  # before the store: an uploaded class is store:<hex>.py:Name
+            return cls("python", text, payload)
         if text.startswith(STORE_PREFIX):
             return cls(_kind_of_file(text), text, payload)
-        if ".py:" in text:
-            return cls("python", text, payload)
         if Path(text).suffix.lower() in MODEL_FILE_KINDS:
             return cls(_kind_of_file(text), text, payload)
         if Path(text).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors"):
@@ -304,13 +304,25 @@ class Subject:
 
     @property
     def label(self) -> str:
-        """A few words for people, e.g. "lenet5" or "model.py:Net · weights 3fa2c1 · data.zip"."""
-        parts = [str(self.model)]
+        """A few words for people, e.g. "lenet5", "net.py:Net · weights 3fa2c1 · data shapes.zip"
+        or "uploaded .onnx 3fa2c1 · data upload 9b01de" (a store file has no name of its own)."""
+        parts = [_short(str(self.model), "uploaded")]
         if self.weights:
-            parts.append(f"weights {self.weights[len(HASH_PREFIX) :][:8]}")
+            parts.append(f"weights {self.weights[len(HASH_PREFIX) :][:6]}")
         if not self.data.bundled:
-            parts.append(f"data {Path(self.data.source).name}")
+            parts.append("data " + _short(self.data.source, "upload"))
         return " · ".join(parts)
+
+
+def _short(ref: str, word: str) -> str:
+    """A path's file name, or for a ``store:`` file its suffix and the hash's first digits."""
+    if STORE_PREFIX not in ref:
+        path, colon, rest = ref.partition(".py:")
+        return Path(path).name + colon + rest if colon else Path(ref).name
+    head, _, tail = ref.partition(STORE_PREFIX)
+    name, _, rest = tail.partition(":")  # a python source: store:<hex>.py:ClassName
+    digest, _, suffix = name.partition(".")
+    return f"{head}{word} .{suffix} {digest[:6]}" + (f":{rest}" if rest else "")
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

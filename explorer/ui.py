@@ -357,15 +357,19 @@ def model_picker_ui() -> Subject:
     if current not in options:
         options.append(current)
 
-    def changed() -> None:
-        if not set_subject(st.session_state["model_picker"]):
-            st.session_state["model_picker"] = current_subject()
+    # One widget per current subject: a switch made elsewhere (an upload adopted, a link) gets
+    # a fresh picker, and a stale value the browser still holds for the old one is ignored.
+    key = f"model_picker::{current.key}"
 
-    st.session_state["model_picker"] = current
+    def changed() -> None:
+        if key == f"model_picker::{current_subject().key}":
+            set_subject(st.session_state[key])
+
     st.selectbox(
         "Model",
         options,
-        key="model_picker",
+        index=options.index(current),
+        key=key,
         on_change=changed,
         help=HELP["model"],
         format_func=_picker_label,

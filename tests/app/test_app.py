@@ -193,7 +193,7 @@ def test_link_reopens_the_same_state():
 
 def test_switching_model_keeps_what_applies():
     at = start("prune", model="lenet5", amount="0.5", layers="fc1:0.9")
-    at.sidebar.selectbox(key="model_picker").set_value(Subject.bundled("lenet300")).run()
+    keyed(at.sidebar.selectbox, "model_picker::").set_value(Subject.bundled("lenet300")).run()
     assert_clean(at)
     plan = at.session_state["plan"]
     assert at.session_state["model"] == Subject.bundled("lenet300")

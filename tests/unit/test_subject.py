@@ -124,3 +124,17 @@ def test_the_store_quota_evicts_the_oldest_files(tmp_path):
     assert store.path(second).exists() and store.path(third).exists()
     with pytest.raises(ValueError, match="quota"):
         store.put(b"d" * 300, ".bin")
+
+
+def test_uploaded_sources_keep_their_kind_and_read_short():
+    digest = "a" * 64
+    python = ModelSource.parse(f"store:{digest}.py:Net")
+    assert python.kind == "python" and python.file == f"store:{digest}.py"  # not a pickle
+    onnx = Subject(
+        ModelSource.parse(f"store:{digest}.onnx"), None, DataSpec(f"store:{'b' * 64}.npz")
+    )
+    assert onnx.label == "uploaded .onnx aaaaaa · data upload .npz bbbbbb"
+    local = Subject(
+        ModelSource.parse("models/net.py:Net"), "sha256:" + "c" * 64, DataSpec("x/y.zip")
+    )
+    assert local.label == "net.py:Net · weights cccccc · data y.zip"
