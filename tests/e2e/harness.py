@@ -237,3 +237,19 @@ def scroll_parent_is_the_page(page: object, selector: str) -> bool:
         }""",
         selector,
     )
+
+
+SHOTS = ROOT / "artifacts"
+
+
+def browser_test_marks() -> list:
+    """What every browser test module sets as ``pytestmark``: the e2e mark, and a skip (with
+    the reason) where Debian's chromium is missing."""
+    import pytest
+
+    return [
+        pytest.mark.e2e,
+        pytest.mark.skipif(
+            not chromium_available(), reason="needs Debian's chromium: apt-get install -y chromium"
+        ),
+    ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.harness import (
-    ROOT,
+    SHOTS,
     browser_page,
-    chromium_available,
+    browser_test_marks,
     exceptions,
     metric_value,
     running_app,
@@ -18,21 +18,8 @@ from tests.e2e.harness import (
     wait_until_settled,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not chromium_available(), reason="needs Debian's chromium: apt-get install -y chromium"
-    ),
-]
-SHOTS = ROOT / "artifacts"
+pytestmark = browser_test_marks()
 PAGES = ("weights", "activations", "saliency")
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    SHOTS.mkdir(exist_ok=True)
-    with running_app() as url:
-        yield url
 
 
 def test_moving_the_global_slider_updates_metrics_and_url(app_url):

@@ -8,13 +8,12 @@ import re
 import pytest
 
 from tests.e2e.harness import (
-    ROOT,
+    SHOTS,
     browser_page,
-    chromium_available,
+    browser_test_marks,
     clipped_tables,
     cut_off_text,
     exceptions,
-    running_app,
     scroll_parent_is_the_page,
     slider_thumb,
     wait_for_metric,
@@ -22,21 +21,8 @@ from tests.e2e.harness import (
     wait_until_settled,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not chromium_available(), reason="needs Debian's chromium: apt-get install -y chromium"
-    ),
-]
-SHOTS = ROOT / "artifacts"
+pytestmark = browser_test_marks()
 SIZES = ((1280, 800), (1366, 768), (1440, 900), (1920, 1080))
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    SHOTS.mkdir(exist_ok=True)
-    with running_app() as url:
-        yield url
 
 
 @pytest.mark.parametrize(("width", "height"), SIZES)

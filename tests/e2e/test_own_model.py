@@ -7,15 +7,14 @@ import io
 import re
 
 import numpy as np
-import pytest
 import torch
 
 from explorer.data import mnist_pixels
 from explorer.models import load_model
 from tests.e2e.harness import (
-    ROOT,
+    SHOTS,
     browser_page,
-    chromium_available,
+    browser_test_marks,
     exceptions,
     metric_value,
     running_app,
@@ -25,13 +24,7 @@ from tests.e2e.harness import (
     wait_until_settled,
 )
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not chromium_available(), reason="needs Debian's chromium: apt-get install -y chromium"
-    ),
-]
-SHOTS = ROOT / "artifacts"
+pytestmark = browser_test_marks()
 
 
 def own_files(folder) -> tuple:
