@@ -121,6 +121,7 @@ class AppSettings:
     trust_code: bool = False
     trust_pickle: bool = False
     uploads_trusted: bool = False
+    problem: str = ""  # why the startup model could not be used (shown on every page)
 
 
 def _flag(env: str) -> bool:
@@ -143,14 +144,18 @@ def app_settings() -> AppSettings:
     args, _ = parser.parse_known_args(sys.argv[1:])
     trust_code = args.trust_code or _flag("PRUNING_EXPLORER_TRUST_CODE")
     trust_pickle = args.trust_pickle or _flag("PRUNING_EXPLORER_TRUST_PICKLE")
-    subject = None
+    subject, problem = None, ""
     if args.model:
-        source = ModelSource.parse(args.model, args.model_args)
-        weights = default_store().register(args.weights) if args.weights else None
-        subject = Subject(source, weights, DataSpec(source=args.data))
-        # The operator named a local file: it is theirs to run.
-        trust_code = trust_code or (source.runs_user_code and source.kind != "pickle")
-    return AppSettings(subject, trust_code, trust_pickle, args.trust_code)
+        try:
+            source = ModelSource.parse(args.model, args.model_args)
+            weights = default_store().register(args.weights) if args.weights else None
+            subject = Subject(source, weights, DataSpec(source=args.data))
+        except (ValueError, OSError) as err:
+            problem = f"The model the app was started with cannot be used: {err}."
+        else:
+            # The operator named a local file: it is theirs to run.
+            trust_code = trust_code or (source.runs_user_code and source.kind != "pickle")
+    return AppSettings(subject, trust_code, trust_pickle, args.trust_code, problem)
 
 
 # --- session state and the URL ------------------------------------------------------------------
@@ -191,7 +196,20 @@ def init_session() -> None:
 
 def _subject_from_link(params: dict[str, str]) -> Subject:
     """The subject a link names, if it can be opened here; else the default, with a notice."""
-    default = app_settings().subject or Subject.bundled(DEFAULT_MODEL)
+    settings, bundled = app_settings(), Subject.bundled(DEFAULT_MODEL)
+    if settings.problem:
+        notify(settings.problem + f" Showing {DEFAULT_MODEL!r}.", "error")
+    default = settings.subject or bundled
+    if default != bundled:
+        try:
+            get_workbench(default.to_json())
+        except (ValueError, OSError) as err:
+            notify(
+                f"The model the app was started with cannot be opened: {err}. "
+                f"Showing {DEFAULT_MODEL!r}.",
+                "error",
+            )
+            default = bundled
     if "model" not in params:
         return default
     fallback = f"showing {default.label!r}"

@@ -374,3 +374,19 @@ def test_a_corrupt_upload_is_an_error_and_the_subject_stays(tmp_path, monkeypatc
     assert_clean(at)
     assert any("Not usable" in e.value for e in at.error), [e.value for e in at.error]
     assert at.session_state["model"] == Subject.bundled("lenet5")
+
+
+def test_a_startup_model_that_cannot_be_opened_says_why_and_shows_a_bundled_one(monkeypatch):
+    import sys
+
+    from explorer import ui
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "--model", "lenet5", "--data", "/no/such/dir"])
+    ui.app_settings.clear()
+    try:
+        at = start("home")
+        assert_clean(at)
+        assert any("cannot be opened" in e.value and "/no/such/dir" in e.value for e in at.error)
+        assert at.session_state["model"] == Subject.bundled("lenet5")
+    finally:
+        ui.app_settings.clear()
