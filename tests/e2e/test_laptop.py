@@ -65,6 +65,7 @@ def test_every_layer_row_is_reachable_and_its_lock_is_labelled(app_url):
         wait_for_metric(page, "Accuracy")
         wait_until_settled(page)
         last = 'input[type=range][aria-label^="Sparsity of head.fc"]'
+        page.locator(last).wait_for(timeout=60_000)  # drawn once the numbers are in
         assert page.locator(last).count() == 1
         # No inner scroll box that hides the last rows: the page itself scrolls to them.
         assert scroll_parent_is_the_page(page, last)
