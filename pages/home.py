@@ -26,10 +26,19 @@ SOURCES = {
 CANDIDATE_KEY = "byo_candidate"
 
 
+STORED_KEY = "byo_stored"
+
+
 def _stored(upload: object, suffix: str | None = None) -> str:
-    """Keep an uploaded file in the store; its reference (``store:<sha256><suffix>``)."""
+    """Keep an uploaded file in the store; its reference (``store:<sha256><suffix>``).
+
+    Hashed and written once per upload (every rerun of the page would otherwise hash it again,
+    up to the upload limit each time)."""
     suffix = suffix if suffix is not None else Path(upload.name).suffix.lower()
-    return default_store().put(upload.getvalue(), suffix)
+    known = st.session_state.setdefault(STORED_KEY, {})
+    if (upload.file_id, suffix) not in known:
+        known[(upload.file_id, suffix)] = default_store().put(upload.getvalue(), suffix)
+    return known[(upload.file_id, suffix)]
 
 
 def _upload(label: str, types: list[str], key: str, help: str) -> object | None:
