@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
-from torch import nn
 
 from explorer import ui
 from explorer.compaction import can_compact, compact
@@ -473,16 +472,13 @@ def _flops(n: int) -> str:
     return f"{n:,}"
 
 
-def latency_metric(
-    cell: object, timings: list, compacted: nn.Module | None, dense: nn.Module, cached: bool
-) -> None:
-    """Latency at batch 32 of the fastest deployable form, against dense timed beside it."""
+def latency_metric(cell: object, timings: list, same: bool, cached: bool) -> None:
+    """Latency at batch 32 of the fastest deployable form, against dense timed beside it;
+    ``same``: that form runs the dense model's very kernels."""
     by_key = {(t.model, t.batch): t for t in timings}
     dense32 = by_key[("dense", 32)]
     name = "compacted" if ("compacted", 32) in by_key else "masked"
     fastest = by_key[(name, 32)]
-    # A masked model runs the dense kernels; so does a compacted one that lost nothing.
-    same = compacted is None or same_architecture(compacted, dense)
     speed = compare_speed(dense32, fastest, same_kernels=same)
     cell.metric(
         "Latency",
@@ -517,9 +513,10 @@ def details_ui(metrics: MetricsRow) -> None:
         budget_s=0.12,
         between=_interruptible(metrics.latency),
     )
-    latency_metric(metrics.latency, timings, compacted, bench.model, cached)
+    # A masked model runs the dense kernels; so does a compacted one that lost nothing.
+    same = compacted is None or same_architecture(compacted, bench.model)
+    latency_metric(metrics.latency, timings, same, cached)
     with st.expander("Latency details", expanded=False):
-        same = compacted is None or same_architecture(compacted, bench.model)
         dense = {t.batch: t for t in timings if t.model == "dense"}
         rows = []
         for t in timings:
