@@ -26,6 +26,7 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer.data import ImageDataset
 from explorer.importance import ScoringContext, criteria_for, get_criterion
+from explorer.limits import mask_cache_bytes
 from explorer.methods import METHODS, Method, Unit, get_method, plan_label
 from explorer.plan import PruningPlan
 from explorer.structure import ModelStructure
@@ -92,8 +93,10 @@ def _nbytes(value: object) -> int:
         return value.element_size() * value.nelement()
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return sum(_nbytes(v) for v in value)
+    if isinstance(value, ScoreTable):
+        return _nbytes((value.scores, value.orders, value.global_positions))
     return 0
 
 
@@ -135,12 +138,15 @@ class Pruner:
         self.model = model
         self.structure = ModelStructure(model, input_shape)
         self.context = ScoringContext(self.structure, calibration)
-        self._tables: dict[Hashable, ScoreTable] = {}
         self._units: dict[str, list[Unit]] = {}
-        # Budgets bound memory per model; a few hundred recent amounts per layer fit easily.
-        self._keeps = _LRU(32 * 2**20)
-        self._unit_masks = _LRU(96 * 2**20)
-        self._param_masks = _LRU(128 * 2**20)
+        # One budget (PRUNING_EXPLORER_MASK_CACHE_MB) bounds memory per model: half for score
+        # tables (a ResNet-18's unstructured table is ~220 MB, so a few criteria and seeds fit),
+        # half for masks, where a few hundred recent amounts per layer fit easily.
+        budget = mask_cache_bytes()
+        self._tables = _LRU(budget // 2)
+        self._keeps = _LRU(budget // 16)
+        self._unit_masks = _LRU(budget * 3 // 16)
+        self._param_masks = _LRU(budget // 4)
         self._lock = threading.RLock()
 
     # --- units ----------------------------------------------------------------------------------
@@ -218,7 +224,8 @@ class Pruner:
         key = self._table_key(plan)
         with self._lock:
             if key not in self._tables:
-                self._tables[key] = self._build_table(plan)
+                return self._tables.remember(key, self._build_table(plan))
+            self._tables.move_to_end(key)
             return self._tables[key]
 
     def _build_table(self, plan: PruningPlan) -> ScoreTable:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from explorer.limits import env_megabytes
 from explorer.subject import HASH_PREFIX, STORE_PREFIX, file_digest
 
 HOME_ENV = "PRUNING_EXPLORER_HOME"
@@ -40,18 +41,8 @@ def home() -> Path:
     return path
 
 
-def _megabytes(env: str, default: int) -> int:
-    try:
-        value = int(os.environ.get(env, default))
-    except ValueError:
-        raise ValueError(f"{env} must be a whole number of megabytes") from None
-    if value < 1:
-        raise ValueError(f"{env} must be at least 1")
-    return value * 2**20
-
-
 def max_upload_bytes() -> int:
-    return _megabytes(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
+    return env_megabytes(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
 
 
 class Store:
@@ -60,7 +51,7 @@ class Store:
     def __init__(self, root: Path | None = None, quota_bytes: int | None = None) -> None:
         self.root = (root or home() / "store").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.quota = quota_bytes or _megabytes(QUOTA_ENV, DEFAULT_QUOTA_MB)
+        self.quota = quota_bytes or env_megabytes(QUOTA_ENV, DEFAULT_QUOTA_MB)
         self._registered: dict[str, Path] = {}
         self._lock = threading.Lock()
 
