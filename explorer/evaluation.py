@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.data import ImageDataset
+from explorer.limits import activation_cache_bytes
+from explorer.stages import split_stages
 
 EVAL_BATCH = 1000
 #: A slow model's first chunk should take about this long, so that first numbers come quickly
@@ -90,14 +92,6 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = EVAL_BAT
 
 
 # --- incremental re-evaluation ------------------------------------------------------------------
-
-
-def stages_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The stages evaluation can resume from: the children of an ``nn.Sequential``, else the
-    whole model as one stage (a full pass every time)."""
-    if isinstance(model, nn.Sequential) and len(model) > 1:
-        return list(model.named_children())
-    return [("", model)]
 
 
 def uses_channels_last(model: nn.Module) -> bool:
@@ -195,20 +189,25 @@ def wilson_interval(
 class IncrementalEvaluator:
     """Evaluates pruned states of one model on one dataset, recomputing only what changed.
 
-    The dataset is cut into chunks that each stride through it (chunk ``c`` holds samples
-    ``c, c + n, c + 2n, ...``), so the first chunk alone is a fair preview of the whole: ``steps``
-    yields a result after every chunk. For every chunk the evaluator keeps the input of every
-    stage from the last pass; when the next state differs only in parameters of stage k onward,
-    that chunk resumes at stage k. Resuming is bit-identical to a full pass of the evaluator: the
-    same chunks go through the same operations with the same values. An abandoned ``steps``
-    leaves every chunk's stored inputs consistent, so nothing is lost but the work not done.
+    The model is cut into stages (``explorer.stages``: a Sequential's children, or the pieces
+    of its traced graph between points where one tensor is alive) and the dataset into chunks.
+    For every chunk the evaluator keeps the input of every stage from the last pass; when the
+    next state differs only in parameters of stage k onward, that chunk resumes at stage k.
+    Resuming is bit-identical to a full pass of the evaluator: the same chunks go through the
+    same operations with the same values. ``steps`` yields a result after every chunk, so the
+    first chunk is a preview; an abandoned ``steps`` leaves every chunk's stored inputs
+    consistent, so nothing is lost but the work not done. The stored inputs stay within
+    ``activation_budget`` bytes: fewer stage boundaries are kept when they would not fit.
 
     Convolution models run in channels_last (about 1.2-2x faster on CPU); their logits then
     differ from ``predict``'s by float rounding (~1e-6), never in a prediction on the sample models.
 
     A model too slow for a whole batch in ``first_chunk_s`` (a torchvision network at 224 px)
     gets a small first chunk instead, sized from a timed probe, and chunks that double from
-    there: its samples are ordered so that every prefix holds each class in proportion.
+    there: its samples are ordered so that every prefix holds each class in proportion. Its
+    dense pass is progressive too: each chunk's dense logits are computed when first needed
+    (by ``dense_steps`` or just before that chunk of a pruned state), so opening a big model
+    does not wait for a pass over the whole eval set. A fast model's dense pass runs at once.
 
     Args:
         model: the dense model in eval mode (read, never written).
@@ -216,6 +215,8 @@ class IncrementalEvaluator:
         batch_size: the largest chunk.
         first_chunk_s: the time the first chunk should take; None: equal strided chunks.
         first_chunk: the first chunk's size, instead of timing one (e.g. for a benchmark).
+        activation_budget: bytes of stored stage inputs (default: the operator's
+            ``PRUNING_EXPLORER_ACTIVATION_CACHE_MB``).
     """
 
     def __init__(
@@ -225,6 +226,7 @@ class IncrementalEvaluator:
         batch_size: int = EVAL_BATCH,
         first_chunk_s: float | None = FIRST_CHUNK_S,
         first_chunk: int | None = None,
+        activation_budget: int | None = None,
     ) -> None:
         # A private copy: functional_call swaps parameters in place while it runs, which other
         # threads (app sessions) using the shared model must never see.
@@ -233,14 +235,17 @@ class IncrementalEvaluator:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.dataset = dataset
-        self.stages = stages_of(self.model)
         self.device = next(self.model.parameters()).device
-        self._stage_of_param = {}
+        budget = activation_cache_bytes() if activation_budget is None else activation_budget
+        example = self._to_device(dataset.images[: min(2, len(dataset))])
+        self.stages = split_stages(self.model, example, budget / max(1, len(dataset)))
+        # Every stage that uses a parameter (a tied one can be used by several) gets its value.
+        self._uses: dict[str, list[tuple[int, str]]] = {}
         self._strides: dict[str, tuple[int, ...]] = {}
-        for index, (stage_name, stage) in enumerate(self.stages):
-            for param_name, param in stage.named_parameters():
-                full = f"{stage_name}.{param_name}" if stage_name else param_name
-                self._stage_of_param[full] = (index, param_name)
+        for index, stage in enumerate(self.stages):
+            for local, param in stage.module.named_parameters():
+                full = stage.prefix + local
+                self._uses.setdefault(full, []).append((index, local))
                 self._strides[full] = param.stride()
         first = batch_size if first_chunk is None else first_chunk
         if first_chunk is None and first_chunk_s is not None and len(dataset) > MIN_FIRST_CHUNK:
@@ -250,15 +255,37 @@ class IncrementalEvaluator:
             if per_image * min(batch_size, len(dataset)) > 4 * first_chunk_s:
                 first = max(MIN_FIRST_CHUNK, int(first_chunk_s / per_image))
         self._chunk_samples = chunk_layout(dataset.labels, batch_size, first)
-        # _inputs[c][k] = (signature of stages < k, chunk c's input to stage k) from the last pass.
-        self._inputs: list[list[tuple[tuple, torch.Tensor] | None]] = []
-        for samples in self._chunk_samples:
-            chunk = self._to_device(dataset.images[samples])
-            self._inputs.append([((), chunk)] + [None] * (len(self.stages) - 1))
+        # _inputs[c][k] = (signature of stages < k, chunk c's input to stage k) from the last
+        # pass; stage 0's input is read from the dataset each time (no copy of the data kept).
+        self._inputs: list[list[tuple[tuple, torch.Tensor | None] | None]] = [
+            [((), None)] + [None] * (len(self.stages) - 1) for _ in self._chunk_samples
+        ]
+        self._dense_chunks: list[torch.Tensor | None] = [None] * len(self._chunk_samples)
+        self._dense: IncrementalResult | None = None
         self._lock = threading.Lock()
-        self._dense_logits: torch.Tensor | None = None
-        self.dense = self.evaluate({}, {})
-        self._dense_logits = self.dense.logits
+        if len(self._chunk_samples) == 1 or first >= min(batch_size, len(dataset)):
+            self._dense = self.evaluate({}, {})  # a fast model: the whole dense pass, now
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    @property
+    def dense(self) -> IncrementalResult:
+        """The dense model on the whole dataset (finishes the dense pass if it is not done)."""
+        if self._dense is None:
+            self._dense = self.evaluate({}, {})
+        return self._dense
+
+    @property
+    def dense_done(self) -> int:
+        """How many samples the dense pass has covered so far."""
+        chunks = zip(self._chunk_samples, self._dense_chunks, strict=True)
+        return sum(len(samples) for samples, logits in chunks if logits is not None)
+
+    def dense_steps(self) -> Iterator[IncrementalResult]:
+        """The dense pass one chunk at a time (chunks already done cost nothing)."""
+        return self.steps({}, {})
 
     def _seconds_per_image(self, probe: int = 8) -> float:
         """Forward time per image, from a second (warm) pass over a few images."""
@@ -268,15 +295,6 @@ class IncrementalEvaluator:
             start = time.perf_counter()
             self.model(images)
             return max((time.perf_counter() - start) / len(images), 1e-9)
-
-    def _dense_on(self, samples: torch.Tensor, fallback: EvalResult) -> EvalResult:
-        """The dense model's metrics on ``samples`` (``fallback`` while the dense pass runs)."""
-        if self._dense_logits is None:
-            return fallback
-        if len(samples) == len(self.dataset):
-            return self.dense.result
-        labels = self.dataset.labels[samples]
-        return metrics_from_logits(self._dense_logits[samples], labels, len(self.dataset.classes))
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device)
@@ -290,46 +308,58 @@ class IncrementalEvaluator:
         per_stage: list[dict[str, torch.Tensor]] = [{} for _ in self.stages]
         signature: list[list] = [[] for _ in self.stages]
         for name, value in parameters.items():
-            index, local = self._stage_of_param[name]
+            uses = self._uses[name]
             value = value.to(self.device)
             if value.stride() != self._strides[name]:  # the private copy's layout, exactly
                 value = torch.empty_strided(
                     value.shape, self._strides[name], dtype=value.dtype, device=self.device
                 ).copy_(value)
-            per_stage[index][local] = value
+            for index, local in uses:
+                per_stage[index][local] = value
             # No signature: a fresh token, equal to nothing, so that stage is always recomputed
             # (an id() could be reused by a later tensor and match stale stored inputs).
-            signature[index].append((name, signatures.get(name, object())))
+            signature[uses[0][0]].append((name, signatures.get(name, object())))
         return per_stage, [tuple(sorted(s, key=str)) for s in signature]
 
     def _run_chunk(
         self, chunk: int, per_stage: list[dict[str, torch.Tensor]], prefixes: list[tuple]
     ) -> tuple[torch.Tensor, int]:
-        """Logits of one chunk and the stage its pass started at."""
+        """Logits of one chunk and the stage its pass started at (under the lock)."""
         stored = self._inputs[chunk]
-        with self._lock:
-            start = max(
-                k
-                for k in range(len(self.stages))
-                if stored[k] is not None and stored[k][0] == prefixes[k]
-            )
-            x = stored[start][1]
-            for k in range(start, len(self.stages)):
-                if k > start:
-                    stored[k] = (prefixes[k], x)
-                stage, params = self.stages[k][1], per_stage[k]
-                x = torch.func.functional_call(stage, params, (x,)) if params else stage(x)
+        start = max(
+            k
+            for k in range(len(self.stages))
+            if stored[k] is not None and stored[k][0] == prefixes[k]
+        )
+        x = stored[start][1]
+        if x is None:
+            x = self._to_device(self.dataset.images[self._chunk_samples[chunk]])
+        for k in range(start, len(self.stages)):
+            if k > start:
+                stored[k] = (prefixes[k], x)
+            stage, params = self.stages[k].module, per_stage[k]
+            x = torch.func.functional_call(stage, params, (x,)) if params else stage(x)
         return x.float().cpu(), start
 
     def _passes(
         self, parameters: dict[str, torch.Tensor], signatures: dict[str, object] | None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(samples, logits, stage started at) of each chunk in turn."""
+        """(samples, logits, stage started at) of each chunk in turn; a chunk's dense logits
+        are computed first when they are not yet known (the dense state is just that)."""
         per_stage, stage_signatures = self._split(parameters, signatures or {})
         prefixes = [tuple(stage_signatures[:k]) for k in range(len(self.stages))]
+        no_change = [{} for _ in self.stages]
+        dense_prefixes = [((),) * k for k in range(len(self.stages))]
         for chunk, samples in enumerate(self._chunk_samples):
-            with torch.inference_mode():
-                logits, start = self._run_chunk(chunk, per_stage, prefixes)
+            with torch.inference_mode(), self._lock:
+                dense_start = len(self.stages)
+                if self._dense_chunks[chunk] is None:
+                    logits, dense_start = self._run_chunk(chunk, no_change, dense_prefixes)
+                    self._dense_chunks[chunk] = logits
+                if parameters:
+                    logits, start = self._run_chunk(chunk, per_stage, prefixes)
+                else:
+                    logits, start = self._dense_chunks[chunk], dense_start
             yield samples, logits, start
 
     def _outcome(
@@ -340,7 +370,11 @@ class IncrementalEvaluator:
         samples, logits = samples[order], torch.cat(outputs)[order]
         labels, classes = self.dataset.labels, len(self.dataset.classes)
         result = metrics_from_logits(logits, labels[samples], classes)
-        dense = self._dense_on(samples, result)
+        if self._dense is not None and len(samples) == len(labels):
+            dense = self._dense.result
+        else:
+            dense_logits = torch.cat([self._dense_chunks[c] for c in range(len(done))])[order]
+            dense = metrics_from_logits(dense_logits, labels[samples], classes)
         return IncrementalResult(
             result, dense, logits, samples, len(labels), resumed, len(self.stages)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,6 @@ from explorer.evaluation import (
     evaluate,
     metrics_from_logits,
     predict,
-    stages_of,
 )
 from explorer.models import load_model
 from explorer.plan import PruningPlan
@@ -89,10 +89,10 @@ def full_pass(pruner: Pruner, plan: PruningPlan, images: torch.Tensor, batch: in
 
 def test_incremental_evaluation_equals_full_passes_and_resumes_late(mlp, mlp_pruner, eval_set):
     before = snapshot(mlp)
-    stage = {name: i for i, (name, _) in enumerate(stages_of(mlp))}
-    assert list(stage) == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
     data = eval_set.subset(range(2500))
     evaluator = IncrementalEvaluator(mlp, data, batch_size=600)  # 4 chunks of 600 and one of 100
+    stage = {name: i for i, name in enumerate(evaluator.stage_names)}
+    assert list(stage) == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
     assert torch.equal(evaluator.dense.logits, predict(mlp, data.images, 600))
     last_only = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6),))
     early = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6), ("fc1", 0.9)))
@@ -102,8 +102,8 @@ def test_incremental_evaluation_equals_full_passes_and_resumes_late(mlp, mlp_pru
         (early, stage["fc1"]),  # flatten has no parameters: its output is reused
         (last_again, stage["fc3"]),
         (last_again, stage["fc3"]),  # unchanged: only the last stage runs again
-        (PruningPlan(), stage["fc1"]),  # back to dense: fc1's input is still the stored one
-        (PruningPlan(amount=0.8), stage["fc1"]),
+        (PruningPlan(), 6),  # back to dense: its logits are kept, no stage runs
+        (PruningPlan(amount=0.8), stage["fc1"]),  # fc1's input is still the stored one
     ]
     accuracies = set()
     for plan, resumed in steps:
@@ -127,8 +127,8 @@ def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
     model = load_model("resnet_mini")
     data = eval_set.subset(range(64))
     pruner = Pruner(model, INPUT_SHAPE)
-    stage = {name: i for i, (name, _) in enumerate(stages_of(model))}
     evaluator = IncrementalEvaluator(model, data, batch_size=24)  # 3 strided chunks: 22, 21, 21
+    stage = {name: i for i, name in enumerate(evaluator.stage_names)}
     plans = [
         (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
         (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("block2.conv1", 0.8))), 2),
@@ -210,24 +210,190 @@ def test_parameters_without_signatures_are_recomputed(mlp, eval_set):
         assert torch.equal(evaluator.evaluate(scaled).logits, predict(reference, data.images))
 
 
-def test_a_model_that_is_not_sequential_is_one_stage(mlp, eval_set):
-    class Wrapped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = copy.deepcopy(mlp)
+class _Wrapped(nn.Module):
+    """lenet300 inside a plain module: not a Sequential, so it needs the traced graph."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x)
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(inner)
 
-    model = Wrapped().eval()
-    assert stages_of(model) == [("", model)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def _full_pass_of(
+    evaluator: IncrementalEvaluator, pruner: Pruner, plan: PruningPlan, **layout: object
+) -> torch.Tensor:
+    """A full pass in the same layout: a fresh evaluator of the pruned model, from stage 0."""
+    fresh = IncrementalEvaluator(pruner.pruned_model(plan), evaluator.dataset, **layout).dense
+    assert fresh.resumed_from == 0
+    return fresh.logits
+
+
+def test_a_model_that_is_not_sequential_resumes_from_its_traced_stages(mlp, eval_set):
+    model = _Wrapped(mlp).eval()
     data = eval_set.subset(range(200))
     evaluator = IncrementalEvaluator(model, data)
+    # a boundary before each layer with parameters: a change resumes right before it
+    assert evaluator.stage_names == ["inner.flatten", "inner.fc1", "inner.fc2", "inner.fc3"]
+    pruner = Pruner(model, INPUT_SHAPE)
+    plan = PruningPlan(scope="layer", layer_amounts=(("inner.fc3", 0.5),))
+    state = pruner.resolve(plan)
+    outcome = evaluator.evaluate_state(state)
+    assert outcome.resumed_from == len(evaluator.stages) - 1  # only fc3's stage ran
+    assert torch.equal(outcome.logits, _full_pass_of(evaluator, pruner, plan))
+    assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
+
+
+def _torchvision_resnet() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the stages really differ
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def colour_data(eval_set):
+    """40 MNIST digits as 3 x 32 x 32 images (what a user's RGB data looks like here)."""
+    data = eval_set.subset(range(40))
+    images = torch.nn.functional.interpolate(data.images, size=32).repeat(1, 3, 1, 1)
+    return dataclasses.replace(data, images=images)
+
+
+def test_a_torchvision_resnet_resumes_after_the_first_changed_block_bit_identically(
+    colour_data,
+):
+    model = _torchvision_resnet()
+    before = snapshot(model)
+    evaluator = IncrementalEvaluator(model, colour_data, batch_size=16, first_chunk_s=None)
+    stage = {name: i for i, name in enumerate(evaluator.stage_names)}
+    assert {"layer3.0.conv1", "layer4.1.conv1", "fc"} <= set(stage)  # block boundaries
+    pruner = Pruner(model, (3, 32, 32))
+    plans = [
+        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
+        (
+            PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("layer4.1.conv2", 0.5))),
+            stage["layer4.1.conv1"],
+        ),
+        (
+            PruningPlan(scope="layer", layer_amounts=(("layer3.0.downsample.0", 0.5),)),
+            stage["layer3.0.conv1"],
+        ),
+        (PruningPlan(method="filters", amount=0.3), 0),
+    ]
+    for plan, resumed in plans:
+        state = pruner.resolve(plan)
+        outcome = evaluator.evaluate_state(state)
+        assert outcome.resumed_from == resumed, plan
+        assert torch.equal(
+            outcome.logits,
+            _full_pass_of(evaluator, pruner, plan, batch_size=16, first_chunk_s=None),
+        ), plan
+        reference = predict(pruner.pruned_model(plan), colour_data.images)
+        assert torch.allclose(outcome.logits, reference, rtol=0, atol=1e-4)
+        assert torch.equal(outcome.result.predictions, reference.argmax(1))
+    assert_unchanged(model, before)
+
+
+def test_a_layer_used_twice_is_substituted_in_every_stage_that_uses_it(eval_set):
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flatten = nn.Flatten()
+            self.inp = nn.Linear(784, 32)
+            self.shared = nn.Linear(32, 32)
+            self.out = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.shared(torch.relu(self.inp(self.flatten(x)))))
+            return self.out(torch.relu(self.shared(x)))  # the same weights again, later
+
+    torch.manual_seed(0)
+    model = Twice().eval()
+    data = eval_set.subset(range(100))
+    evaluator = IncrementalEvaluator(model, data)
+    assert evaluator.stage_names.count("shared") == 2
+    pruner = Pruner(model, INPUT_SHAPE)
+    plan = PruningPlan(scope="layer", layer_amounts=(("shared", 0.6),))
+    outcome = evaluator.evaluate_state(pruner.resolve(plan))
+    assert outcome.resumed_from == evaluator.stage_names.index("shared")
+    assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
+
+
+def test_a_model_fx_cannot_trace_is_one_stage_and_still_right(mlp, eval_set):
+    class Branchy(_Wrapped):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: symbolic tracing fails
+                return self.inner(x)
+            return self.inner(-x)
+
+    model = Branchy(mlp).eval()
+    data = eval_set.subset(range(200))
+    evaluator = IncrementalEvaluator(model, data)
+    assert evaluator.stage_names == [""]
     pruner = Pruner(model, INPUT_SHAPE)
     plan = PruningPlan(scope="layer", layer_amounts=(("inner.fc3", 0.5),))
     outcome = evaluator.evaluate_state(pruner.resolve(plan))
     assert outcome.resumed_from == 0
     assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
+
+
+def _stored_bytes(evaluator: IncrementalEvaluator) -> int:
+    return sum(
+        entry[1].numel() * entry[1].element_size()
+        for chunk in evaluator._inputs
+        for entry in chunk
+        if entry is not None and entry[1] is not None
+    )
+
+
+def test_stored_activations_stay_under_the_budget_and_change_no_result(colour_data):
+    model = _torchvision_resnet()
+    pruner = Pruner(model, (3, 32, 32))
+    plans = [PruningPlan(method="filters", amount=0.3)] + [
+        PruningPlan(scope="layer", layer_amounts=((layer, 0.5),))
+        for layer in ("conv1", "layer2.0.conv1", "layer4.1.conv2")
+    ]
+    unbounded = IncrementalEvaluator(model, colour_data, batch_size=16, first_chunk_s=None)
+    for plan in plans:
+        unbounded.evaluate_state(pruner.resolve(plan))
+    budget = _stored_bytes(unbounded) // 4
+    bounded = IncrementalEvaluator(
+        model, colour_data, batch_size=16, first_chunk_s=None, activation_budget=budget
+    )
+    assert 1 < len(bounded.stages) < len(unbounded.stages)  # fewer boundaries, not none
+    for plan in plans:
+        state = pruner.resolve(plan)
+        assert torch.equal(
+            bounded.evaluate_state(state).logits, unbounded.evaluate_state(state).logits
+        )
+        assert _stored_bytes(bounded) <= budget
+
+
+def test_a_slow_models_dense_pass_is_progressive_and_ends_equal_to_a_full_one(
+    colour_data,
+):
+    model = _torchvision_resnet()
+    evaluator = IncrementalEvaluator(model, colour_data, batch_size=16, first_chunk=4)
+    assert evaluator.dense_done == 0  # opening it ran no dense pass
+    pruner = Pruner(model, (3, 32, 32))
+    state = pruner.resolve(PruningPlan(method="filters", amount=0.3))
+    first = next(evaluator.steps_for_state(state))
+    assert evaluator.dense_done == first.covered == 4
+    reference = predict(model, colour_data.images)
+    dense_hand = (reference[first.samples].argmax(1) == first.result.labels).float().mean()
+    assert first.dense.accuracy == pytest.approx(float(dense_hand))
+    covered = [step.covered for step in evaluator.dense_steps()]
+    assert covered == sorted(covered) and covered[-1] == len(colour_data)
+    assert evaluator.dense_done == len(colour_data)
+    assert torch.allclose(evaluator.dense.logits, reference, rtol=0, atol=1e-4)
+    assert torch.equal(evaluator.dense.result.predictions, reference.argmax(1))
 
 
 def test_wilson_interval_by_hand_and_its_edges():

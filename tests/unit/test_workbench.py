@@ -63,7 +63,8 @@ def test_structured_report_matches_independent_computations(bench):
 
 
 def test_unstructured_report_has_no_compacted_model_and_warns_at_100_percent(bench):
-    bench.evaluate(PruningPlan())  # the evaluator now holds the dense model's stage inputs
+    # The evaluator now holds the stage inputs of a plan that changed nothing before fc.
+    bench.evaluate(PruningPlan(scope="layer", layer_amounts=(("fc", 0.5),)))
     plan = PruningPlan(scope="layer", layer_amounts=(("fc", 1.0),))
     report = bench.report(plan)
     assert report.params_compacted is None and report.flops_compacted is None
