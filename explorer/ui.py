@@ -22,6 +22,7 @@ from torch import nn
 
 from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.data import ImageDataset
+from explorer.evaluation import IncrementalResult
 from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.pruning import METHODS, PrunedState, plan_label
@@ -469,6 +470,45 @@ def metric_change(value: float, spec: str, unit: str = "", color: str = "normal"
     if float(text) == 0:
         return {"delta": "no change", "delta_color": "off", "delta_arrow": "off"}
     return {"delta": text + unit, "delta_color": color}
+
+
+def dense_accuracy_ui(bench: Workbench, label: str = "Eval accuracy") -> Callable[[], None]:
+    """The dense model's eval accuracy as a metric, here. A big model's dense pass is
+    progressive: until it is done the metric is a preview (≈, with its 95% interval), and
+    the returned ``refine`` (call it once the rest of the page is drawn) runs the pass on,
+    updating the metric; leaving the page interrupts it and keeps what was done."""
+    cell = st.empty()
+    total = len(bench.eval_set)
+
+    def show(outcome: IncrementalResult) -> None:
+        accuracy = outcome.result.accuracy
+        if outcome.complete:
+            cell.metric(label, f"{accuracy:.2%}", help=f"Dense, on all {total:,} eval images.")
+            return
+        low, high = outcome.accuracy_interval()
+        cell.metric(
+            label,
+            f"≈{accuracy * 100:.1f}%",
+            f"95%: {low * 100:.0f}–{high * 100:.0f}%",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"Dense, so far on {outcome.covered:,} of the {total:,} eval images (spread "
+            f"over every class); the accuracy on all of them lies between {low:.1%} and "
+            f"{high:.1%} (95%). Refined while the page is open.",
+        )
+
+    steps = bench.evaluator.dense_steps()
+    outcome = next(steps)
+    if bench.evaluator.dense_done == total:  # known already: no preview to show
+        for outcome in steps:  # noqa: B007 - the last one is the complete result
+            pass
+    show(outcome)
+
+    def refine() -> None:
+        for outcome in steps:
+            show(outcome)
+
+    return refine
 
 
 def global_amount_ui(key: str, extra_help: str = "") -> None:

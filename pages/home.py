@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -174,7 +175,8 @@ def candidate_ui(subject: Subject) -> None:
     layers = bench.pruner.structure.layers
     st.success(f"Understood: {type(bench.model).__name__}, {len(layers)} prunable layers.")
     cols = st.columns(4)
-    cols[0].metric("Eval accuracy", f"{bench.dense.accuracy:.2%}", help="Dense, eval part.")
+    with cols[0]:
+        refine = ui.dense_accuracy_ui(bench)
     cols[1].metric("Input", "×".join(map(str, bench.eval_set.input_shape)), help="C×H×W")
     cols[2].metric("Classes", f"{len(bench.eval_set.classes)}")
     cols[3].metric("Eval images", f"{len(bench.eval_set):,}")
@@ -188,6 +190,7 @@ def candidate_ui(subject: Subject) -> None:
     if st.button("Use this model", type="primary", key="byo_use") and ui.set_subject(subject):
         st.session_state.pop(CANDIDATE_KEY, None)
         st.rerun()
+    refine()
 
 
 def bring_your_own_ui() -> None:
@@ -218,38 +221,80 @@ def bring_your_own_ui() -> None:
 # --- the page --------------------------------------------------------------------------------
 
 
-def model_card_ui(card: dict, bench: ui.Workbench) -> None:
+def model_card_ui(card: dict, bench: ui.Workbench) -> Callable[[], None]:
+    """The model's card; returns ``refine`` for its (possibly still previewed) accuracy."""
     st.subheader(card.get("title", card["name"]))
     st.write(card.get("summary", ""))
-    if "eval_accuracy" not in card:
+    bundled = bench.subject.is_bundled
+    if bundled and "eval_accuracy" not in card:
         st.warning("This model has no trained weights yet: run `python sample_models/train.py`.")
-        return
     # Two by two: each value needs a quarter of a laptop's content width to stay whole.
     top, bottom = st.columns(2), st.columns(2)
-    top[0].metric(
-        "Eval accuracy",
-        f"{bench.dense.accuracy:.2%}",
-        help=f"On the {len(bench.eval_set):,} held-out eval images (the model card says "
-        f"{card['eval_accuracy']:.2%}).",
-    )
-    top[1].metric("Parameters", f"{card['params']:,}")
+    with top[0]:
+        refine = ui.dense_accuracy_ui(bench)
+    params = sum(p.numel() for p in bench.model.parameters())
+    top[1].metric("Parameters", f"{params:,}")
     bottom[0].metric(
         "FLOPs / image",
-        f"{bench.dense_flops / 1e6:.2f} M",
+        _flops_text(bench.dense_flops),
         help=f"{bench.dense_flops:,} (torch.utils.flop_counter; a multiply-add counts as 2 "
         "FLOPs, attention products included).",
     )
     classes = bench.eval_set.classes
-    bottom[1].metric("Classes", f"{len(classes)}", help="Handwritten digits 0-9.")
-    with st.expander("Training recipe and architecture"):
-        recipe = card["recipe"]
+    bottom[1].metric(
+        "Classes",
+        f"{len(classes)}",
+        help="Handwritten digits 0-9." if bundled else ", ".join(classes[:50]),
+    )
+    if bundled and "recipe" in card:
+        with st.expander("Training recipe and architecture"):
+            recipe = card["recipe"]
+            st.write(
+                f"{recipe['epochs']} epochs of {recipe['optimizer']} (lr {recipe['lr']}, "
+                f"weight decay {recipe['weight_decay']}, batch {recipe['batch_size']}), "
+                f"{recipe['schedule']}; augmentation: {recipe['augmentation']}. Trained in "
+                f"{card['train_minutes']} min on {card['train_hardware']}."
+            )
+            st.code(card["architecture"], language="text")
+    elif not bundled:
+        with st.expander("Where it comes from"):
+            subject = bench.subject
+            st.markdown(
+                f"- **Model:** `{subject.model}`\n"
+                f"- **Weights:** {f'`{subject.weights}`' if subject.weights else 'its own'}\n"
+                f"- **Data:** `{subject.data.source}`"
+            )
+            for note in bench.notes:
+                st.caption(note)
+    return refine
+
+
+def _flops_text(flops: int) -> str:
+    return f"{flops / 1e9:.2f} G" if flops >= 1e9 else f"{flops / 1e6:.2f} M"
+
+
+def data_ui(bench: ui.Workbench) -> None:
+    """What the data is and how it is split."""
+    st.markdown("#### The data")
+    data, card = bench.eval_set, bench.card
+    if bench.subject.data.bundled:
         st.write(
-            f"{recipe['epochs']} epochs of {recipe['optimizer']} (lr {recipe['lr']}, weight "
-            f"decay {recipe['weight_decay']}, batch {recipe['batch_size']}), "
-            f"{recipe['schedule']}; augmentation: {recipe['augmentation']}. Trained in "
-            f"{card['train_minutes']} min on {card['train_hardware']}."
+            f"**MNIST** handwritten digits, 28×28 grey. The **fit** split (10,000 images) "
+            f"trains and calibrates; the **eval** split ({len(data):,} images) is only ever "
+            "measured. Bundled with the app: nothing is downloaded."
         )
-        st.code(card["architecture"], language="text")
+    else:
+        spec = bench.subject.data
+        fit = card.get("fit_samples")
+        channels, height, width = data.input_shape
+        st.write(
+            f"**{len(data.classes)} classes**, as {channels}×{height}×{width} inputs. Split "
+            f"once by class (seed {spec.seed}): the **fit** part"
+            + (f" ({fit:,} images)" if fit is not None else "")
+            + f" calibrates the data-driven criteria; the **eval** part ({len(data):,} "
+            f"images, {spec.eval_fraction:.0%} of each class) is only ever measured."
+        )
+    st.plotly_chart(sample_grid_figure(data, count=24), config={"displayModeBar": False})
 
 
 def layer_table_ui(bench: ui.Workbench) -> None:
@@ -299,16 +344,9 @@ def main() -> None:
     ui.plan_summary_ui()
     left, right = st.columns([3, 2], gap="large")
     with left:
-        model_card_ui(bench.card, bench)
+        refine = model_card_ui(bench.card, bench)
     with right:
-        st.markdown("#### The data")
-        data = bench.eval_set
-        st.write(
-            f"**MNIST** handwritten digits, 28×28 grey. The **fit** split (10,000 images) "
-            f"trains and calibrates; the **eval** split ({len(data):,} images) is only ever "
-            "measured. Bundled with the app: nothing is downloaded."
-        )
-        st.plotly_chart(sample_grid_figure(data, count=24), config={"displayModeBar": False})
+        data_ui(bench)
     st.markdown("#### Prunable layers")
     layer_table_ui(bench)
     with st.expander("Bring your own model and data", icon=":material/upload_file:"):
@@ -325,6 +363,7 @@ def main() -> None:
             "**layer-wise** takes the same fraction from every layer.\n"
             "- Accuracy lost can often be **recovered by fine-tuning** after pruning."
         )
+    refine()  # a big model's dense accuracy, refined once everything else is on screen
 
 
 ui.run_page(main)
