@@ -372,6 +372,11 @@ def _add_subject_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow pickle:FILE, a whole pickled module (unpickling runs code from the file)",
     )
+    add_data_options(group)
+
+
+def add_data_options(group: argparse._ActionsContainer) -> None:
+    """--data and its preprocessing: the same flags for every command and for the app."""
     group.add_argument(
         "--data",
         metavar="SOURCE",
@@ -394,6 +399,19 @@ def _add_subject_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
+    """The data the flags of ``add_data_options`` describe (ValueError when they disagree)."""
+    return DataSpec(
+        source=args.data,
+        size=args.size,
+        channels=args.channels,
+        mean=args.mean,
+        std=args.std,
+        eval_fraction=args.eval_fraction,
+        seed=args.split_seed,
+    )
+
+
 def subject_from_args(args: argparse.Namespace) -> Subject:
     """The subject the command works on; files are checked and hashed here."""
     try:
@@ -412,15 +430,7 @@ def subject_from_args(args: argparse.Namespace) -> Subject:
     if args.weights:
         weights = default_store().register(check_file(args.weights, "weights file"))
     try:
-        data = DataSpec(
-            source=args.data,
-            size=args.size,
-            channels=args.channels,
-            mean=args.mean,
-            std=args.std,
-            eval_fraction=args.eval_fraction,
-            seed=args.split_seed,
-        )
+        data = data_spec_from_args(args)
     except ValueError as err:
         raise CliError(f"--data: {err}") from None
     return Subject(source, weights, data)
@@ -758,7 +768,7 @@ def app_command(args: argparse.Namespace) -> list[str]:
     extra = []
     if args.model:
         subject_from_args(args)  # the same checks as every other command, before starting
-        extra += ["--model", args.model, "--data", args.data]
+        extra += ["--model", args.model, *_data_flags(args)]
         if args.weights:
             extra += ["--weights", str(Path(args.weights).resolve())]
         if args.model_args:
@@ -771,6 +781,21 @@ def app_command(args: argparse.Namespace) -> list[str]:
     if args.port:
         command += ["--server.port", str(args.port)]
     return command + (["--", *extra] if extra else [])
+
+
+def _data_flags(args: argparse.Namespace) -> list[str]:
+    """The data flags of ``args`` again, as text for the app's own parser."""
+    data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    flags = ["--data", data]
+    if args.size:
+        flags += ["--size", "x".join(map(str, args.size))]
+    if args.channels:
+        flags += ["--channels", str(args.channels)]
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values:
+            flags += [flag, ",".join(map(repr, values))]
+    flags += ["--eval-fraction", repr(args.eval_fraction), "--split-seed", str(args.split_seed)]
+    return flags
 
 
 def cmd_app(args: argparse.Namespace) -> Any:
@@ -833,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--weights", metavar="FILE", help="a state_dict or .safetensors file")
     p.add_argument("--model-args", metavar="JSON", help="constructor arguments (JSON)")
-    p.add_argument("--data", metavar="SOURCE", default="mnist", help="as for eval")
+    add_data_options(p.add_argument_group("data (as for eval)"))
     p.add_argument(
         "--trust-code",
         action="store_true",
@@ -842,8 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--trust-pickle", action="store_true", help="allow pickled modules")
     p.add_argument("--port", type=whole_number("--port", 1), help="the server's port")
-    p.set_defaults(json=False, size=None, channels=None, mean=None, std=None)
-    p.set_defaults(eval_fraction=0.3, split_seed=0)
+    p.set_defaults(json=False)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs, size and latency of a (pruned) model")
     _add_subject_options(p)

@@ -21,6 +21,7 @@ import streamlit as st
 from torch import nn
 
 from explorer.activations import UnitStats, observation_points, unit_statistics
+from explorer.cli import add_data_options, data_spec_from_args
 from explorer.data import ImageDataset
 from explorer.evaluation import IncrementalResult
 from explorer.models import ZOO, load_card, weights_path
@@ -29,7 +30,6 @@ from explorer.pruning import METHODS, PrunedState, plan_label
 from explorer.store import default_store
 from explorer.subject import (
     SUBJECT_FIELDS,
-    DataSpec,
     ModelSource,
     Subject,
     subject_from_query,
@@ -139,18 +139,24 @@ def app_settings() -> AppSettings:
     parser.add_argument("--model")
     parser.add_argument("--weights")
     parser.add_argument("--model-args")
-    parser.add_argument("--data", default="mnist")
+    add_data_options(parser)
     parser.add_argument("--trust-code", action="store_true")
     parser.add_argument("--trust-pickle", action="store_true")
-    args, _ = parser.parse_known_args(sys.argv[1:])
-    trust_code = args.trust_code or _flag("PRUNING_EXPLORER_TRUST_CODE")
-    trust_pickle = args.trust_pickle or _flag("PRUNING_EXPLORER_TRUST_PICKLE")
+    trust_code = _flag("PRUNING_EXPLORER_TRUST_CODE")
+    trust_pickle = _flag("PRUNING_EXPLORER_TRUST_PICKLE")
+    try:
+        args, _ = parser.parse_known_args(sys.argv[1:])
+    except argparse.ArgumentError as err:
+        problem = f"The app's arguments cannot be used: {err}."
+        return AppSettings(None, trust_code, trust_pickle, False, problem)
+    trust_code = args.trust_code or trust_code
+    trust_pickle = args.trust_pickle or trust_pickle
     subject, problem = None, ""
     if args.model:
         try:
             source = ModelSource.parse(args.model, args.model_args)
             weights = default_store().register(args.weights) if args.weights else None
-            subject = Subject(source, weights, DataSpec(source=args.data))
+            subject = Subject(source, weights, data_spec_from_args(args))
         except (ValueError, OSError) as err:
             problem = f"The model the app was started with cannot be used: {err}."
         else:

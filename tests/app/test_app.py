@@ -390,3 +390,47 @@ def test_a_startup_model_that_cannot_be_opened_says_why_and_shows_a_bundled_one(
         assert at.session_state["model"] == Subject.bundled("lenet5")
     finally:
         ui.app_settings.clear()
+
+
+def test_the_app_reads_the_same_data_options_as_the_cli(tmp_path, monkeypatch):
+    """`pruning-explorer app` hands its flags to the app's own parser: both must describe the
+    same subject (preprocessing and split included)."""
+    import sys
+
+    import numpy as np
+
+    from explorer import cli, ui
+
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))
+    data = tmp_path / "digits.npz"
+    np.savez(data, images=np.zeros((20, 8, 8), np.uint8), labels=np.arange(20) % 2)
+    argv = ["app", "lenet5", "--data", str(data), "--size", "28x28", "--channels", "1"]
+    argv += ["--mean", "0.5", "--std", "0.25", "--eval-fraction", "0.4", "--split-seed", "3"]
+    args = cli.build_parser().parse_args(argv)
+    command = cli.app_command(args)
+    monkeypatch.setattr(sys, "argv", ["app.py", *command[command.index("--") + 1 :]])
+    ui.app_settings.clear()
+    try:
+        settings = ui.app_settings()
+    finally:
+        ui.app_settings.clear()
+    assert settings.problem == ""
+    assert settings.subject == cli.subject_from_args(args)
+    assert settings.subject.data.size == (28, 28) and settings.subject.data.seed == 3
+    assert settings.subject.data.mean == (0.5,) and settings.subject.data.eval_fraction == 0.4
+
+
+def test_a_bad_app_argument_is_a_message_and_a_bundled_model(monkeypatch):
+    import sys
+
+    from explorer import ui
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "--model", "lenet5", "--size", "huge"])
+    ui.app_settings.clear()
+    try:
+        at = start("home")
+        assert_clean(at)
+        assert any("--size must be N or HxW" in e.value for e in at.error), at.error
+        assert at.session_state["model"] == Subject.bundled("lenet5")
+    finally:
+        ui.app_settings.clear()
