@@ -53,11 +53,11 @@ SHOWN = """(sparsityBefore) => {
 
 
 def time_prune_moves(
-    page: object, url: str, model: str, moves: int
+    page: object, url: str, query: str, moves: int
 ) -> tuple[list[float], list[float], list[float], int]:
     """Seconds from key press to first numbers and to exact numbers, the server's seconds,
-    per move, and how many moves showed a preview."""
-    page.goto(f"{url}/prune?model={model}&amount=0.5")
+    per move, and how many moves showed a preview (``query``: the page's, e.g. a model)."""
+    page.goto(f"{url}/prune?{query}")
     wait_for_metric(page, "Sparsity", 300_000)
     wait_until_settled(page, 300_000)
     first, exact, server, previews = [], [], [], 0
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{model}: no trained weights, skipped")
                 continue
             print(f"timing {model}...", flush=True)
-            first, exact, server, previews = time_prune_moves(page, url, model, args.moves)
+            first, exact, server, previews = time_prune_moves(
+                page, url, f"model={model}&amount=0.5", args.moves
+            )
             figures = time_weights_moves(page, url, model, args.moves)
             opened, samples = time_activations(page, url, model, args.moves)
             rows.append((model, first, exact, server, previews, figures, opened, samples))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,8 +39,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(timeout: float = 120) -> Iterator[str]:
-    """``streamlit run app.py`` headless on a loopback port; yields its base URL."""
+def running_app(
+    timeout: float = 120, app_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """``streamlit run app.py`` headless on a loopback port; yields its base URL.
+
+    ``app_args`` go to the app after ``--`` (e.g. ``--model``, ``--data``); ``env`` is added
+    to this process's environment."""
     port = free_port()
     (ROOT / "artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "artifacts" / f"streamlit-{port}.log", "w")  # noqa: SIM115
@@ -57,8 +62,10 @@ def running_app(timeout: float = 120) -> Iterator[str]:
             "127.0.0.1",
             "--server.port",
             str(port),
+            *(["--", *app_args] if app_args else []),
         ],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
