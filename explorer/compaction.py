@@ -3,7 +3,9 @@
 The masked model already computes exactly what the smaller one computes (every parameter entry
 of a removed channel or head is zero), so compaction only has to drop those entries. Channel
 groups go through torch-pruning's dependency graph, which keeps coupled layers (residual adds,
-BatchNorm, flatten -> Linear) consistent; attention heads are cut here, row by row.
+BatchNorm, depthwise convs, flatten -> Linear) consistent; attention heads are cut here, row by
+row, and an ``nn.MultiheadAttention`` that loses heads becomes a ``CompactMultiheadAttention``
+(it cannot hold fewer heads than its width allows).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 
 from explorer.inspection import example_input
 from explorer.pruning import PrunedState, Pruner, get_method
-from explorer.structure import ChannelGroup, HeadGroup
+from explorer.structure import ChannelGroup, CompactMultiheadAttention, HeadGroup
 
 Compactor = Callable[[nn.Module, Pruner, PrunedState], None]
 COMPACTORS: dict[str, Compactor] = {}
@@ -64,29 +66,57 @@ def _compact_channels(model: nn.Module, pruner: Pruner, state: PrunedState) -> N
             graph.get_pruning_group(root, handler, removed).prune()
 
 
+HeadCutter = Callable[[nn.Module, HeadGroup, list[int]], None]
+#: How to keep only some heads of an attention module, by ``HeadGroup.kind``.
+HEAD_CUTTERS: dict[str, HeadCutter] = {}
+
+
+def register_head_cutter(kind: str) -> Callable[[HeadCutter], HeadCutter]:
+    def decorate(function: HeadCutter) -> HeadCutter:
+        HEAD_CUTTERS[kind] = function
+        return function
+
+    return decorate
+
+
+@register_head_cutter("fused")
+def _cut_fused(model: nn.Module, heads: HeadGroup, kept: list[int]) -> None:
+    attention = model.get_submodule(heads.name)
+    # The new packed projection keeps the [q heads | k heads | v heads] layout, kept heads only.
+    rows = torch.cat(
+        [
+            torch.arange(heads.head_dim) + h * heads.head_dim + part * heads.inner
+            for part in range(3)
+            for h in kept
+        ]
+    )
+    columns = torch.cat([heads.proj_columns(h) for h in kept])
+    packed, out = heads.qkv.rpartition(".")[2], heads.proj.rpartition(".")[2]
+    setattr(attention, packed, _take_linear(getattr(attention, packed), rows=rows))
+    setattr(attention, out, _take_linear(getattr(attention, out), columns=columns))
+    attention.num_heads = len(kept)
+
+
+@register_head_cutter("multihead")
+def _cut_multihead(model: nn.Module, heads: HeadGroup, kept: list[int]) -> None:
+    # nn.MultiheadAttention's heads always fill embed_dim, the width of the residual stream
+    # around it: fewer heads need a module of ours with the same call and return value.
+    parent, _, leaf = heads.name.rpartition(".")
+    if not leaf:
+        raise ValueError("cannot replace the model itself: it is one nn.MultiheadAttention")
+    small = CompactMultiheadAttention.from_multihead(model.get_submodule(heads.name), kept)
+    setattr(model.get_submodule(parent), leaf, small)
+
+
 @register_compactor("heads")
 def _compact_heads(model: nn.Module, pruner: Pruner, state: PrunedState) -> None:
-    modules = dict(model.named_modules())
     for unit in state.units:
         if unit.name not in state.keeps:
             continue
         heads: HeadGroup = unit.detail
-        attention = modules[heads.name]
         removed = set(_removable(state.keeps[unit.name]))
         kept = [h for h in range(heads.num_heads) if h not in removed]
-        inner = heads.num_heads * heads.head_dim
-        # New qkv keeps the [q heads | k heads | v heads] layout with only the kept heads.
-        rows = torch.cat(
-            [
-                torch.arange(heads.head_dim) + h * heads.head_dim + part * inner
-                for part in range(3)
-                for h in kept
-            ]
-        )
-        columns = torch.cat([heads.proj_columns(h) for h in kept])
-        attention.qkv = _take_linear(attention.qkv, rows=rows)
-        attention.proj = _take_linear(attention.proj, columns=columns)
-        attention.num_heads = len(kept)
+        HEAD_CUTTERS[heads.kind](model, heads, kept)
 
 
 def _take_linear(

@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.data import ImageDataset
-from explorer.structure import ChannelGroup, HeadGroup, ModelStructure
+from explorer.structure import (
+    ChannelGroup,
+    HeadGroup,
+    ModelStructure,
+    unpack_multihead_attention,
+)
 
 #: Images per mini-batch in the Taylor score. On the zoo models, rankings from batches of 1 to 64
 #: agreed (pruned accuracy within noise): near a minimum the mean gradient is ~0, so E[(g_b w)^2]
@@ -109,13 +114,18 @@ class ScoringContext:
         return {name: total / max(len(batches), 1) for name, total in totals.items()}
 
     def _compute_activation_stats(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per prunable layer: L2 norm, mean |x| and fraction of zeros of each *input* channel.
+        """Per prunable layer and per attention's output projection: L2 norm, mean |x| and
+        fraction of zeros of each *input* channel.
 
         Channel = dim 1 for conv inputs (N, C, H, W), the last dim for Linear inputs (..., C).
         """
         data = self.require_calibration("activation")
         stats: dict[str, dict[str, torch.Tensor]] = {}
-        model = self._private_model()
+        # nn.MultiheadAttention never calls its out_proj as a module; its equal unpacked form
+        # does, so the heads' outputs (what the output projection reads) can be hooked.
+        model = unpack_multihead_attention(self._private_model())
+        observed = [layer.name for layer in self.structure.layers]
+        observed += [h.proj for h in self.structure.heads if h.proj not in observed]
 
         def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
             def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -130,8 +140,7 @@ class ScoringContext:
             return record
 
         handles = [
-            model.get_submodule(layer.name).register_forward_pre_hook(hook_for(layer.name))
-            for layer in self.structure.layers
+            model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in observed
         ]
         try:
             with torch.inference_mode():
@@ -183,6 +192,17 @@ class Criterion(ABC):
             "use it with a structured method (filters, channels, heads)"
         )
 
+    def parameter_scores(self, ctx: ScoringContext, param: str) -> torch.Tensor:
+        """Scores shaped like the parameter ``param``, which need not be a layer's weight (e.g.
+        ``nn.MultiheadAttention``'s packed ``in_proj_weight``). By default a layer's weight is
+        scored by ``weight_scores``; criteria that need no layer input override this."""
+        layer, _, leaf = param.rpartition(".")
+        if leaf == "weight" and layer in ctx.structure.layer_by_name:
+            return self.weight_scores(ctx, layer)
+        raise UnsupportedCriterion(
+            f"criterion {self.name!r} scores layer weights only, and {param!r} is not one"
+        )
+
     def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor | None:
         """Scores (group.size,) measured on the channels, or None to aggregate weights."""
         return None
@@ -228,6 +248,9 @@ class Magnitude(Criterion):
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         return _weight(ctx, layer).abs()
+
+    def parameter_scores(self, ctx: ScoringContext, param: str) -> torch.Tensor:
+        return ctx.structure.parameters[param].detach().abs()
 
 
 @register_criterion
@@ -279,7 +302,10 @@ class Taylor(Criterion):
     needs_data = True
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
-        return ctx.taylor_squares[f"{layer}.weight"].cpu().sqrt()
+        return self.parameter_scores(ctx, f"{layer}.weight")
+
+    def parameter_scores(self, ctx: ScoringContext, param: str) -> torch.Tensor:
+        return ctx.taylor_squares[param].cpu().sqrt()
 
 
 @register_criterion
@@ -296,8 +322,11 @@ class Activation(Criterion):
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         weight = _weight(ctx, layer).cpu().abs()
         norms = ctx.input_stats(layer)["l2"].cpu()
-        shape = [1, -1] + [1] * (weight.ndim - 2)
-        return weight * norms.reshape(shape)
+        # Column j of a grouped (e.g. depthwise) conv's rows of group g reads input channel
+        # g * (inputs per group) + j; an ordinary layer is one group.
+        groups = getattr(ctx.structure.modules[layer], "groups", 1)
+        per_row = norms.reshape(groups, -1).repeat_interleave(weight.shape[0] // groups, dim=0)
+        return weight * per_row.reshape(*per_row.shape, *[1] * (weight.ndim - 2))
 
     def channel_scores(self, ctx: ScoringContext, group: ChannelGroup) -> torch.Tensor:
         return ctx.channel_stat(group, "mean_abs")

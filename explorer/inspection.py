@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -133,12 +134,127 @@ def prunable_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     return layers
 
 
+def _join(prefix: str, leaf: str) -> str:
+    """A child's name under ``prefix`` (the root module's prefix is ``""``)."""
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+@dataclass(frozen=True, eq=False)
+class HeadGroup:
+    """The heads of one attention module.
+
+    Whatever the module, its q, k and v projections are packed as rows [q heads | k heads |
+    v heads] of one weight (head ``h`` owns rows ``h*d:(h+1)*d`` of each third), and head ``h``
+    owns columns ``h*d:(h+1)*d`` of the output projection; removing a head removes exactly those.
+
+    Attributes:
+        name: the attention module.
+        num_heads, head_dim: its heads and their width ``d``.
+        qkv: the packed projection's name: a Linear, or for ``nn.MultiheadAttention`` (whose
+            ``in_proj_weight`` is no module) ``"<name>.in_proj"``, for display.
+        proj: the output projection, a Linear.
+        qkv_weight, qkv_bias: parameter names of the packed projection (bias None if absent).
+        kind: how the module holds its heads (``"fused"`` Linears or ``"multihead"``); the key
+            compaction looks up how to cut it by.
+    """
+
+    name: str
+    num_heads: int
+    head_dim: int
+    qkv: str
+    proj: str
+    qkv_weight: str
+    qkv_bias: str | None
+    kind: str
+
+    @property
+    def proj_weight(self) -> str:
+        return f"{self.proj}.weight"
+
+    @property
+    def inner(self) -> int:
+        """Width of the concatenated heads (``embed_dim`` for ``nn.MultiheadAttention``)."""
+        return self.num_heads * self.head_dim
+
+    def qkv_rows(self, head: int) -> torch.Tensor:
+        """Rows of the packed q, k, v weight that belong to ``head`` (its q, k and v parts)."""
+        base = torch.arange(self.head_dim) + head * self.head_dim
+        return torch.cat([base + part * self.inner for part in range(3)])
+
+    def proj_columns(self, head: int) -> torch.Tensor:
+        return torch.arange(self.head_dim) + head * self.head_dim
+
+
+#: Attribute names of (packed [q|k|v] Linear, output Linear) in attention modules of ours: the
+#: bundled ViT's ``Attention`` and ``CompactMultiheadAttention`` (what compaction turns an
+#: ``nn.MultiheadAttention`` into, so a compacted model's heads are found again).
+FUSED_PROJECTIONS: tuple[tuple[str, str], ...] = (("qkv", "proj"), ("in_proj", "out_proj"))
+
+
+def _fused_heads(name: str, module: nn.Module) -> HeadGroup | None:
+    num_heads = getattr(module, "num_heads", None)
+    if not isinstance(num_heads, int) or num_heads < 1:
+        return None
+    for packed, out in FUSED_PROJECTIONS:
+        qkv, proj = getattr(module, packed, None), getattr(module, out, None)
+        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+            continue
+        head_dim = getattr(module, "head_dim", qkv.out_features // 3 // num_heads)
+        inner = num_heads * head_dim
+        if qkv.out_features != 3 * inner or proj.in_features != inner:
+            return None  # not the [q|k|v] x heads layout: heads cannot be told apart
+        qkv_name = _join(name, packed)
+        return HeadGroup(
+            name,
+            num_heads,
+            head_dim,
+            qkv_name,
+            _join(name, out),
+            f"{qkv_name}.weight",
+            f"{qkv_name}.bias" if qkv.bias is not None else None,
+            "fused",
+        )
+    return None
+
+
+def _multihead_heads(name: str, module: nn.Module) -> HeadGroup | None:
+    # Only the packed layout: with kdim/vdim != embed_dim the projections are separate
+    # (q_proj_weight, ...), and bias_k / bias_v / add_zero_attn add keys that no head owns.
+    if not isinstance(module, nn.MultiheadAttention) or module.in_proj_weight is None:
+        return None
+    if module.bias_k is not None or module.bias_v is not None or module.add_zero_attn:
+        return None
+    return HeadGroup(
+        name,
+        module.num_heads,
+        module.head_dim,
+        _join(name, "in_proj"),
+        _join(name, "out_proj"),
+        _join(name, "in_proj_weight"),
+        _join(name, "in_proj_bias") if module.in_proj_bias is not None else None,
+        "multihead",
+    )
+
+
+#: How each kind of attention module shows its heads: a finder returns its HeadGroup, or None
+#: when the module is not of its kind. The first that answers wins.
+HEAD_FINDERS: tuple[Callable[[str, nn.Module], HeadGroup | None], ...] = (
+    _multihead_heads,
+    _fused_heads,
+)
+
+
+def attention_heads(model: nn.Module) -> list[HeadGroup]:
+    """The heads of every multi-head attention module whose heads can be told apart."""
+    groups = []
+    for name, module in model.named_modules():
+        found = next((g for find in HEAD_FINDERS if (g := find(name, module)) is not None), None)
+        if found is not None:
+            groups.append(found)
+    return groups
+
+
 def attention_modules(model: nn.Module) -> list[str]:
-    """Names of multi-head attention modules with a fused ``qkv`` and an output ``proj``."""
-    return [
-        name
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "num_heads", None), int)
-        and isinstance(getattr(m, "qkv", None), nn.Linear)
-        and isinstance(getattr(m, "proj", None), nn.Linear)
-    ]
+    """Names of multi-head attention modules: a fused ``qkv`` and an output ``proj`` Linear,
+    or an ``nn.MultiheadAttention`` with packed q, k, v projections."""
+    return [heads.name for heads in attention_heads(model)]

@@ -200,18 +200,25 @@ class _ChannelMethod(Method):
         # own outputs (the classes) are not in it.
         return tuple(group.producers if self.score_role == "producer" else group.consumers)
 
-    def _name(self, group: ChannelGroup) -> str:
-        return self._scored_side(group)[0]
-
     def scored_layers(self, unit: Unit) -> tuple[str, ...]:
         return self._scored_side(unit.detail)
 
     def units(self, structure: ModelStructure) -> list[Unit]:
-        return [
-            Unit(self._name(g), g.size, g.layers, self.unit_kind, g)
-            for g in structure.channel_groups
-            if g.consumers
-        ]
+        units: list[Unit] = []
+        taken: set[str] = set()
+        for group in structure.channel_groups:
+            if not group.consumers:
+                continue
+            # A unit is named after the first layer of its scored side. Groups concatenated
+            # into one reader (SqueezeNet's Fire, Inception) share that reader, and one name
+            # must address one group: a later group takes its next free layer name.
+            candidates = (*self._scored_side(group), *group.layers)
+            name = next((n for n in candidates if n not in taken), None)
+            if name is None:
+                name = f"{group.name}#{len(units)}"
+            taken.add(name)
+            units.append(Unit(name, group.size, group.layers, self.unit_kind, group))
+        return units
 
     def scores(
         self, ctx: ScoringContext, criterion: Criterion, unit: Unit, norm: float
@@ -254,9 +261,13 @@ class _ChannelMethod(Method):
                     f"layer {layer!r} is coupled with {list(unit.layers)}: their channels "
                     f"are pruned together; set the amount on {unit.name!r}"
                 )
-        reasons = structure.unsupported_channel_layers
-        if layer in reasons and self.score_role == "producer":
-            return f"layer {layer!r} cannot lose output channels: {reasons[layer]}"
+        side, reasons = (
+            ("output", structure.unsupported_channel_layers)
+            if self.score_role == "producer"
+            else ("input", structure.unsupported_input_layers)
+        )
+        if layer in reasons:
+            return f"layer {layer!r} cannot lose {side} channels: {reasons[layer]}"
         return (
             f"layer {layer!r} has no prunable channels for {self.name!r} "
             "(its inputs are the model's input, or masking could not equal removal)"
@@ -310,8 +321,9 @@ class Heads(Method):
         direct = criterion.head_scores(ctx, heads)
         if direct is not None:
             return direct.float().cpu()
-        qkv = criterion.weight_scores(ctx, heads.qkv).float().cpu().abs().pow(norm)
-        proj = criterion.weight_scores(ctx, heads.proj).float().cpu().abs().pow(norm)
+        # By parameter, not by layer: nn.MultiheadAttention's packed q, k, v weight is no layer.
+        qkv = criterion.parameter_scores(ctx, heads.qkv_weight).float().cpu().abs().pow(norm)
+        proj = criterion.parameter_scores(ctx, heads.proj_weight).float().cpu().abs().pow(norm)
         return torch.stack(
             [
                 qkv[heads.qkv_rows(h)].sum() + proj[:, heads.proj_columns(h)].sum()
@@ -323,18 +335,18 @@ class Heads(Method):
         self, structure: ModelStructure, unit: Unit, keep: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         heads: HeadGroup = unit.detail
-        rows = torch.ones(heads.num_heads * heads.head_dim * 3, dtype=torch.bool)
-        cols = torch.ones(heads.num_heads * heads.head_dim, dtype=torch.bool)
+        rows = torch.ones(heads.inner * 3, dtype=torch.bool)
+        cols = torch.ones(heads.inner, dtype=torch.bool)
         for h in torch.nonzero(~keep).flatten().tolist():
             rows[heads.qkv_rows(h)] = False
             cols[heads.proj_columns(h)] = False
         params = structure.parameters
         out = {
-            f"{heads.qkv}.weight": _broadcast_keep(rows, params[f"{heads.qkv}.weight"].shape, 0),
-            f"{heads.proj}.weight": _broadcast_keep(cols, params[f"{heads.proj}.weight"].shape, 1),
+            heads.qkv_weight: _broadcast_keep(rows, params[heads.qkv_weight].shape, 0),
+            heads.proj_weight: _broadcast_keep(cols, params[heads.proj_weight].shape, 1),
         }
-        if f"{heads.qkv}.bias" in params:
-            out[f"{heads.qkv}.bias"] = rows.float()
+        if heads.qkv_bias is not None:
+            out[heads.qkv_bias] = rows.float()
         return out
 
     def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:

@@ -1,41 +1,154 @@
 """The prunable structure of a model: layers, coupled channel groups, attention heads.
 
 Channel groups come from torch-pruning's dependency graph: channels that are added together
-by a residual connection, normalised by the same BatchNorm, or flattened into a Linear are one
-group, and each group channel maps to the exact parameter entries that removing it removes.
-Masking all of those entries is *exactly* equivalent to removing the channel (tested), which is
-what lets a masked plan become a physically smaller model with equal outputs.
+by a residual connection, normalised by the same BatchNorm, read by a depthwise conv, or
+flattened into a Linear are one group, and each group channel maps to the exact parameter
+entries that removing it removes. Masking all of those entries is *exactly* equivalent to
+removing the channel (tested), which is what lets a masked plan become a physically smaller
+model with equal outputs. A group that holds a module for which that is not so (LayerNorm, a
+grouped conv) is left out, and its layers are reported with the reason.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
 from explorer.inspection import (
+    PRUNABLE_TYPES,
+    HeadGroup,
     LayerInfo,
-    attention_modules,
+    attention_heads,
     example_input,
     model_flops,
     prunable_layers,
 )
 
-# Parameter entries removed with a channel, by module type and side. Modules with parameters
-# not listed here (LayerNorm: its statistics mix channels, so masking != removing) make a group
-# unsupported.
-_CHANNEL_PARAMS: dict[tuple[type[nn.Module], str], tuple[tuple[str, int], ...]] = {
-    (nn.Linear, "prune_out_channels"): (("weight", 0), ("bias", 0)),
-    (nn.Linear, "prune_in_channels"): (("weight", 1),),
-    (nn.Conv2d, "prune_out_channels"): (("weight", 0), ("bias", 0)),
-    (nn.Conv2d, "prune_in_channels"): (("weight", 1),),
-    (nn.BatchNorm2d, "prune_out_channels"): (("weight", 0), ("bias", 0)),
-    (nn.BatchNorm1d, "prune_out_channels"): (("weight", 0), ("bias", 0)),
-}
+__all__ = [
+    "ChannelGroup",
+    "CompactMultiheadAttention",
+    "HeadGroup",
+    "ModelStructure",
+    "ParamSlice",
+    "unpack_multihead_attention",
+]
+
+
+# --- which parameter entries a channel owns, by kind of module -----------------------------------
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    return module.groups > 1 and not _is_depthwise(module)
+
+
+def _always(module: nn.Module) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class _ChannelKind:
+    """What removing one channel of a kind of module removes.
+
+    Attributes:
+        title: the kind in words, for reasons.
+        base: the class the module must be an instance of, without its own ``forward`` (a
+            subclass that computes something else would not follow these rules).
+        test: further condition on the module (e.g. groups == channels for depthwise).
+        entries: per side (``"out"``: the module's outputs are group channels, ``"in"``: its
+            inputs are) the (parameter, dim, role) entries a channel owns.
+        unsupported: why this kind's channels cannot be masked like removed, if so.
+    """
+
+    title: str
+    base: type[nn.Module] | tuple[type[nn.Module], ...]
+    test: Callable[[nn.Module], bool] = _always
+    entries: dict[str, tuple[tuple[str, int, str], ...]] = field(default_factory=dict)
+    unsupported: str | None = None
+
+    def matches(self, module: nn.Module) -> bool:
+        bases = self.base if isinstance(self.base, tuple) else (self.base,)
+        return any(
+            isinstance(module, base) and type(module).forward is base.forward for base in bases
+        ) and self.test(module)
+
+
+_PRODUCER = (("weight", 0, "producer"), ("bias", 0, "producer"))
+_NORM = (("weight", 0, "norm"), ("bias", 0, "norm"))
+
+#: Tested in order; the first kind that matches a module decides. A module with parameters that
+#: no kind matches makes its group unsupported.
+_CHANNEL_KINDS: tuple[_ChannelKind, ...] = (
+    # A depthwise filter, weight (C, 1, k, k), reads channel c and writes channel c: it goes with
+    # the channel whichever side torch-pruning reaches it from, always along dim 0, and it is
+    # both a producer and a consumer of the group (so both the filter and the input-channel
+    # scores see it).
+    _ChannelKind(
+        "depthwise conv",
+        nn.Conv2d,
+        _is_depthwise,
+        dict.fromkeys(("out", "in"), (*_PRODUCER, ("weight", 0, "consumer"))),
+    ),
+    # Input channel c of a grouped conv is column c % (C/groups) of only its group's rows, and
+    # a smaller grouped conv needs every group to lose as many channels: neither is a mask along
+    # one dimension that any choice of channels can take.
+    _ChannelKind(
+        "grouped conv",
+        nn.Conv2d,
+        _is_grouped,
+        unsupported=(
+            "reads each channel with only its own group's filters, and can only shrink if every "
+            "group loses as many channels, which a free choice of channels does not give"
+        ),
+    ),
+    _ChannelKind("conv", nn.Conv2d, entries={"out": _PRODUCER, "in": (("weight", 1, "consumer"),)}),
+    _ChannelKind(
+        "linear", nn.Linear, entries={"out": _PRODUCER, "in": (("weight", 1, "consumer"),)}
+    ),
+    # Zeroing a BatchNorm's weight and bias makes its output exactly 0 whatever its statistics.
+    _ChannelKind(
+        "batchnorm", (nn.BatchNorm1d, nn.BatchNorm2d), entries=dict.fromkeys(("out", "in"), _NORM)
+    ),
+)
+
+#: Why a module of these types cannot lose channels by masking (checked after the kinds).
+_UNSUPPORTED_TYPES: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.LayerNorm, "normalises over all channels: a masked channel would still shift the others"),
+    (nn.GroupNorm, "normalises over groups of channels: a masked one would shift the others"),
+    (
+        nn.MultiheadAttention,
+        "ties the width of its heads to these channels (prune its heads instead)",
+    ),
+)
+
+
+def _channel_kind(module: nn.Module) -> _ChannelKind | None:
+    return next((kind for kind in _CHANNEL_KINDS if kind.matches(module)), None)
+
+
+def _why_unsupported(module: nn.Module | torch.Tensor, name: str) -> str | None:
+    """Why ``module``'s channels cannot be masked as if removed ("<what> 'name', which ..."),
+    or None if they can."""
+    if isinstance(module, torch.Tensor):  # a bare nn.Parameter, e.g. a position embedding
+        return f"parameter {name!r}, which is added to them and has no rule for masking"
+    kind = _channel_kind(module)
+    if kind is not None:
+        return f"{kind.title} {name!r}, which {kind.unsupported}" if kind.unsupported else None
+    why = next((w for t, w in _UNSUPPORTED_TYPES if isinstance(module, t)), None)
+    return f"{type(module).__name__} {name!r}, which " + (
+        why or "has parameters that no rule here masks channel by channel"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +159,8 @@ class ParamSlice:
         param: full parameter name, e.g. ``"block1.conv2.weight"``.
         dim: the dimension the channels run along (0 = rows / filters, 1 = input columns).
         channel_of: int64 (param.shape[dim],): the group channel of each index, -1 if none.
-        role: ``"producer"`` (output rows), ``"consumer"`` (input columns) or ``"norm"``.
+        role: ``"producer"`` (output rows), ``"consumer"`` (input columns) or ``"norm"``. A
+            depthwise filter is both, so its weight has one slice of each role.
     """
 
     param: str
@@ -80,34 +194,200 @@ class ChannelGroup:
         return self.producers + tuple(c for c in self.consumers if c not in self.producers)
 
 
-@dataclass(frozen=True, eq=False)
-class HeadGroup:
-    """The heads of one attention module (fused ``qkv`` as [q|k|v] x heads, and ``proj``)."""
+@dataclass
+class _Members:
+    """What one torch-pruning group touches, and why masking cannot remove its channels
+    (``reasons`` empty: it can)."""
 
-    name: str
-    num_heads: int
-    head_dim: int
-
-    @property
-    def qkv(self) -> str:
-        return f"{self.name}.qkv"
-
-    @property
-    def proj(self) -> str:
-        return f"{self.name}.proj"
-
-    def qkv_rows(self, head: int) -> torch.Tensor:
-        """Rows of ``qkv.weight`` that belong to ``head`` (its q, k and v parts)."""
-        inner = self.num_heads * self.head_dim
-        base = torch.arange(self.head_dim) + head * self.head_dim
-        return torch.cat([base + part * inner for part in range(3)])
-
-    def proj_columns(self, head: int) -> torch.Tensor:
-        return torch.arange(self.head_dim) + head * self.head_dim
+    producers: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    slices: list[ParamSlice] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
 
-def _handler_name(handler: object) -> str:
-    return getattr(handler, "__name__", str(handler))
+def _handler_side(handler: object) -> str:
+    # torch-pruning's handlers are bound ``prune_out_channels`` / ``prune_in_channels``.
+    return "out" if getattr(handler, "__name__", "") == "prune_out_channels" else "in"
+
+
+# --- attention with fewer heads than nn.MultiheadAttention can hold -----------------------------
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A boolean mask (True = may not attend) as -inf / 0, a float one as it is."""
+    if mask is None or mask.is_floating_point():
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, -math.inf)
+
+
+class CompactMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention``'s call and return value, with heads of any number and width.
+
+    ``nn.MultiheadAttention`` ties its heads' total width to ``embed_dim``, the width of what
+    it reads and writes, so it cannot hold fewer heads while the model around it keeps its
+    width; compaction puts this module in its place. The projections are Linears called as
+    modules: ``in_proj`` packs [q heads | k heads | v heads] like ``in_proj_weight``, and
+    ``out_proj`` reads the heads side by side.
+
+    Returned attention weights are those of the heads it has. A 3-D ``attn_mask`` must have
+    one slice per batch element and head it has (a caller that built it for the heads of the
+    original module must drop the removed heads' slices).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        bias: bool = True,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.batch_first = batch_first
+        inner = num_heads * head_dim
+        factory = {"device": device, "dtype": dtype}
+        self.in_proj = nn.Linear(embed_dim, 3 * inner, bias=bias, **factory)
+        self.out_proj = nn.Linear(inner, embed_dim, bias=out_bias, **factory)
+
+    @classmethod
+    def from_multihead(
+        cls, attention: nn.MultiheadAttention, heads: Sequence[int] | None = None
+    ) -> CompactMultiheadAttention:
+        """The same computation as ``attention`` restricted to ``heads`` (default: all)."""
+        kept = list(range(attention.num_heads)) if heads is None else list(heads)
+        d, width = attention.head_dim, attention.embed_dim
+        rows = torch.cat(
+            [torch.arange(d) + h * d + part * width for part in range(3) for h in kept]
+        )
+        columns = torch.cat([torch.arange(d) + h * d for h in kept])
+        weight = attention.in_proj_weight.detach()
+        bias = attention.in_proj_bias
+        out = attention.out_proj
+        small = cls(
+            width,
+            len(kept),
+            d,
+            bias=bias is not None,
+            out_bias=out.bias is not None,
+            dropout=attention.dropout,
+            batch_first=attention.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            small.in_proj.weight.copy_(weight[rows])
+            small.out_proj.weight.copy_(out.weight[:, columns])
+            if bias is not None:
+                small.in_proj.bias.copy_(bias[rows])
+            if out.bias is not None:
+                small.out_proj.bias.copy_(out.bias)
+        return small.train(attention.training)
+
+    def _mask(
+        self,
+        attn_mask: torch.Tensor | None,
+        key_padding_mask: torch.Tensor | None,
+        batch: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor | None:
+        """attn_mask and key_padding_mask merged into one additive (batch, heads, L, S) mask."""
+        mask = _additive_mask(attn_mask, dtype)
+        if mask is not None and mask.dim() == 3:
+            if mask.shape[0] != batch * self.num_heads:
+                raise ValueError(
+                    f"a 3-D attn_mask needs batch x heads = {batch * self.num_heads} slices "
+                    f"(this attention has {self.num_heads} heads), got {mask.shape[0]}"
+                )
+            mask = mask.reshape(batch, self.num_heads, *mask.shape[1:])
+        padding = _additive_mask(key_padding_mask, dtype)
+        if padding is not None:
+            padding = padding.reshape(batch, 1, 1, -1)
+            mask = padding if mask is None else mask + padding
+        return mask
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if is_causal and attn_mask is None:
+            # As nn.MultiheadAttention: is_causal is only a hint about attn_mask.
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")
+        packed = query is key and key is value  # self-attention: one call of in_proj
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if packed:
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:
+            weights = self.in_proj.weight.chunk(3)
+            biases = self.in_proj.bias.chunk(3) if self.in_proj.bias is not None else (None,) * 3
+            q, k, v = (
+                F.linear(x, w, b)
+                for x, w, b in zip((query, key, value), weights, biases, strict=True)
+            )
+        batch, target = q.shape[:2]
+        q, k, v = (
+            t.reshape(batch, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+            for t in (q, k, v)
+        )
+        mask = self._mask(attn_mask, key_padding_mask, batch, q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        attention = None
+        if need_weights:
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+            attention = (scores if mask is None else scores + mask).softmax(dim=-1)
+            if dropout > 0:
+                attention = F.dropout(attention, p=dropout)
+            out = attention @ v
+            if average_attn_weights:
+                attention = attention.mean(dim=1)
+            if unbatched:
+                attention = attention.squeeze(0)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, target, -1))
+        if unbatched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, attention
+
+
+def unpack_multihead_attention(model: nn.Module) -> nn.Module:
+    """``model`` with every ``nn.MultiheadAttention`` whose heads are known replaced (in place)
+    by an equal ``CompactMultiheadAttention``: its projections are then called as modules, so
+    hooks on ``<name>.in_proj`` / ``<name>.out_proj`` see what they read. Returns the model
+    (a new one only if the model itself was such an attention)."""
+    for heads in attention_heads(model):
+        if heads.kind != "multihead":
+            continue
+        module = model.get_submodule(heads.name)
+        unpacked = CompactMultiheadAttention.from_multihead(module)
+        if not heads.name:
+            return unpacked
+        parent, _, leaf = heads.name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, unpacked)
+    return model
 
 
 class ModelStructure:
@@ -129,12 +409,7 @@ class ModelStructure:
 
     @cached_property
     def heads(self) -> list[HeadGroup]:
-        groups = []
-        for name in attention_modules(self.model):
-            module = self.modules[name]
-            head_dim = getattr(module, "head_dim", module.qkv.out_features // 3 // module.num_heads)
-            groups.append(HeadGroup(name, module.num_heads, head_dim))
-        return groups
+        return attention_heads(self.model)
 
     @cached_property
     def dependency_graph(self) -> tp.DependencyGraph:
@@ -149,8 +424,8 @@ class ModelStructure:
             )
 
     @cached_property
-    def unsupported_channel_layers(self) -> dict[str, str]:
-        """Layers whose output channels cannot be pruned, with the reason why."""
+    def _fixed_reasons(self) -> dict[str, str]:
+        """Layers that must keep their output channels whatever the graph says, and why."""
         reasons = {self.output_layer: "its outputs are the model's classes"}
         for heads in self.heads:
             reason = f"it belongs to attention {heads.name!r}: prune its heads instead"
@@ -159,63 +434,108 @@ class ModelStructure:
         return reasons
 
     @cached_property
+    def unsupported_channel_layers(self) -> dict[str, str]:
+        """Layers whose output channels cannot be pruned, with the reason why."""
+        reasons = dict(self._fixed_reasons)
+        for layer, reason in self._analysis[1].items():
+            reasons.setdefault(layer, reason)
+        return reasons
+
+    @cached_property
+    def unsupported_input_layers(self) -> dict[str, str]:
+        """Layers whose input channels cannot be pruned although a layer produces them, and why
+        (a layer that reads the model's input is not listed: there is nothing to prune)."""
+        return dict(self._analysis[2])
+
+    @cached_property
     def channel_groups(self) -> list[ChannelGroup]:
         """Every group of coupled channels whose removal masking can reproduce exactly."""
-        graph = self.dependency_graph
-        names = {module: name for name, module in self.modules.items()}
-        ignored = [self.modules[name] for name in self.unsupported_channel_layers]
+        return self._analysis[0]
+
+    @cached_property
+    def _analysis(self) -> tuple[list[ChannelGroup], dict[str, str], dict[str, str]]:
+        """The supported groups, and per layer why its output / input channels are not."""
+        try:
+            graph = self.dependency_graph
+        except Exception as error:  # e.g. a reshape its index mapping cannot follow
+            # Without the graph no coupling is known, and a guessed one could mask wrongly.
+            reason = (
+                "torch-pruning cannot trace how this model's channels are coupled "
+                f"({type(error).__name__}: {error})"
+            )
+            return [], {layer.name: reason for layer in self.layers}, {}
+        names: dict[object, str] = {module: name for name, module in self.modules.items()}
+        names.update({param: name for name, param in self.parameters.items()})
         order = {layer.name: layer.order for layer in self.layers}
-        groups = []
-        for probe in graph.get_all_groups(
-            ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)
-        ):
+        groups: list[ChannelGroup] = []
+        no_outputs: dict[str, str] = {}
+        no_inputs: dict[str, str] = {}
+        for probe in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
             root_module = probe[0].dep.target.module
             size = (
                 root_module.out_channels
                 if isinstance(root_module, nn.Conv2d)
                 else root_module.out_features
             )
-            handler = probe[0].dep.handler
-            group = graph.get_pruning_group(root_module, handler, list(range(size)))
-            built = self._group_from_tp(group, names, size, order)
-            if built is not None:
-                groups.append(built)
-        return sorted(groups, key=lambda g: order[g.name])
+            group = graph.get_pruning_group(root_module, probe[0].dep.handler, list(range(size)))
+            members = self._members(group, names)
+            if members is None:
+                continue
+            if members.reasons:
+                reason = members.reasons[0]
+                for layer in members.producers:
+                    no_outputs.setdefault(layer, reason)
+                for layer in members.consumers:
+                    no_inputs.setdefault(layer, reason)
+                continue
+            producers = sorted(set(members.producers), key=order.__getitem__)
+            consumers = sorted(set(members.consumers), key=order.__getitem__)
+            root = names[group.items[0].dep.target.module]
+            slices = tuple(members.slices)
+            groups.append(
+                ChannelGroup(producers[0], size, tuple(producers), tuple(consumers), slices, root)
+            )
+        groups.sort(key=lambda g: order[g.name])
+        return groups, no_outputs, no_inputs
 
-    def _group_from_tp(
-        self, group: tp.Group, names: dict[nn.Module, str], size: int, order: dict[str, int]
-    ) -> ChannelGroup | None:
-        slices, producers, consumers = [], [], []
+    def _members(self, group: tp.Group, names: dict[object, str]) -> _Members | None:
+        """The layers and parameter entries of a torch-pruning group, and what stops it (in
+        ``reasons``); None for a group outside this model's layers."""
+        members = _Members()
+        fixed: list[str] = []
         for item in group.items:
             module = item.dep.target.module
-            if not any(True for _ in module.parameters(recurse=False)):
+            if isinstance(module, nn.Module) and next(module.parameters(False), None) is None:
                 continue  # reshapes, activations, pooling: nothing to mask
-            key = (type(module), _handler_name(item.dep.handler))
-            if key not in _CHANNEL_PARAMS or module not in names:
-                return None  # e.g. LayerNorm: masking would not equal removal
+            if module not in names:
+                return None
             name = names[module]
-            for param_name, dim in _CHANNEL_PARAMS[key]:
+            side = _handler_side(item.dep.handler)
+            if isinstance(module, PRUNABLE_TYPES) and name not in self.layer_by_name:
+                return None  # never called by the forward pass: not a layer of this model
+            kind = None if isinstance(module, torch.Tensor) else _channel_kind(module)
+            roles = {role for _, _, role in kind.entries.get(side, ())} if kind else set()
+            if isinstance(module, PRUNABLE_TYPES):
+                if "producer" in roles or (not roles and side == "out"):
+                    members.producers.append(name)
+                if "consumer" in roles or (not roles and side == "in"):
+                    members.consumers.append(name)
+            if side == "out" and name in self._fixed_reasons:
+                fixed.append(f"layer {name!r}, which must keep them ({self._fixed_reasons[name]})")
+            why = _why_unsupported(module, name)
+            if why is not None:
+                members.reasons.append(why)
+                continue
+            for param_name, dim, role in kind.entries.get(side, ()):
                 param = getattr(module, param_name, None)
                 if param is None:
                     continue
                 channel_of = torch.full((param.shape[dim],), -1, dtype=torch.long)
                 channel_of[torch.as_tensor(item.idxs)] = torch.as_tensor(item.root_idxs)
-                role = (
-                    "norm"
-                    if not isinstance(module, nn.Linear | nn.Conv2d)
-                    else "producer"
-                    if key[1] == "prune_out_channels"
-                    else "consumer"
-                )
-                slices.append(ParamSlice(f"{name}.{param_name}", dim, channel_of, role))
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                (producers if key[1] == "prune_out_channels" else consumers).append(name)
-        producers = sorted(set(producers), key=order.__getitem__)
-        consumers = sorted(set(consumers), key=order.__getitem__)
-        root = names[group.items[0].dep.target.module]
-        return ChannelGroup(
-            producers[0], size, tuple(producers), tuple(consumers), tuple(slices), root
-        )
+                members.slices.append(ParamSlice(f"{name}.{param_name}", dim, channel_of, role))
+        # What the module kinds forbid says more than "another layer keeps them", so it leads.
+        members.reasons = [f"they are tied to {why}" for why in members.reasons + fixed]
+        return members
 
     def channel_group_of(self, layer: str) -> ChannelGroup | None:
         """The channel group whose outputs ``layer`` produces, if any."""
