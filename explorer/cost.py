@@ -62,24 +62,37 @@ def model_cost(pruner: Pruner, state: PrunedState | None = None) -> ModelCost:
     """Parameter counts and FLOPs of the dense model with ``state``'s masks applied."""
     structure = pruner.structure
     masked = state.parameters if state is not None else {}
-    params_total = params_nonzero = 0
-    for name, param in structure.parameters.items():
-        value = masked.get(name, param)
-        params_total += value.numel()
-        params_nonzero += int(torch.count_nonzero(value))
+    dense_counts = _dense_nonzero(structure)
+    # Each masked tensor is counted once (a ResNet-18 has 11M entries: this runs on every move).
+    nonzero = {
+        name: int(torch.count_nonzero(masked[name])) if name in masked else count
+        for name, count in dense_counts.items()
+    }
+    params_total = sum(p.numel() for p in structure.parameters.values())
+    params_nonzero = sum(nonzero.values())
     layers = []
     for layer in structure.layers:
-        weight = masked.get(f"{layer.name}.weight", structure.parameters[f"{layer.name}.weight"])
-        nonzero = int(torch.count_nonzero(weight))
-        density = nonzero / weight.numel()
+        weight = structure.parameters[f"{layer.name}.weight"]
+        count = nonzero[f"{layer.name}.weight"]
+        density = count / weight.numel()
         layers.append(
-            LayerCost(
-                layer.name, weight.numel(), nonzero, layer.flops, round(layer.flops * density)
-            )
+            LayerCost(layer.name, weight.numel(), count, layer.flops, round(layer.flops * density))
         )
     flops_dense = structure.total_flops
     saved = sum(layer.flops_dense - layer.flops_effective for layer in layers)
     return ModelCost(params_total, params_nonzero, flops_dense, flops_dense - saved, tuple(layers))
+
+
+_DENSE_NONZERO: weakref.WeakKeyDictionary[object, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _dense_nonzero(structure: object) -> dict[str, int]:
+    """Nonzero entries of each dense parameter, counted once per model (it never changes)."""
+    if structure not in _DENSE_NONZERO:
+        _DENSE_NONZERO[structure] = {
+            name: int(torch.count_nonzero(param)) for name, param in structure.parameters.items()
+        }
+    return _DENSE_NONZERO[structure]
 
 
 def _saved_bytes(obj: object) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
+from torch import nn
 
 from explorer import ui
 from explorer.compaction import can_compact, compact
@@ -319,8 +320,12 @@ class MetricsRow:
         self.quality = [cell.empty() for cell in first[:3]]
         for cell, label in zip(self.quality, ("Accuracy", "Loss", "Flipped"), strict=True):
             cell.metric(label, "…", help="Being evaluated.")  # holds the layout meanwhile
-        self.compacted = compact(bench.pruner, state) if can_compact(state.plan.method) else None
-        self._cost_metrics([first[3], *second[:3]])
+        # Compaction and the serialised size take a second on a big model: they follow the
+        # first accuracy numbers (``finish_costs``) instead of delaying them.
+        self.compacted: nn.Module | None = None
+        self._cost_metrics([first[3], *second[:2]])
+        self.size = second[2].empty()
+        self.size.metric("Size", "…", help="Measured once the accuracy is on screen.")
         self.latency = second[3].empty()
         self.latency.metric("Latency", "…", help="Timed once the numbers are on screen.")
         self.status = st.empty()
@@ -365,8 +370,7 @@ class MetricsRow:
         )
 
     def _cost_metrics(self, cells: list) -> None:
-        cost, state = self.cost, self.state
-        sizes = size_report(self.bench.model, state, self.compacted)
+        cost = self.cost
         cells[0].metric(
             "Sparsity",
             f"{cost.prunable_sparsity:.1%}",
@@ -394,7 +398,14 @@ class MetricsRow:
             f"(dense {cost.flops_dense:,}; this plan {cost.flops_effective:,}). Dense kernels "
             "still do all of them.",
         )
-        cells[3].metric(
+
+    def finish_costs(self) -> None:
+        """The compacted model (structured plans) and the bytes on disk."""
+        state = self.state
+        if can_compact(state.plan.method):
+            self.compacted = compact(self.bench.pruner, state)
+        sizes = size_report(self.bench.model, state, self.compacted)
+        self.size.metric(
             "Size",
             f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
             f"of {sizes.dense / 1024:,.0f} KiB",
@@ -430,6 +441,7 @@ class MetricsRow:
                 self.show_quality(outcome)
                 previewed = True
                 meanwhile()
+                self.finish_costs()
             low, high = outcome.accuracy_interval()
             self.status.caption(
                 f"Refining on all eval images… {outcome.covered:,} of {total:,}; from these, "
@@ -438,6 +450,7 @@ class MetricsRow:
         self.show_quality(outcome)
         if not previewed:
             meanwhile()
+            self.finish_costs()
         self.status.caption(
             f"Re-evaluated in {time.perf_counter() - started:.2f} s"
             + (
