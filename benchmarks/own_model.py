@@ -17,6 +17,13 @@ Then, as the app does for a user subject, prints:
   step of the last block's slider alone (resumed from the stored input of that block);
 - peak memory of the process (ru_maxrss).
 
+With --browser, the same files go through the app instead, in Debian's headless chromium
+(`streamlit run app.py -- --model torchvision:ARCH --weights … --data … --size … --channels 3`):
+
+- open: the Model & data page until the dense accuracy is on screen (the first numbers);
+- a global slider step on the Prune page -> first numbers (every metric on the new plan,
+  accuracy marked ≈ with its interval) — the goal is <= 1 s in the browser — and -> exact.
+
 Figures only; nothing is asserted.
 """
 
@@ -67,7 +74,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--eval", type=int, default=1000, help="eval images")
     parser.add_argument("--moves", type=int, default=5, help="global slider steps timed")
+    parser.add_argument("--browser", action="store_true", help="time the app in chromium")
     args = parser.parse_args()
+    if args.browser:
+        with tempfile.TemporaryDirectory() as tmp:
+            browser_figures(Path(tmp), args)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -132,6 +144,33 @@ def main() -> None:
     print(f"global step -> exact numbers: {statistics.median(exact):.1f} s median")
     print(f"{last} step -> exact numbers: {statistics.median(late):.2f} s median (resumed)")
     print(f"peak memory: {peak_mb:,.0f} MB")
+
+
+def browser_figures(folder: Path, args: argparse.Namespace) -> None:
+    """Open the user's files in the app, in chromium, and time what a user waits for."""
+    from benchmarks.browser import time_prune_moves
+    from tests.e2e.harness import browser_page, running_app, wait_for_metric
+
+    weights, data = user_files(folder, args.arch, args.eval)
+    app_args = ["--model", f"torchvision:{args.arch}", "--weights", str(weights)]
+    app_args += ["--data", str(data), "--size", str(args.size), "--channels", "3"]
+    home = {"PRUNING_EXPLORER_HOME": str(folder / "home")}
+    with running_app(300, app_args, home) as url, browser_page() as page:
+        started = time.perf_counter()
+        page.goto(url)
+        shown = wait_for_metric(page, "Eval accuracy", 300_000)
+        opened = time.perf_counter() - started
+        first, exact, server, previews = time_prune_moves(page, url, "amount=0.5", args.moves)
+    print(f"{args.arch} at {args.size} px, {args.eval:,} eval images, in chromium 1280x800")
+    print(f"open (Model & data page -> dense accuracy {shown}): {opened:.1f} s (goal <= 15 s)")
+    print(
+        f"global step -> first numbers: {statistics.median(first):.2f} s median, "
+        f"{max(first):.2f} s max (goal <= 1 s); {previews} of {len(first)} moves a preview"
+    )
+    print(
+        f"global step -> exact numbers: {statistics.median(exact):.1f} s median "
+        f"(server {statistics.median(server):.1f} s)"
+    )
 
 
 if __name__ == "__main__":
