@@ -11,7 +11,7 @@ ACTIVATION_CACHE_ENV = "PRUNING_EXPLORER_ACTIVATION_CACHE_MB"
 DEFAULT_ACTIVATION_CACHE_MB = 1024
 #: Keep-orders and masks of recent plans, per model; least recently used are evicted.
 MASK_CACHE_ENV = "PRUNING_EXPLORER_MASK_CACHE_MB"
-DEFAULT_MASK_CACHE_MB = 256
+DEFAULT_MASK_CACHE_MB = 512
 
 
 def env_megabytes(env: str, default: int) -> int:

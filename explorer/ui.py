@@ -68,7 +68,9 @@ HELP = {
 # --- caches -------------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the model, its data and its structure…")
+# A user's model holds its data (up to 2 GiB) and stored activations (1 GiB by default): a few
+# subjects at a time, least recently used dropped (a session still using one keeps it alive).
+@st.cache_resource(max_entries=6, show_spinner="Loading the model, its data and its structure…")
 def get_workbench(subject_json: str) -> Workbench:
     """The workbench of a subject (its canonical JSON); shared by every session, never mutated.
 
