@@ -401,7 +401,10 @@ def model_picker_ui() -> Subject:
         help=HELP["model"],
         format_func=_picker_label,
     )
-    return current_subject()
+    chosen = current_subject()
+    if not chosen.is_bundled:  # the narrow box cuts a long label short: here it is whole
+        st.caption(chosen.label)
+    return chosen
 
 
 def plan_summary_ui(plan: PruningPlan | None = None) -> None:

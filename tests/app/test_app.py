@@ -362,6 +362,11 @@ def test_own_weights_and_data_are_checked_then_become_the_subject(tmp_path, monk
         load_model("lenet5", "init").conv1.weight,
         torch.load(store.path(subject.weights), weights_only=True)["conv1.weight"],
     )
+    # The Model & data page describes the user's subject, not the bundled model and data.
+    text = " ".join(m.value for m in at.markdown)
+    assert "MNIST" not in text and "Split once by class (seed 0)" in text
+    assert not at.warning  # no "run train.py": these are the user's weights
+    assert subject.label in [c.value for c in at.sidebar.caption]  # whole, not cut short
     at.switch_page("pages/prune.py").run()
     assert_clean(at)
     assert metric(at, "Accuracy") == f"{expected:.2%}"
