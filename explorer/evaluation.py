@@ -248,12 +248,18 @@ class IncrementalEvaluator:
                 self._uses.setdefault(full, []).append((index, local))
                 self._strides[full] = param.stride()
         first = batch_size if first_chunk is None else first_chunk
+        #: Forward seconds per image, when timed (a probe decides the layout); else None.
+        self.seconds_per_image: float | None = None
+        #: Too slow for a batch in ``first_chunk_s``: small first chunks, a progressive dense
+        #: pass, and costly whole-set questions (which predictions flipped) asked on request.
+        self.slow = False
         if first_chunk is None and first_chunk_s is not None and len(dataset) > MIN_FIRST_CHUNK:
-            per_image = self._seconds_per_image()
+            per_image = self.seconds_per_image = self._seconds_per_image()
             # Only a clearly slow model changes layout (a batch over 4x the target): the bundled
             # ones keep their equal strided chunks however busy the machine is.
             if per_image * min(batch_size, len(dataset)) > 4 * first_chunk_s:
                 first = max(MIN_FIRST_CHUNK, int(first_chunk_s / per_image))
+                self.slow = True
         self._chunk_samples = chunk_layout(dataset.labels, batch_size, first)
         # _inputs[c][k] = (signature of stages < k, chunk c's input to stage k) from the last
         # pass; stage 0's input is read from the dataset each time (no copy of the data kept).
@@ -282,6 +288,16 @@ class IncrementalEvaluator:
         """How many samples the dense pass has covered so far."""
         chunks = zip(self._chunk_samples, self._dense_chunks, strict=True)
         return sum(len(samples) for samples, logits in chunks if logits is not None)
+
+    def samples_within(self, seconds: float, minimum: int = 64) -> torch.Tensor:
+        """Eval indices a pass over which takes about ``seconds`` (all of them for a fast
+        model), at least ``minimum``: a prefix of the chunk order, so each class is in
+        proportion (slow layout) or the samples stride through the set (fast layout)."""
+        order = torch.cat(self._chunk_samples)
+        if not self.slow or self.seconds_per_image is None:
+            return order.sort().values
+        count = max(minimum, int(seconds / self.seconds_per_image))
+        return order[:count].sort().values
 
     def dense_steps(self) -> Iterator[IncrementalResult]:
         """The dense pass one chunk at a time (chunks already done cost nothing)."""

@@ -94,15 +94,22 @@ def pruned_model(subject_json: str, plan_json: str) -> nn.Module:
     return bench.pruner.pruned_model(bench.resolve(PruningPlan.from_json(plan_json)))
 
 
+#: Per-unit statistics of one plan take about this long on a slow model (fast ones: all images).
+UNIT_STATS_SECONDS = 3.0
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def eval_unit_stats(subject_json: str, plan_json: str) -> dict[str, UnitStats]:
     """Per-unit statistics of every prunable layer on the eval split, for one (subject, plan)."""
     bench = get_workbench(subject_json)
     state = bench.resolve(PruningPlan.from_json(plan_json))
     layers = [layer.name for layer in bench.pruner.structure.layers]
+    # A big model is measured on a class-balanced part of the eval set (a few seconds per
+    # plan); the page says on how many images.
+    images = bench.eval_set.images[bench.evaluator.samples_within(UNIT_STATS_SECONDS)]
     with bench.borrowed_model() as model:  # functional_call must not touch the shared model
         points = observation_points(model, layers)
-        return unit_statistics(model, bench.eval_set.images, points, state.parameters)
+        return unit_statistics(model, images, points, state.parameters)
 
 
 # --- how the operator started the app ------------------------------------------------------------
@@ -563,9 +570,12 @@ def layer_picker_ui(bench: Workbench, key: str, help: str) -> str:
 
 
 def sample_picker_ui(
-    dataset: ImageDataset, changed: list[int] | None = None, key: str = "sample"
+    dataset: ImageDataset,
+    changed: Callable[[], list[int]] | None = None,
+    key: str = "sample",
 ) -> int:
-    """Choose an eval sample by index, by class, or among those whose prediction changed."""
+    """Choose an eval sample by index, by class, or among those whose prediction changed
+    (``changed`` computes them, only when that mode is chosen: a pass over the eval set)."""
     modes = ["by index", "by class"] + (["prediction changed"] if changed is not None else [])
     mode = st.radio(
         "Choose a sample",
@@ -595,6 +605,8 @@ def sample_picker_ui(
         )
         return members[int(nth)]
     if mode == "prediction changed":
+        with st.spinner(f"Comparing the {len(dataset):,} eval predictions with the dense model…"):
+            changed = changed()
         if not changed:
             st.info("No eval prediction changed under this plan: prune more to see some.")
             return 0

@@ -3,7 +3,10 @@ per-unit statistics of a layer over the whole eval split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
+import torch
 
 from explorer import ui
 from explorer.activations import (
@@ -24,7 +27,7 @@ from explorer.plots.activations import (
 CHART = {"displayModeBar": False}
 
 
-def choice_ui(bench: ui.Workbench, changed: list[int]) -> tuple[int, str]:
+def choice_ui(bench: ui.Workbench, changed: Callable[[], list[int]]) -> tuple[int, str]:
     """The sample (by index, class, or among the changed predictions) and the layer."""
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -119,9 +122,8 @@ def divergence_ui(layers: list[str], comparison: object, layer: str) -> None:
 
 
 def stats_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str) -> None:
-    st.markdown(f"#### {layer} over the whole eval split · per unit")
-    size = len(bench.eval_set)
-    with st.spinner(f"Measuring every unit on the {size:,} eval images (once per plan)…"):
+    st.markdown(f"#### {layer} over the eval split · per unit")
+    with st.spinner("Measuring every unit on the eval images (once per plan)…"):
         dense_all = ui.eval_unit_stats(ui.current_model(), PruningPlan().to_json(indent=None))
         pruned_all = ui.eval_unit_stats(ui.current_model(), state.plan.to_json(indent=None))
     dense, pruned = dense_all[layer], pruned_all[layer]
@@ -170,9 +172,19 @@ def stats_ui(bench: ui.Workbench, state: ui.PrunedState, layer: str) -> None:
         "and mostly come from removed units without a bias"
     )
     st.caption(
-        f"Measured on all {dense.samples:,} eval images, {measured}; conv channels are "
+        f"Measured on {on_images(dense.samples, len(bench.eval_set))}, {measured}; conv "
+        "channels are "
         "averaged over positions and ViT units over tokens. Grey bands: units the plan "
         "removed. Cached per plan."
+    )
+
+
+def on_images(measured: int, total: int) -> str:
+    if measured == total:
+        return f"all {total:,} eval images"
+    return (
+        f"{measured:,} of the {total:,} eval images (every class in proportion: on this "
+        "slow model, all of them would take minutes)"
     )
 
 
@@ -185,9 +197,7 @@ def main() -> None:
     ui.plan_summary_ui()
     bench = ui.current_workbench()
     state = ui.resolve_current()
-    result = bench.evaluator.evaluate_state(state).result
-    changed = result.changed_vs(bench.dense).tolist()
-    index, layer = choice_ui(bench, changed)
+    index, layer = choice_ui(bench, lambda: bench.changed_samples(state))
     layers = [entry.name for entry in bench.pruner.structure.layers]
     x = bench.eval_set.images[index : index + 1]
     with bench.borrowed_model() as model:
@@ -202,8 +212,8 @@ def main() -> None:
     stats_ui(bench, state, layer)
     for warning in state.warnings:
         st.warning(warning)
-    if not result.finite:
-        st.error("The pruned model produces NaN or infinite outputs under this plan.")
+    if not torch.isfinite(comparison.pruned_logits).all():
+        st.error("The pruned model produces NaN or infinite outputs for this image.")
 
 
 ui.run_page(main)

@@ -137,11 +137,12 @@ def _saliency_body() -> None:
     state = ui.resolve_current()
     plan = state.plan
     data = bench.eval_set
-    changed = bench.changed_samples(state)
     pruned = ui.pruned_model(ui.current_model(), plan.to_json(indent=None))
     left, middle, right = st.columns([4, 4, 3], gap="medium")
     with left:
-        index = ui.sample_picker_ui(data, changed=changed, key="sal_sample")
+        index = ui.sample_picker_ui(
+            data, changed=lambda: bench.changed_samples(state), key="sal_sample"
+        )
     x = data.images[index : index + 1]
     label = int(data.labels[index])
     dense_pred, pruned_pred = predict_one(bench.model, x), predict_one(pruned, x)
@@ -154,10 +155,15 @@ def _saliency_body() -> None:
             "The same plan as on the Prune page, where the method, criterion and per-layer "
             "settings live.",
         )
-        st.caption(
-            f"Eval image #{index} · {len(changed):,} of {len(data):,} eval predictions "
+        # Counting the flips is a pass over the eval set: at once on a fast model, on
+        # request (the "prediction changed" picker) on a slow one.
+        flips = (
+            f" · {len(bench.changed_samples(state)):,} of {len(data):,} eval predictions "
             "differ from the dense model under this plan."
+            if not bench.evaluator.slow
+            else ""
         )
+        st.caption(f"Eval image #{index}{flips}")
     explanation = explain_pair(method, bench.model, pruned, x, target)
     classes = data.classes
     maps = {"Dense": explanation.dense_attribution, "Pruned": explanation.pruned_attribution}

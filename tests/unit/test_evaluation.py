@@ -449,3 +449,20 @@ def test_a_slow_model_previews_on_a_small_class_balanced_first_chunk(mlp, mlp_pr
     assert [s.covered for s in steps] == [40, 120, 280, 580, 880, 1000]
     full = full_pass(mlp_pruner, PruningPlan(amount=0.9), data.images, 1000)
     assert torch.equal(steps[-1].logits, full)
+
+
+def test_samples_within_a_time_are_all_for_a_fast_model_and_a_balanced_part_for_a_slow_one(
+    mlp, eval_set
+):
+    data = eval_set.subset(range(1000))
+    fast = IncrementalEvaluator(mlp, data)
+    assert not fast.slow  # the probe kept the bundled layout
+    assert fast.samples_within(0.001).tolist() == list(range(1000))
+    slow = IncrementalEvaluator(mlp, data, batch_size=400, first_chunk=50)
+    slow.slow, slow.seconds_per_image = True, 0.01  # what a probe of a big model finds
+    part = slow.samples_within(2.0)
+    assert len(part) == 200 and len(set(part.tolist())) == 200
+    counts = torch.bincount(data.labels[part], minlength=10).float()
+    expected = torch.bincount(data.labels, minlength=10).float() * 200 / 1000
+    assert (counts - expected).abs().max() <= 1.0  # every class in proportion
+    assert len(slow.samples_within(0.0)) == 64  # never fewer than the minimum
