@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
+import torch.nn.functional as F
 
 from explorer.data import ImageDataset
 
@@ -24,24 +26,39 @@ def compact_layout(fig: go.Figure, height: int, title: str | None = None) -> go.
     return fig
 
 
+#: Largest side of a tile in the sample grid: a 224-px photo is shown at this size (the grid
+#: is a glance at the data, and every pixel is sent to the browser).
+GRID_TILE = 56
+
+
 def sample_grid_figure(
     dataset: ImageDataset, count: int = 24, columns: int = 8, start: int = 0
 ) -> go.Figure:
     """A mosaic of ``count`` samples from ``start``, each with its class name *under* it (on
-    the digit, a label would hide the strokes it describes); single-channel display."""
+    the digit, a label would hide the strokes it describes). Grey images are drawn as dark
+    ink on white, colour ones in their colours; large images are scaled down to tiles."""
+    count = min(count, len(dataset) - start)
     rows = -(-count // columns)
-    height, width = dataset.input_shape[-2:]
+    colour = dataset.input_shape[0] == 3
+    source_h, source_w = dataset.input_shape[-2:]
+    scale = min(1.0, GRID_TILE / max(source_h, source_w))
+    height, width = max(1, round(source_h * scale)), max(1, round(source_w * scale))
     gap, label_band = max(2, width // 7), max(8, height // 2)
     pitch_x, pitch_y = width + gap, height + label_band
-    mosaic = np.ones((rows * pitch_y, columns * pitch_x))
+    mosaic = np.ones((rows * pitch_y, columns * pitch_x, 3 if colour else 1))
     annotations = []
     for i in range(count):
         r, c = divmod(i, columns)
         pixels = dataset.pixels(start + i)
-        if pixels.ndim == 3:
-            pixels = pixels.mean(-1)
+        pixels = pixels if pixels.ndim == 3 else pixels[..., None]
+        if not colour:
+            pixels = 1 - pixels.mean(-1, keepdims=True)  # dark ink on white
+        if scale < 1.0:
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+            tensor = F.interpolate(tensor.float(), size=(height, width), mode="area")
+            pixels = tensor[0].numpy().transpose(1, 2, 0)
         top, left = r * pitch_y, c * pitch_x
-        mosaic[top : top + height, left : left + width] = 1 - pixels  # dark ink on white
+        mosaic[top : top + height, left : left + width] = pixels
         annotations.append(
             {
                 "x": left + width / 2,
@@ -53,7 +70,11 @@ def sample_grid_figure(
                 "font": {"size": 13, "color": "#31333f"},
             }
         )
-    fig = go.Figure(go.Heatmap(z=mosaic, colorscale="gray", showscale=False, hoverinfo="skip"))
+    if colour:
+        trace = go.Image(z=(mosaic * 255).round().astype(np.uint8), hoverinfo="skip")
+    else:
+        trace = go.Heatmap(z=mosaic[..., 0], colorscale="gray", showscale=False, hoverinfo="skip")
+    fig = go.Figure(trace)
     fig.update_yaxes(autorange="reversed", visible=False, scaleanchor="x")
     fig.update_xaxes(visible=False)
     fig.update_layout(annotations=annotations)

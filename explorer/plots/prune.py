@@ -74,15 +74,23 @@ def curve_figure(
 def layer_sparsity_figure(
     layers: Sequence[str], sparsity: Sequence[float], own_setting: Sequence[bool]
 ) -> go.Figure:
-    """One bar per layer: the fraction of its weights that are zero."""
+    """One horizontal bar per layer, in graph order from the top: the fraction of its weights
+    that are zero (horizontal, so that a ResNet's 21 layer names stay readable)."""
     colors = [PLAN_COLOR if own else PRUNED_COLOR for own in own_setting]
     fig = go.Figure(
         go.Bar(
-            x=list(layers),
-            y=[s * 100 for s in sparsity],
+            y=list(layers),
+            x=[s * 100 for s in sparsity],
+            orientation="h",
             marker_color=colors,
-            hovertemplate="%{x}: %{y:.1f}% zero<extra></extra>",
+            hovertemplate="%{y}: %{x:.1f}% zero<extra></extra>",
         )
     )
-    fig.update_yaxes(title="weights pruned (%)", range=[0, 100])
-    return compact_layout(fig, 260)
+    fig.update_xaxes(title="weights pruned (%)", range=[0, 100])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return compact_layout(fig, layer_bars_height(len(layers)))
+
+
+def layer_bars_height(count: int) -> int:
+    """Figure height for ``count`` horizontal bars: every name gets a readable row."""
+    return max(200, 60 + 18 * count)

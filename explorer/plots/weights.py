@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
-from explorer.plots.prune import layer_sparsity_figure
+from explorer.plots.prune import layer_bars_height, layer_sparsity_figure
 from explorer.weights import ScoreHistogram, WeightGrid
 
 WEIGHT_SCALE = "RdBu_r"  # diverging, centred at 0: blue negative, red positive
@@ -233,5 +233,4 @@ def sparsity_overview_figure(
     fig = layer_sparsity_figure(layers, sparsity, own_setting)
     widths = [3 if name == selected else 0 for name in layers]
     fig.update_traces(marker_line_color="#222", marker_line_width=widths)
-    fig.update_xaxes(tickangle=-35 if len(layers) > 6 else 0)
-    return compact_layout(fig, 240)
+    return compact_layout(fig, layer_bars_height(len(layers)))

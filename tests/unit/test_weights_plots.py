@@ -225,3 +225,36 @@ def test_sample_grid_labels_sit_under_their_digits_not_on_them():
         assert note.yanchor == "top" and top + height <= note.y < top + pitch_y
         assert note.x == pytest.approx(column * pitch_x + width / 2)
         assert note.font.size >= 12
+
+
+def test_sample_grid_shows_colour_images_in_colour_and_scales_big_ones_down():
+    from explorer.data import ImageDataset
+    from explorer.plots.common import GRID_TILE, sample_grid_figure
+
+    images = torch.zeros(4, 3, 224, 224)
+    images[:, 0] = 1.0  # pure red photos
+    images[1, :, :112] = 0.0  # the top half of image 1 black
+    data = ImageDataset("own", "eval", images, torch.tensor([0, 1, 0, 1]), ("cat", "dog"))
+    fig = sample_grid_figure(data, count=4, columns=4)
+    mosaic = np.asarray(fig.data[0].z)
+    assert mosaic.ndim == 3 and mosaic.shape[2] == 3  # an RGB image, not a grey heatmap
+    assert mosaic.shape[0] < 2 * GRID_TILE  # one row of tiles of at most GRID_TILE pixels
+    assert tuple(mosaic[GRID_TILE - 1, 1]) == (255, 0, 0)  # image 0 stays red
+    pitch = mosaic.shape[1] // 4
+    assert tuple(mosaic[2, pitch + 2]) == (0, 0, 0)  # image 1's black top half
+    assert tuple(mosaic[GRID_TILE - 2, pitch + 2]) == (255, 0, 0)  # and its red bottom
+    assert [a.text for a in fig.layout.annotations] == ["cat", "dog", "cat", "dog"]
+
+
+def test_layer_sparsity_bars_are_horizontal_with_one_readable_row_per_layer():
+    from explorer.plots.weights import sparsity_overview_figure
+
+    layers = [f"layer{i // 2}.{i % 2}.conv1" for i in range(21)]
+    sparsity = [i / 40 for i in range(21)]
+    fig = sparsity_overview_figure(layers, sparsity, [i == 3 for i in range(21)], layers[5])
+    bars = fig.data[0]
+    assert bars.orientation == "h" and list(bars.y) == layers
+    assert list(bars.x) == pytest.approx([s * 100 for s in sparsity])
+    assert fig.layout.yaxis.autorange == "reversed"  # graph order from the top
+    assert fig.layout.height >= 18 * len(layers)  # no name is skipped or overlaps another
+    assert [w for w in bars.marker.line.width] == [3 if i == 5 else 0 for i in range(21)]
