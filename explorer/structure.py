@@ -383,11 +383,26 @@ def unpack_multihead_attention(model: nn.Module) -> nn.Module:
             continue
         module = model.get_submodule(heads.name)
         unpacked = CompactMultiheadAttention.from_multihead(module)
+        unpacked.unpacked_from_multihead = True  # its weights have other names in the source
         if not heads.name:
             return unpacked
         parent, _, leaf = heads.name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, unpacked)
     return model
+
+
+def source_names(model: nn.Module) -> dict[str, str]:
+    """State-dict keys of ``model`` that ``unpack_multihead_attention`` renamed, mapped back to
+    the names ``nn.MultiheadAttention`` gives them (``in_proj.weight`` -> ``in_proj_weight``),
+    so that exported weights load into the user's own architecture."""
+    renamed = {}
+    for name, module in model.named_modules():
+        if getattr(module, "unpacked_from_multihead", False):
+            prefix = f"{name}." if name else ""
+            for suffix in ("weight", "bias"):
+                if getattr(module.in_proj, suffix, None) is not None:
+                    renamed[f"{prefix}in_proj.{suffix}"] = f"{prefix}in_proj_{suffix}"
+    return renamed
 
 
 class ModelStructure:

@@ -51,9 +51,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.inspection import attention_heads
 from explorer.loading.archives import MAX_TOTAL_BYTES, check_members
 from explorer.loading.errors import LoadError, check_file
 from explorer.store import default_store
+from explorer.structure import unpack_multihead_attention
 from explorer.subject import STORE_PREFIX, ModelSource, file_digest
 
 #: How an operator lets the app import or deserialise code-carrying model files.
@@ -224,6 +226,18 @@ def load_model(
         state = load_weights(weights_path, max_bytes)
         apply_weights(built.model, state, f"weights file {weights_path.name}")
     model = _checked(built.model, str(source))
+    notes = list(built.notes)
+    unpacked = [h.name for h in attention_heads(model) if h.kind == "multihead"]
+    if unpacked:
+        # nn.MultiheadAttention keeps q, k, v in one packed parameter that no module call
+        # reads: weight pruning, hooks and per-layer FLOPs could not reach them. An equal
+        # module with Linear projections takes its place; exports give the original names.
+        model = unpack_multihead_attention(model)
+        notes.append(
+            f"{len(unpacked)} nn.MultiheadAttention module(s) run as equal modules with "
+            "Linear projections (in_proj, out_proj), so that weight pruning reaches their "
+            "q, k, v weights; exported weights carry the original names (in_proj_weight)."
+        )
     num_classes = built.num_classes
     if num_classes is None:
         num_classes = _final_linear_outputs(model)
@@ -235,7 +249,7 @@ def load_model(
         num_classes=num_classes,
         preprocessing=built.preprocessing,
         supports_hooks=built.supports_hooks,
-        notes=tuple(built.notes),
+        notes=tuple(notes),
     )
 
 

@@ -740,3 +740,57 @@ def test_fuzz_a_code_payload_anywhere_in_a_weights_file_never_runs(fuzz_dir, key
     with pytest.raises(LoadError, match="pickled model or other Python objects"):
         load_weights(path)
     assert not marker.exists()
+
+
+TINY_VIT = textwrap.dedent(
+    """
+    from torchvision.models import VisionTransformer
+
+    class TinyViT(VisionTransformer):
+        def __init__(self, num_classes=3):
+            super().__init__(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                             hidden_dim=64, mlp_dim=128, num_classes=num_classes)
+    """
+)
+
+
+def test_multihead_attention_is_unpacked_so_weight_pruning_reaches_q_k_v(tmp_path):
+    """torchvision's ViT keeps q, k, v in nn.MultiheadAttention's packed in_proj_weight, which
+    no module call reads: the loader swaps in an equal module whose projections are Linears."""
+    from explorer.inspection import prunable_layers
+    from explorer.plan import PruningPlan
+    from explorer.pruning import Pruner
+    from explorer.structure import source_names
+
+    (tmp_path / "tiny_vit.py").write_text(TINY_VIT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from tiny_vit import TinyViT
+    finally:
+        sys.path.remove(str(tmp_path))
+    original = seeded(TinyViT)
+    torch.save(original.state_dict(), tmp_path / "vit.pt")
+    source = ModelSource.parse(f"{tmp_path / 'tiny_vit.py'}:TinyViT")
+    loaded = load_model(source, tmp_path / "vit.pt", trust_code=True)
+    assert any("nn.MultiheadAttention" in note for note in loaded.notes)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():  # the oracle: the user's own module on the same input
+        assert torch.allclose(loaded.model(x), original(x), atol=1e-5)
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    names = [layer.name for layer in prunable_layers(loaded.model, (3, 32, 32))]
+    assert f"{attention}.in_proj" in names and f"{attention}.out_proj" in names
+    renamed = source_names(loaded.model)
+    assert renamed[f"{attention}.in_proj.weight"] == f"{attention}.in_proj_weight"
+    assert set(renamed.values()) <= set(original.state_dict())
+    # pruning the packed projection: the masked model equals q, k, v zeroed by hand
+    pruner = Pruner(loaded.model, (3, 32, 32))
+    state = pruner.resolve(
+        PruningPlan(scope="layer", layer_amounts=((f"{attention}.in_proj", 0.5),))
+    )
+    mask = state.masks[f"{attention}.in_proj.weight"]
+    assert 0.49 < 1 - mask.mean() < 0.51
+    by_hand = copy.deepcopy(original)
+    with torch.no_grad():
+        by_hand.get_submodule(attention).in_proj_weight.mul_(mask)
+    with torch.inference_mode():
+        assert torch.allclose(pruner.pruned_model(state)(x), by_hand(x), atol=1e-5)
