@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import torch
-from torch import nn
 
 from explorer.compaction import can_compact, compact
-from explorer.export import masked_state_dict
+from explorer.export import ExportError, export_program, masked_state_dict
+from explorer.export import first_line as _one_line
 from explorer.importance import CRITERIA, get_criterion
-from explorer.inspection import example_input, prunable_layers
+from explorer.inspection import prunable_layers
 from explorer.loading.errors import check_file
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
@@ -67,12 +67,6 @@ LOAD_COMPACTED = "torch.export.load(PATH).module()"
 
 class CliError(Exception):
     """A user mistake (or a limit the user can work around): one line on stderr, exit code 2."""
-
-
-def _one_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (torch's run to dozens of lines)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def _reason(err: BaseException) -> str:
@@ -496,31 +490,6 @@ def write_output(flag: str, path: Path, write: Callable[[IO[bytes]], None]) -> N
         raise CliError(f"{flag}: could not write {path}: {_reason(err)}") from None
 
 
-def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
-    """``model`` as a ``torch.export`` program on the CPU that takes any batch size.
-
-    A program is plain data (graph + tensors): loading it needs neither the model's class nor
-    unpickling, unlike ``torch.save(model)``.
-    """
-    model = model.cpu().eval()
-    # A batch of 2: with 1, export specialises the batch size and the program takes no other.
-    example = (example_input(input_shape, batch=2),)
-    dynamic = ({0: torch.export.Dim("batch", min=1)},)
-    # Non-strict tracing (tried first, torch's default) turns ``len(x)`` into a constant, as in
-    # vit_tiny's [CLS] token expand; TorchDynamo (strict) keeps it symbolic.
-    failure: Exception | None = None
-    for strict in (False, True):
-        try:
-            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=strict)
-        except Exception as err:  # torch raises many kinds; the user gets one line for all
-            failure = err
-    assert failure is not None
-    raise CliError(
-        f"--compact-out: torch.export cannot capture the compacted model "
-        f"({type(failure).__name__}: {_one_line(failure)}); --out writes the masked weights"
-    )
-
-
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -632,7 +601,10 @@ def cmd_prune(args: argparse.Namespace) -> Any:
         state = {k: v.cpu() for k, v in masked_state_dict(bench.pruner, plan, args.format).items()}
         writers["--out"] = lambda file: torch.save(state, file)
     if "--compact-out" in paths:
-        program = export_program(compact(bench.pruner, plan), bench.eval_set.input_shape)
+        try:
+            program = export_program(compact(bench.pruner, plan), bench.eval_set.input_shape)
+        except ExportError as err:
+            raise CliError(f"--compact-out: {err}; --out writes the masked weights") from None
         # A file object: torch.export.save warns about names that do not end in .pt2.
         writers["--compact-out"] = lambda file: torch.export.save(program, file)
     if "--save-plan" in paths:

@@ -1,7 +1,8 @@
-"""What leaves the tool: the pruned model's weights in the forms people load them.
+"""What leaves the tool: the pruned model's weights in the forms people load them, and the
+compacted model as a ``torch.export`` program.
 
 ``zeros`` loads into the original class; ``torch_prune`` carries ``*_orig`` / ``*_mask`` pairs as
-``torch.nn.utils.prune`` writes them.
+``torch.nn.utils.prune`` writes them; a program needs neither the class nor unpickling.
 """
 
 from __future__ import annotations
@@ -9,9 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
+from explorer.inspection import example_input
 from explorer.plan import PruningPlan
 from explorer.pruning import Pruner
+
+
+class ExportError(ValueError):
+    """``torch.export`` cannot capture a model; the message is one line for the user."""
 
 
 def masked_state_dict(
@@ -26,3 +33,35 @@ def masked_state_dict(
     if style not in exporters:
         raise ValueError(f"unknown export style {style!r}; choose one of {sorted(exporters)}")
     return exporters[style](plan).state_dict()
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's run to dozens of lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def export_program(model: nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+    """``model`` as a ``torch.export`` program on the CPU that takes any batch size.
+
+    A program is plain data (graph + tensors): loading it needs neither the model's class nor
+    unpickling, unlike ``torch.save(model)``. Raises ``ExportError`` when neither tracing mode
+    can capture the model.
+    """
+    model = model.cpu().eval()
+    # A batch of 2: with 1, export specialises the batch size and the program takes no other.
+    example = (example_input(input_shape, batch=2),)
+    dynamic = ({0: torch.export.Dim("batch", min=1)},)
+    # Non-strict tracing (tried first, torch's default) turns ``len(x)`` into a constant, as in
+    # vit_tiny's [CLS] token expand; TorchDynamo (strict) keeps it symbolic.
+    failure: Exception | None = None
+    for strict in (False, True):
+        try:
+            return torch.export.export(model, example, dynamic_shapes=dynamic, strict=strict)
+        except Exception as err:  # torch raises many kinds; the user gets one line for all
+            failure = err
+    assert failure is not None
+    raise ExportError(
+        f"torch.export cannot capture the compacted model "
+        f"({type(failure).__name__}: {first_line(failure)})"
+    )

@@ -24,6 +24,7 @@ from explorer.models import get_spec, load_card, load_model
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState, Pruner
 from explorer.subject import Subject
+from explorer.summary import Footprint, runs_dense_kernels
 
 CALIBRATION_SIZE = 256
 RETIME_ATTEMPTS = 3  # timings of one architecture: at most this many tries at a steady one
@@ -151,8 +152,8 @@ class Workbench:
         start = time.perf_counter()
         state, result, resumed = self.evaluate(plan)
         cost = model_cost(self.pruner, state)
-        compacted = compact(self.pruner, state) if can_compact(plan.method) else None
-        sizes = size_report(self.model, state, compacted)
+        footprint = self.footprint(state)
+        compacted, sizes = footprint.compacted, footprint.sizes
         dense = self.dense
         units = [
             {
@@ -199,6 +200,19 @@ class Workbench:
             return report
         timings = self.latency(state, compacted, batch_sizes, latency_repeats, threads)
         return _with_latency(report, timings)
+
+    def footprint(self, state: PrunedState) -> Footprint:
+        """The compacted model (structured plans) and the bytes on disk of every form.
+
+        Compaction and ``torch.save`` take a second on a big model: the app asks for this only
+        once the first accuracy numbers are on screen.
+        """
+        compacted = compact(self.pruner, state) if can_compact(state.plan.method) else None
+        return Footprint(
+            compacted,
+            size_report(self.model, state, compacted),
+            runs_dense_kernels(compacted, self.model),
+        )
 
     def latency(
         self,

@@ -8,25 +8,26 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
-from torch import nn
 
 from explorer import ui
-from explorer.compaction import can_compact, compact
-from explorer.cost import ModelCost, model_cost, size_report
-from explorer.evaluation import IncrementalResult
+from explorer.cost import ModelCost, model_cost
 from explorer.importance import CRITERIA, criteria_for
-from explorer.latency import (
-    HONEST_NOTE,
-    PRACTICAL_DIFFERENCE,
-    compare_speed,
-    same_architecture,
-)
+from explorer.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
 from explorer.plan import PruningPlan
-from explorer.plots import CurveSeries, curve_figure, layer_sparsity_figure
-from explorer.pruning import METHODS, Method, Unit, plan_label
-
-CURVE_AMOUNTS = tuple(a / 20 for a in range(20))  # 0%, 5%, ... 95%
-
+from explorer.plots import curve_figure, layer_sparsity_figure
+from explorer.pruning import METHODS, Method, Unit
+from explorer.summary import (
+    VERDICT_BATCH,
+    Footprint,
+    LatencyVerdict,
+    Quality,
+    against_dense,
+    latency_verdict,
+    progressive,
+    short_count,
+    short_flops,
+)
+from explorer.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key
 
 # --- callbacks: widgets write the plan, the plan is the only truth ------------------------------
 
@@ -322,7 +323,7 @@ class MetricsRow:
             cell.metric(label, "…", help="Being evaluated.")  # holds the layout meanwhile
         # Compaction and the serialised size take a second on a big model: they follow the
         # first accuracy numbers (``finish_costs``) instead of delaying them.
-        self.compacted: nn.Module | None = None
+        self.footprint: Footprint | None = None
         self._cost_metrics([first[3], *second[:2]])
         self.size = second[2].empty()
         self.size.metric("Size", "…", help="Measured once the accuracy is on screen.")
@@ -331,42 +332,39 @@ class MetricsRow:
         self.status = st.empty()
         self.alerts = st.container()
 
-    def show_quality(self, outcome: IncrementalResult) -> None:
+    def show_quality(self, quality: Quality) -> None:
         """Accuracy, loss and flips; marked ≈ while they cover only the first chunks."""
-        result, dense = outcome.result, outcome.dense
         # a preview carries one digit less: its sampling error is about +-0.3 points
-        approx, digits = ("", 2) if outcome.complete else ("≈", 1)
+        approx, digits = ("", 2) if quality.complete else ("≈", 1)
         on = (
-            f"the {outcome.total:,} held-out eval images"
-            if outcome.complete
-            else f"a preview: {outcome.covered:,} of the {outcome.total:,} eval images, "
+            f"the {quality.total:,} held-out eval images"
+            if quality.complete
+            else f"a preview: {quality.covered:,} of the {quality.total:,} eval images, "
             "spread over the split; the dense model on the same ones"
         )
-        low, high = outcome.accuracy_interval()
-        interval = "" if outcome.complete else f" 95% interval for all: {low:.1%} to {high:.1%}."
+        low, high = quality.interval
+        interval = "" if quality.complete else f" 95% interval for all: {low:.1%} to {high:.1%}."
         self.quality[0].metric(
             "Accuracy",
-            f"{approx}{result.accuracy * 100:.{digits}f}%",
-            **ui.metric_change((result.accuracy - dense.accuracy) * 100, ".2f", " pts"),
-            help=f"Top-1 on {on} (dense {dense.accuracy:.2%}).{interval}",
+            f"{approx}{quality.accuracy * 100:.{digits}f}%",
+            **ui.metric_change((quality.accuracy - quality.dense_accuracy) * 100, ".2f", " pts"),
+            help=f"Top-1 on {on} (dense {quality.dense_accuracy:.2%}).{interval}",
         )
         self.quality[1].metric(
             "Loss",
-            f"{approx}{result.loss:.{digits + 2}f}",
-            **ui.metric_change(result.loss - dense.loss, ".4f", color="inverse"),
-            help=f"Mean cross-entropy on {on} (dense {dense.loss:.4f}).",
+            f"{approx}{quality.loss:.{digits + 2}f}",
+            **ui.metric_change(quality.loss - quality.dense_loss, ".4f", color="inverse"),
+            help=f"Mean cross-entropy on {on} (dense {quality.dense_loss:.4f}).",
         )
-        changed = len(result.changed_vs(dense))
-        estimate = round(changed * outcome.total / outcome.covered)
         self.quality[2].metric(
             "Flipped",
-            f"{approx}{estimate:,}",
-            f"of {outcome.total:,}",
+            f"{approx}{quality.flipped:,}",
+            f"of {quality.total:,}",
             delta_color="off",
             delta_arrow="off",
             help="Eval predictions changed: images whose predicted class differs from the "
             "dense model's; browse them on the Activations and Saliency pages."
-            + ("" if outcome.complete else f" Estimated from {changed:,} in the preview."),
+            + ("" if quality.complete else f" Estimated from {quality.changed:,} in the preview."),
         )
 
     def _cost_metrics(self, cells: list) -> None:
@@ -382,15 +380,15 @@ class MetricsRow:
         )
         cells[1].metric(
             "Nonzero",
-            _count(cost.params_nonzero),
-            f"of {_count(cost.params_total)}",
+            short_count(cost.params_nonzero),
+            f"of {short_count(cost.params_total)}",
             delta_color="off",
             delta_arrow="off",
             help=f"Parameters that are not zero: {cost.params_nonzero:,} of {cost.params_total:,}.",
         )
         cells[2].metric(
             "FLOPs",
-            _flops(cost.flops_effective),
+            short_flops(cost.flops_effective),
             f"{cost.flops_effective / cost.flops_dense:.0%} of dense",
             delta_color="off",
             delta_arrow="off",
@@ -401,27 +399,25 @@ class MetricsRow:
 
     def finish_costs(self) -> None:
         """The compacted model (structured plans) and the bytes on disk."""
-        state = self.state
-        if can_compact(state.plan.method):
-            self.compacted = compact(self.bench.pruner, state)
-        sizes = size_report(self.bench.model, state, self.compacted)
+        self.footprint = footprint = self.bench.footprint(self.state)
+        sizes = footprint.sizes
         self.size.metric(
             "Size",
-            f"{(sizes.compacted or sizes.sparse) / 1024:,.0f} KiB",
+            f"{footprint.deployed_bytes / 1024:,.0f} KiB",
             f"of {sizes.dense / 1024:,.0f} KiB",
             delta_color="off",
             delta_arrow="off",
             help="Bytes of torch.save: "
             + (
                 f"the compacted model ({sizes.compacted / 1024:,.0f} KiB); "
-                if self.compacted
+                if sizes.compacted is not None
                 else ""
             )
             + f"sparse-encoded, zeros as a bitmap + values ({sizes.sparse / 1024:,.0f} KiB); "
             f"dense ({sizes.dense / 1024:,.0f} KiB).",
         )
 
-    def evaluate(self, started: float, meanwhile: Callable[[], None]) -> IncrementalResult:
+    def evaluate(self, started: float, meanwhile: Callable[[], None]) -> Quality:
         """Run the evaluation chunk by chunk. A slow one shows its first chunk's numbers
         (marked ≈) and its progress; every update is also where a newer slider value
         interrupts this run, so dragging never waits for a stale pass to finish.
@@ -429,28 +425,22 @@ class MetricsRow:
         ``meanwhile`` draws what does not depend on the evaluation: called once, right after
         the preview (the browser lays it out while the rest is evaluated), else at the end.
         """
-        bench = self.bench
-        total = len(bench.eval_set)
-        previewed = False
-        for outcome in bench.evaluator.steps_for_state(self.state):
-            if outcome.complete:
-                break
-            if time.perf_counter() - started < PREVIEW_AFTER_S:
-                continue
-            if not previewed:
-                self.show_quality(outcome)
-                previewed = True
+        steps = self.bench.evaluator.steps_for_state(self.state)
+        first = True
+        for outcome in progressive(steps, started, PREVIEW_AFTER_S):
+            quality = Quality.of(outcome)
+            self.show_quality(quality)
+            if first:
+                first = False
                 meanwhile()
                 self.finish_costs()
-            low, high = outcome.accuracy_interval()
-            self.status.caption(
-                f"Refining on all eval images… {outcome.covered:,} of {total:,}; from these, "
-                f"the accuracy on all of them lies between {low:.1%} and {high:.1%} (95%)."
-            )
-        self.show_quality(outcome)
-        if not previewed:
-            meanwhile()
-            self.finish_costs()
+            if not quality.complete:
+                low, high = quality.interval
+                self.status.caption(
+                    f"Refining on all eval images… {quality.covered:,} of {quality.total:,}; "
+                    f"from these, the accuracy on all of them lies between {low:.1%} and "
+                    f"{high:.1%} (95%)."
+                )
         self.status.caption(
             f"Re-evaluated in {time.perf_counter() - started:.2f} s"
             + (
@@ -458,53 +448,33 @@ class MetricsRow:
                 if outcome.resumed_from
                 else " (full pass)"
             )
-            + f" on {total:,} eval images."
+            + f" on {quality.total:,} eval images."
         )
-        if not outcome.result.finite:
+        if not quality.finite:
             self.alerts.error(
                 "The pruned model produces NaN or infinite outputs: its loss is undefined and "
                 "its predictions are arbitrary. Prune less, or lock a layer dense."
             )
         for warning in self.state.warnings:
             self.alerts.warning(warning)
-        return outcome
+        return quality
 
 
-def _count(n: int) -> str:
-    """A count short enough for a metric tile: 9,999 / 121.5k / 12.35M."""
-    if n < 10_000:
-        return f"{n:,}"
-    return f"{n / 1e3:.1f}k" if n < 1_000_000 else f"{n / 1e6:.2f}M"
-
-
-def _flops(n: int) -> str:
-    """FLOPs for a metric tile: 833.0 k / 20.16 M / 1.82 G."""
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}" if n < 100 * scale else f"{n / scale:.1f} {unit}"
-    return f"{n:,}"
-
-
-def latency_metric(cell: object, timings: list, same: bool, cached: bool) -> None:
-    """Latency at batch 32 of the fastest deployable form, against dense timed beside it;
-    ``same``: that form runs the dense model's very kernels."""
-    by_key = {(t.model, t.batch): t for t in timings}
-    dense32 = by_key[("dense", 32)]
-    name = "compacted" if ("compacted", 32) in by_key else "masked"
-    fastest = by_key[(name, 32)]
-    speed = compare_speed(dense32, fastest, same_kernels=same)
+def latency_metric(cell: object, verdict: LatencyVerdict, cached: bool) -> None:
+    """Latency at batch 32 of the fastest deployable form, against dense timed beside it."""
+    name, speed, timed, dense = verdict.form, verdict.speed, verdict.timed, verdict.dense
     cell.metric(
         "Latency",
-        f"{fastest.median_ms:.3g} ms",
+        f"{timed.median_ms:.3g} ms",
         speed.summary(),
         delta_color="off" if speed.same_speed else "normal",
         delta_arrow="off" if speed.same_speed else ("up" if speed.ratio > 1 else "down"),
-        help=f"Batch of 32, the {name} model: median {fastest.median_ms:.3f} ms; dense, timed "
-        f"in the same rounds: {dense32.median_ms:.3f} ms. Per-round dense/{name} ratio "
+        help=f"Batch of {timed.batch}, the {name} model: median {timed.median_ms:.3f} ms; dense, "
+        f"timed in the same rounds: {dense.median_ms:.3f} ms. Per-round dense/{name} ratio "
         f"{speed.ratio:.2f} (quartiles {speed.low:.2f}-{speed.high:.2f}); "
         + (
             "the same kernels as dense, so the same speed by construction"
-            if same
+            if verdict.same_kernels
             else "a difference is claimed only when those quartiles stay clear of "
             f"1 ± {PRACTICAL_DIFFERENCE:.0%}"
         )
@@ -515,35 +485,31 @@ def latency_metric(cell: object, timings: list, same: bool, cached: bool) -> Non
 
 
 def details_ui(metrics: MetricsRow) -> None:
-    """Per-layer table and chart, then latency: timed last, interruptible by a newer move."""
-    bench, state, compacted = metrics.bench, metrics.state, metrics.compacted
+    """Per-layer table and chart, then latency: timed last, interruptible by a newer move.
+    Runs after ``metrics.evaluate``, which measured the footprint."""
+    bench, state, footprint = metrics.bench, metrics.state, metrics.footprint
     layer_table_ui(state, metrics.cost)
     timings, cached = bench.latency_by_architecture(
         state,
-        compacted,
-        batch_sizes=(1, 32),
+        footprint.compacted,
+        batch_sizes=(1, VERDICT_BATCH),
         repeats=12,
         budget_s=0.12,
         between=_interruptible(metrics.latency),
     )
-    # A masked model runs the dense kernels; so does a compacted one that lost nothing.
-    same = compacted is None or same_architecture(compacted, bench.model)
-    latency_metric(metrics.latency, timings, same, cached)
+    latency_metric(metrics.latency, latency_verdict(timings, footprint.same_kernels), cached)
     with st.expander("Latency details", expanded=False):
-        dense = {t.batch: t for t in timings if t.model == "dense"}
-        rows = []
-        for t in timings:
-            speed = compare_speed(dense[t.batch], t, same_kernels=same or t.model == "dense")
-            rows.append(
-                {
-                    "model": t.model,
-                    "batch": t.batch,
-                    "median ms": t.median_ms,
-                    "IQR ms": t.spread_ms,
-                    "vs dense": "-" if t.model == "dense" else speed.summary(),
-                    "runs": t.repeats,
-                }
-            )
+        rows = [
+            {
+                "model": t.model,
+                "batch": t.batch,
+                "median ms": t.median_ms,
+                "IQR ms": t.spread_ms,
+                "vs dense": "-" if speed is None else speed.summary(),
+                "runs": t.repeats,
+            }
+            for t, speed in against_dense(timings, footprint.same_kernels)
+        ]
         st.dataframe(
             pd.DataFrame(rows),
             hide_index=True,
@@ -564,7 +530,7 @@ def details_ui(metrics: MetricsRow) -> None:
             )
             + (
                 " This plan is structured, so the compacted model is physically smaller."
-                if compacted is not None
+                if footprint.compacted is not None
                 else " This plan is not structured: nothing can be removed."
             )
         )
@@ -635,51 +601,38 @@ CURVES_KEY = "curves"
 HIDDEN_CURVES_KEY = "curves_hidden"
 
 
-def _curve_id(plan: PruningPlan) -> str:
-    """A curve is the plan with its global amount swept: the plan at amount 0 names it."""
-    return plan.with_amount(0.0).to_json(indent=None)
-
-
 def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) -> None:
     """Accuracy-vs-sparsity sweeps of this session, overlaid; ``here`` = (sparsity, accuracy)
     of the current plan."""
     st.markdown("#### Accuracy vs sparsity")
-    method = METHODS[plan.method]
-    if method.amount_is_switch:
+    if not can_sweep(plan):
         st.caption(
-            f"{method.title} has one sparsity per pattern (1 − N/M), so there is no amount "
-            "to sweep: compare patterns by switching them above."
+            f"{METHODS[plan.method].title} has one sparsity per pattern (1 − N/M), so there is "
+            "no amount to sweep: compare patterns by switching them above."
         )
         return
     show = st.toggle(
         "Sweep the global amount for this plan",
         key="show_curve",
-        help=f"Evaluates the plan at global amounts 0 to 95% ({len(CURVE_AMOUNTS)} full "
+        help=f"Evaluates the plan at global amounts 0 to 95% ({len(SWEEP_AMOUNTS)} full "
         "evaluations, computed once per plan shape and kept) and marks where this plan "
         "stands. Each sweep of this session stays, so that methods, criteria and scopes can "
         "be compared on one chart.",
     )
     if not show:
         return
-    model = ui.current_model()  # sweeps belong to a subject
-    curves = st.session_state.setdefault(CURVES_KEY, {}).setdefault(model, {})
-    this = _curve_id(plan)
-    # Points are kept one by one, so a run interrupted by another change resumes where it was.
-    entry = curves.setdefault(this, {"label": plan_label(plan, amount=False), "points": {}})
-    points = entry["points"]
-    missing = [amount for amount in CURVE_AMOUNTS if amount not in points]
-    if missing:
+    # Sweeps belong to a subject; they stay in the session, the library fills and labels them.
+    store = st.session_state.setdefault(CURVES_KEY, {}).setdefault(ui.current_model(), {})
+    sweeps = Sweeps(store)
+    if sweeps.missing(plan):
         bar = st.progress(0.0, text="Evaluating…")
-        for done, amount in enumerate(missing, start=1):
-            points[amount] = bench.curve(plan, [amount])[0]
-            bar.progress(done / len(missing), text=f"Evaluating… {done}/{len(missing)}")
+        # Each point is kept as it comes: a run interrupted by another change resumes there.
+        for done, todo in sweeps.fill(bench, plan):
+            bar.progress(done / todo, text=f"Evaluating… {done}/{todo}")
         bar.empty()
-    complete = {
-        key: value for key, value in curves.items() if len(value["points"]) == len(CURVE_AMOUNTS)
-    }
-    others = [key for key in complete if key != this]
+    others = sweeps.others(plan)
     hidden = st.session_state.setdefault(HIDDEN_CURVES_KEY, set())
-    shown = [this]
+    shown = [sweep_key(plan)]
     if others:
         cols = st.columns([5, 1], vertical_alignment="bottom")
         picker = f"curve_pick::{hash(tuple(others)) & 0xFFFFFFFF:08x}"
@@ -694,24 +647,15 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) 
             default=[key for key in others if key not in hidden],
             key=picker,
             on_change=picked,
-            format_func=lambda key: complete[key]["label"],
+            format_func=sweeps.label,
             help="Sweeps computed in this session for this model. Remove one to hide it.",
         )
         if cols[1].button("Forget them", help="Drop the earlier sweeps of this model."):
-            for key in others:
-                curves.pop(key, None)
+            sweeps.forget(others)
             hidden.clear()
             st.rerun(scope="fragment")
-    series = [
-        CurveSeries(
-            complete[key]["label"],
-            [complete[key]["points"][a][0] for a in CURVE_AMOUNTS],
-            [complete[key]["points"][a][1] for a in CURVE_AMOUNTS],
-        )
-        for key in shown
-    ]
     st.plotly_chart(
-        curve_figure(series, here, bench.dense.accuracy),
+        curve_figure(sweeps.series(shown), here, bench.dense.accuracy),
         config={"displayModeBar": False},
     )
 
@@ -738,9 +682,9 @@ def _workbench() -> None:
         with per_layer:
             layer_controls_ui(plan, state)
 
-    outcome = metrics.evaluate(started, layer_controls)
+    quality = metrics.evaluate(started, layer_controls)
     details_ui(metrics)
-    curve_ui(bench, plan, (cost.prunable_sparsity, outcome.result.accuracy))
+    curve_ui(bench, plan, (cost.prunable_sparsity, quality.accuracy))
 
 
 UPLOAD_SEEN_KEY = "plan_upload_seen"

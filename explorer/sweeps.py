@@ -1,0 +1,102 @@
+"""Accuracy-vs-sparsity sweeps: a plan evaluated at global amounts 0 to 95%, kept point by point
+so that an interrupted sweep resumes, and labelled so that sweeps of several methods,
+criteria, seeds and scopes can be overlaid on one chart.
+
+The sweeps live in a plain dict that the caller keeps (the app: its session state), of the
+form ``{key: {"label": str, "points": {amount: (sparsity, accuracy)}}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
+
+from explorer.methods import get_method, plan_label
+from explorer.plan import PruningPlan
+from explorer.plots import CurveSeries
+from explorer.workbench import Workbench
+
+#: The global amounts of a sweep: 0%, 5%, ... 95%.
+SWEEP_AMOUNTS = tuple(a / 20 for a in range(20))
+
+
+def can_sweep(plan: PruningPlan) -> bool:
+    """Whether ``plan`` has a global amount to sweep (an N:M pattern fixes its sparsity)."""
+    return not get_method(plan.method).amount_is_switch
+
+
+def sweep_key(plan: PruningPlan) -> str:
+    """A sweep is the plan with its global amount varied: the plan at amount 0 names it."""
+    return plan.with_amount(0.0).to_json(indent=None)
+
+
+def sweep_label(plan: PruningPlan) -> str:
+    """The sweep in a few words: method, criterion (and seed), scope; no amount."""
+    return plan_label(plan, amount=False)
+
+
+class Sweeps:
+    """The sweeps of one subject, kept in ``store`` (see the module docstring).
+
+    Args:
+        store: the caller's dict; entries are added and filled in place.
+        amounts: the global amounts every sweep is evaluated at.
+    """
+
+    def __init__(
+        self,
+        store: MutableMapping[str, dict[str, Any]],
+        amounts: tuple[float, ...] = SWEEP_AMOUNTS,
+    ) -> None:
+        self.store, self.amounts = store, amounts
+
+    def entry(self, plan: PruningPlan) -> dict[str, Any]:
+        """The sweep of ``plan``, started (no points yet) if there was none."""
+        return self.store.setdefault(sweep_key(plan), {"label": sweep_label(plan), "points": {}})
+
+    def missing(self, plan: PruningPlan) -> list[float]:
+        """The amounts of ``plan``'s sweep still to evaluate, in order."""
+        points = self.entry(plan)["points"]
+        return [amount for amount in self.amounts if amount not in points]
+
+    def fill(self, bench: Workbench, plan: PruningPlan) -> Iterator[tuple[int, int]]:
+        """Evaluate the missing points of ``plan``'s sweep one by one, each stored as soon as it
+        is known, so that a sweep abandoned half-way (the app's user moved on) resumes where it
+        was. Yields (points done, points to do) after each."""
+        points = self.entry(plan)["points"]
+        missing = self.missing(plan)
+        for done, amount in enumerate(missing, start=1):
+            points[amount] = bench.curve(plan, [amount])[0]
+            yield done, len(missing)
+
+    def complete(self) -> dict[str, dict[str, Any]]:
+        """The sweeps with every point, in the order they were started."""
+        return {
+            key: entry
+            for key, entry in self.store.items()
+            if all(amount in entry["points"] for amount in self.amounts)
+        }
+
+    def others(self, plan: PruningPlan) -> list[str]:
+        """Keys of the complete sweeps other than ``plan``'s, in the order they were started."""
+        this = sweep_key(plan)
+        return [key for key in self.complete() if key != this]
+
+    def label(self, key: str) -> str:
+        return self.store[key]["label"]
+
+    def series(self, keys: Iterable[str]) -> list[CurveSeries]:
+        """The chart's lines for the sweeps ``keys`` (complete ones), in that order."""
+        lines = []
+        for key in keys:
+            entry = self.store[key]
+            points = [entry["points"][amount] for amount in self.amounts]
+            lines.append(
+                CurveSeries(entry["label"], [s for s, _ in points], [a for _, a in points])
+            )
+        return lines
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the sweeps ``keys`` (any that are gone already are ignored)."""
+        for key in keys:
+            self.store.pop(key, None)
