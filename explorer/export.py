@@ -15,6 +15,7 @@ from torch import nn
 from explorer.inspection import example_input
 from explorer.plan import PruningPlan
 from explorer.pruning import Pruner
+from explorer.structure import source_names
 
 
 class ExportError(ValueError):
@@ -32,7 +33,20 @@ def masked_state_dict(
     }
     if style not in exporters:
         raise ValueError(f"unknown export style {style!r}; choose one of {sorted(exporters)}")
-    return exporters[style](plan).state_dict()
+    state = exporters[style](plan).state_dict()
+    # Keys the loader renamed (an unpacked nn.MultiheadAttention) go back to the user's names;
+    # torch.nn.utils.prune's pairs follow their parameter (``in_proj.weight_orig`` ->
+    # ``in_proj_weight_orig``).
+    renamed = source_names(pruner.model)
+    return {_source_key(key, renamed): value for key, value in state.items()}
+
+
+def _source_key(key: str, renamed: Mapping[str, str]) -> str:
+    for suffix in ("", "_orig", "_mask"):
+        base = key.removesuffix(suffix) if suffix else key
+        if (not suffix or key.endswith(suffix)) and base in renamed:
+            return renamed[base] + suffix
+    return key
 
 
 def first_line(err: BaseException) -> str:

@@ -794,3 +794,33 @@ def test_multihead_attention_is_unpacked_so_weight_pruning_reaches_q_k_v(tmp_pat
         by_hand.get_submodule(attention).in_proj_weight.mul_(mask)
     with torch.inference_mode():
         assert torch.allclose(pruner.pruned_model(state)(x), by_hand(x), atol=1e-5)
+
+
+def test_pruned_weights_of_an_unpacked_attention_load_into_the_users_class(tmp_path):
+    from explorer.export import masked_state_dict
+    from explorer.plan import PruningPlan
+    from explorer.pruning import Pruner
+
+    (tmp_path / "tiny_vit2.py").write_text(TINY_VIT)
+    source = ModelSource.parse(f"{tmp_path / 'tiny_vit2.py'}:TinyViT")
+    loaded = load_model(source, trust_code=True)
+    pruner = Pruner(loaded.model, (3, 32, 32))
+    plan = PruningPlan(amount=0.6)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from tiny_vit2 import TinyViT
+    finally:
+        sys.path.remove(str(tmp_path))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = pruner.pruned_model(plan)(x)
+    users = TinyViT().eval()
+    users.load_state_dict(masked_state_dict(pruner, plan, "zeros"))  # strict: every name fits
+    with torch.inference_mode():
+        assert torch.allclose(users(x), expected, atol=1e-5)
+    pairs = masked_state_dict(pruner, plan, "torch_prune")
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    assert (
+        f"{attention}.in_proj_weight_orig" in pairs and f"{attention}.in_proj_weight_mask" in pairs
+    )
+    assert not any(".in_proj." in key for key in pairs)
