@@ -4,6 +4,8 @@ agrees with ``explorer`` evaluated directly (the oracle)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -381,27 +383,40 @@ def test_a_corrupt_upload_is_an_error_and_the_subject_stays(tmp_path, monkeypatc
     assert at.session_state["model"] == Subject.bundled("lenet5")
 
 
-def test_a_startup_model_that_cannot_be_opened_says_why_and_shows_a_bundled_one(monkeypatch):
+@contextmanager
+def started_with(monkeypatch, *argv: str) -> Iterator[None]:
+    """The app as the operator started it: ``streamlit run app.py -- ARGV`` (settings re-read)."""
     import sys
 
     from explorer import ui
 
-    monkeypatch.setattr(sys, "argv", ["app.py", "--model", "lenet5", "--data", "/no/such/dir"])
+    monkeypatch.setattr(sys, "argv", ["app.py", *argv])
     ui.app_settings.clear()
     try:
-        at = start("home")
-        assert_clean(at)
-        assert any("cannot be opened" in e.value and "/no/such/dir" in e.value for e in at.error)
-        assert at.session_state["model"] == Subject.bundled("lenet5")
+        yield
     finally:
         ui.app_settings.clear()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("--model", "lenet5", "--data", "/no/such/dir"), ("cannot be opened", "/no/such/dir")),
+        (("--model", "lenet5", "--size", "huge"), ("cannot be used", "--size must be N or HxW")),
+    ],
+)
+def test_a_bad_startup_model_says_why_and_shows_a_bundled_one(monkeypatch, argv, says):
+    with started_with(monkeypatch, *argv):
+        at = start("home")
+        assert_clean(at)
+        errors = [e.value for e in at.error]
+        assert any(all(part in e for part in says) for e in errors), errors
+        assert at.session_state["model"] == Subject.bundled("lenet5")
 
 
 def test_the_app_reads_the_same_data_options_as_the_cli(tmp_path, monkeypatch):
     """`pruning-explorer app` hands its flags to the app's own parser: both must describe the
     same subject (preprocessing and split included)."""
-    import sys
-
     import numpy as np
 
     from explorer import cli, ui
@@ -413,29 +428,9 @@ def test_the_app_reads_the_same_data_options_as_the_cli(tmp_path, monkeypatch):
     argv += ["--mean", "0.5", "--std", "0.25", "--eval-fraction", "0.4", "--split-seed", "3"]
     args = cli.build_parser().parse_args(argv)
     command = cli.app_command(args)
-    monkeypatch.setattr(sys, "argv", ["app.py", *command[command.index("--") + 1 :]])
-    ui.app_settings.clear()
-    try:
+    with started_with(monkeypatch, *command[command.index("--") + 1 :]):
         settings = ui.app_settings()
-    finally:
-        ui.app_settings.clear()
     assert settings.problem == ""
     assert settings.subject == cli.subject_from_args(args)
     assert settings.subject.data.size == (28, 28) and settings.subject.data.seed == 3
     assert settings.subject.data.mean == (0.5,) and settings.subject.data.eval_fraction == 0.4
-
-
-def test_a_bad_app_argument_is_a_message_and_a_bundled_model(monkeypatch):
-    import sys
-
-    from explorer import ui
-
-    monkeypatch.setattr(sys, "argv", ["app.py", "--model", "lenet5", "--size", "huge"])
-    ui.app_settings.clear()
-    try:
-        at = start("home")
-        assert_clean(at)
-        assert any("--size must be N or HxW" in e.value for e in at.error), at.error
-        assert at.session_state["model"] == Subject.bundled("lenet5")
-    finally:
-        ui.app_settings.clear()
