@@ -120,3 +120,54 @@ def test_latency_is_timed_once_per_architecture_and_a_disturbed_one_a_few_times(
     assert not cached and timings[0].spread_ms == pytest.approx(0.1) and len(calls) == 4
     assert bench.latency_by_architecture(structured) == (timings, True)  # steady: reused
     assert len(calls) == 4
+
+
+def test_a_users_torchvision_model_prunes_as_torch_nn_utils_prune_does(tmp_path, monkeypatch):
+    """From the user's files to the numbers: the masks are torch's global L1 masks on the same
+    weights, and the accuracy is that of the torch-pruned model evaluated directly."""
+    import copy
+
+    import numpy as np
+    import torchvision
+    from torch.nn.utils import prune
+
+    from explorer.evaluation import evaluate, predict
+    from explorer.store import default_store
+    from explorer.subject import DataSpec, ModelSource, Subject
+    from explorer.workbench import open_workbench
+
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    network = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    torch.save(network.state_dict(), tmp_path / "r18.pt")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (120, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "own.npz", images=images, labels=np.arange(120) % 4)
+    subject = Subject(
+        ModelSource.parse("torchvision:resnet18"),
+        default_store().register(tmp_path / "r18.pt"),
+        DataSpec(str(tmp_path / "own.npz")),
+    )
+    bench = open_workbench(subject)
+    plan = PruningPlan(amount=0.4)
+    state, result, _ = bench.evaluate(plan)
+    oracle = copy.deepcopy(network)
+    layers = [
+        (name, m)
+        for name, m in oracle.named_modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    prune.global_unstructured(
+        [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=0.4
+    )
+    for name, module in layers:
+        assert torch.equal(state.masks[f"{name}.weight"], module.weight_mask), name
+    direct = evaluate(oracle, bench.eval_set)
+    logits = bench.evaluator.evaluate_state(state).logits
+    reference = predict(oracle, bench.eval_set.images)
+    assert torch.allclose(logits, reference, rtol=0, atol=1e-4)  # channels_last rounding only
+    top2 = reference.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-3  # no near-tie a rounding could flip
+    assert torch.equal(result.predictions[clear], direct.predictions[clear])
+    assert clear.float().mean() > 0.9
+    assert result.accuracy == pytest.approx(direct.accuracy, abs=(~clear).sum().item() / len(clear))
