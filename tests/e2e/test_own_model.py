@@ -85,7 +85,11 @@ def test_an_uploaded_onnx_model_and_npz_are_checked_adopted_and_pruned(tmp_path,
         page.wait_for_function("() => location.search.includes('model=store')", timeout=60_000)
         wait_until_idle(page)
         page.get_by_role("link", name="Prune").click()
-        wait_for_metric(page, "Accuracy")
+        try:
+            wait_for_metric(page, "Accuracy")
+        except Exception:  # what the page showed instead, for whoever reads the failure
+            page.screenshot(path=SHOTS / "own-model-no-prune-page.png", full_page=True)
+            raise
         wait_until_settled(page)
         before = metric_value(page, "Accuracy")
         set_slider_by_keys(page, "Global sparsity", 60)
