@@ -6,6 +6,9 @@
     pruning-explorer prune resnet_mini --method filters --amount 0.5 --compact-out small.pt2
     pruning-explorer eval resnet_mini --method filters --amount 0.5 --layer stem.conv=0.25
     pruning-explorer eval lenet5 --plan plan.json --json
+    pruning-explorer eval lenet5 --amount 0.7 --save lenet5-70 --note "first try"
+    pruning-explorer experiments list
+    pruning-explorer experiments export --out experiments.csv
 
 Every command takes ``--json`` for machines. The error convention, never a traceback:
 
@@ -37,6 +40,15 @@ from typing import IO, Any, NoReturn
 import torch
 
 from explorer.compaction import can_compact, compact
+from explorer.experiments import (
+    Experiment,
+    ExperimentNotFound,
+    ExperimentStore,
+    check_name,
+    csv_text,
+    default_experiments,
+    from_report,
+)
 from explorer.export import ExportError, export_program, masked_state_dict
 from explorer.export import first_line as _one_line
 from explorer.importance import CRITERIA, get_criterion
@@ -44,7 +56,7 @@ from explorer.inspection import prunable_layers
 from explorer.loading.errors import check_file
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
-from explorer.pruning import METHODS, get_method
+from explorer.pruning import METHODS, get_method, plan_label
 from explorer.store import default_store
 from explorer.subject import DataSpec, ModelSource, Subject
 from explorer.workbench import Report, Workbench, open_workbench
@@ -636,11 +648,24 @@ def cmd_prune(args: argparse.Namespace) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> Any:
     plan = plan_from_args(args)
+    experiments = experiments_for_save(args)  # before the evaluation: a taken name fails fast
     bench = open_subject(args)
     report = bench.report(
         plan, latency=not args.no_latency, latency_repeats=args.repeats, threads=args.threads
     )
+    saved = None
+    if experiments is not None:
+        saved = experiments.save(
+            args.save,
+            bench.subject,
+            plan,
+            from_report(report),
+            note=args.note or "",
+            replace=args.replace,
+        )
     if args.json:
+        if saved is not None:
+            return {**report.to_dict(), "saved": _saved_summary(saved, experiments)}
         return report.to_dict()
     quality = table(
         [
@@ -727,7 +752,146 @@ def cmd_eval(args: argparse.Namespace) -> Any:
             + report.latency_note
         )
     parts += [f"warning: {w}" for w in report.warnings]
+    if saved is not None:
+        parts.append(f"saved experiment {saved.name!r} (id {saved.id[:8]}) in {experiments.path}")
     return "\n\n".join(parts)
+
+
+# --- saved experiments --------------------------------------------------------------------------
+
+
+def experiments_for_save(args: argparse.Namespace) -> ExperimentStore | None:
+    """The database ``eval --save`` writes to, with the name checked; None without --save."""
+    if args.save is None:
+        for flag, value in (("--note", args.note), ("--replace", args.replace)):
+            if value:
+                raise CliError(f"{flag} only applies with --save NAME")
+        return None
+    try:
+        name = check_name(args.save)
+    except ValueError as err:
+        raise CliError(f"--save: {err}") from None
+    experiments = default_experiments()
+    if not args.replace:
+        try:
+            old = experiments.get(name)
+        except ExperimentNotFound:
+            return experiments
+        if old.name == name:  # get also finds ids: only a taken *name* is in the way
+            raise CliError(
+                f"--save: an experiment named {name!r} exists already (saved "
+                f"{_when(old)}); add --replace to overwrite it, or choose another name"
+            )
+    return experiments
+
+
+def _when(experiment: Experiment) -> str:
+    return experiment.created[:19].replace("T", " ") + " UTC"
+
+
+def _saved_summary(experiment: Experiment, experiments: ExperimentStore | None) -> dict[str, Any]:
+    return {
+        "id": experiment.id,
+        "name": experiment.name,
+        "database": str(experiments.path) if experiments else None,
+    }
+
+
+def _experiment_json(experiment: Experiment) -> dict[str, Any]:
+    return {**experiment.to_dict(), "plan_label": _plan_label(experiment)}
+
+
+def _plan_label(experiment: Experiment) -> str:
+    try:
+        return plan_label(experiment.plan)
+    except ValueError:  # a method this installation does not know: the raw names then
+        return f"{experiment.plan.method}, {experiment.plan.criterion}"
+
+
+def _metric(experiment: Experiment, key: str) -> str:
+    value = experiment.metrics.get(key)
+    return _pct(value) if isinstance(value, int | float) else "-"
+
+
+def cmd_experiments(args: argparse.Namespace) -> Any:
+    """``experiments list | show | delete | export``."""
+    experiments = default_experiments()
+    if args.action == "list":
+        found = experiments.list(args.subject)
+        if args.json:
+            return [_experiment_json(e) for e in found]
+        if not found:
+            if args.subject:
+                return f"no saved experiments for subject {args.subject} in {experiments.path}"
+            return (
+                f"no saved experiments yet in {experiments.path} "
+                "(save one: pruning-explorer eval MODEL ... --save NAME)"
+            )
+        rows = [
+            (
+                e.name,
+                _when(e),
+                e.subject.label,
+                e.subject.key,
+                _plan_label(e),
+                _metric(e, "accuracy"),
+                _metric(e, "sparsity"),
+                e.id[:8],
+            )
+            for e in found
+        ]
+        header = ["name", "saved", "subject", "subject key", "plan", "accuracy", "sparsity", "id"]
+        return table(rows, header)
+    if args.action == "show":
+        experiment = experiments.get(args.name)
+        if args.json:
+            return _experiment_json(experiment)
+        return _show(experiment)
+    if args.action == "delete":
+        experiment = experiments.delete(args.name)
+        if args.json:
+            return {"deleted": _saved_summary(experiment, experiments)}
+        return f"deleted experiment {experiment.name!r} (id {experiment.id[:8]})"
+    if args.action == "export":
+        path = check_output("--out", args.out)  # before anything is read or written
+        text, count = csv_text(experiments, args.subject)
+        write_output("--out", path, lambda file: file.write(text.encode("utf-8")))
+        if args.json:
+            return {"written": str(path), "experiments": count}
+        return f"wrote {count:,} experiment(s) to {path}"
+    raise CliError(f"unknown experiments action {args.action!r}")  # argparse prevents it
+
+
+def _show(experiment: Experiment) -> str:
+    lines = [
+        f"name:     {experiment.name}",
+        f"id:       {experiment.id}",
+        f"saved:    {_when(experiment)}",
+        f"subject:  {experiment.subject.label} (key {experiment.subject.key})",
+        f"plan:     {_plan_label(experiment)}",
+    ]
+    if experiment.note:
+        lines.append("note:     " + experiment.note.replace("\n", "\n          "))
+    scalars = [
+        (key, value)
+        for key, value in experiment.metrics.items()
+        if not isinstance(value, list | dict)
+    ]
+    lines += ["", table([(k, "-" if v is None else v) for k, v in scalars], ["metric", "value"])]
+    timings = experiment.metrics.get("latency") or []
+    if timings:
+        lines += [
+            "",
+            table(
+                [
+                    (t.get("model"), t.get("batch"), f"{t.get('median_ms', math.nan):.3f}")
+                    for t in timings
+                ],
+                ["latency", "batch", "median ms"],
+            ),
+        ]
+    lines += ["", "plan as JSON:", experiment.plan.to_json()]
+    return "\n".join(lines)
 
 
 APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
@@ -783,6 +947,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "prune": cmd_prune,
     "eval": cmd_eval,
     "app": cmd_app,
+    "experiments": cmd_experiments,
 }
 
 
@@ -857,7 +1022,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads while timing (default: torch's setting)",
     )
+    group = p.add_argument_group("saving (see `experiments`)")
+    group.add_argument(
+        "--save", metavar="NAME", help="save this report as an experiment named NAME"
+    )
+    group.add_argument("--note", metavar="TEXT", help="a note kept with the saved experiment")
+    group.add_argument(
+        "--replace", action="store_true", help="with --save: overwrite an experiment of that name"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("experiments", help="saved experiments: list, show, delete, export")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="saved experiments, newest first")
+    q.add_argument("--subject", metavar="KEY", help="only this subject's (its key, see list)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q = actions.add_parser("show", help="one experiment: subject, plan, metrics, note")
+    q.add_argument("name", metavar="NAME", help="its name (or id)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q = actions.add_parser("delete", help="delete one experiment")
+    q.add_argument("name", metavar="NAME", help="its name (or id)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q = actions.add_parser("export", help="every experiment as CSV, one row each")
+    q.add_argument("--out", metavar="FILE", required=True, help="the CSV file to write")
+    q.add_argument("--subject", metavar="KEY", help="only this subject's experiments")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
