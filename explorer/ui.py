@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import runpy
 import sys
 import threading
@@ -367,6 +368,45 @@ def set_subject(subject: Subject) -> bool:
     return True
 
 
+def load_state(subject: Subject, plan: PruningPlan) -> bool:
+    """Switch to ``subject`` with exactly ``plan`` (a saved experiment brought back). Nothing
+    changes when the subject cannot be opened here or the plan does not apply to it (the
+    reason is queued). Returns whether it switched."""
+    if subject.model.kind == "zoo" and subject.model.ref not in ZOO:
+        notify(
+            f"This installation has no bundled model {subject.model.ref!r} "
+            f"(bundled: {', '.join(ZOO)}).",
+            "error",
+        )
+        return False
+    if subject.model.kind == "zoo" and not weights_path(subject.model.ref).exists():
+        notify(
+            f"{subject.model.ref!r} has no trained weights here: run "
+            f"`python sample_models/train.py {subject.model.ref}`.",
+            "error",
+        )
+        return False
+    try:
+        bench = get_workbench(subject.to_json())
+    except (ValueError, OSError) as err:
+        notify(
+            f"{subject.label} cannot be opened on this server: {err}. Upload its files on "
+            "Model & data to open it again.",
+            "error",
+        )
+        return False
+    try:
+        bench.resolve(plan)
+    except ValueError as err:
+        notify(f"The saved plan does not apply to {subject.label}: {err}", "error")
+        return False
+    st.session_state[MODEL_KEY] = subject
+    remember_subject(subject)
+    _store_plan(plan)
+    write_url()
+    return True
+
+
 def usable_methods(bench: Workbench) -> list[str]:
     """Methods that have at least one unit in this model."""
     return [name for name in METHODS if bench.pruner.units(name)]
@@ -627,6 +667,14 @@ def sample_picker_ui(
             help=f"Position in the eval split, 0 to {len(dataset) - 1}.",
         )
     )
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$])")
+
+
+def plain(text: str) -> str:
+    """``text`` (a name or note a user typed) escaped so that markdown shows it as typed."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 def guarded(render: Callable[[], None]) -> None:

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from explorer import ui
 from explorer.cost import ModelCost, model_cost
+from explorer.experiments import (
+    MAX_NAME_LENGTH,
+    MAX_NOTE_LENGTH,
+    Experiment,
+    ExperimentExists,
+    ExperimentsError,
+    check_name,
+    default_experiments,
+    from_report,
+)
+from explorer.export import FORMATS, ExportError, export, formats_for
 from explorer.importance import CRITERIA, criteria_for
 from explorer.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
 from explorer.plan import PruningPlan
 from explorer.plots import curve_figure, layer_sparsity_figure
-from explorer.pruning import METHODS, Method, Unit
+from explorer.pruning import METHODS, Method, Unit, plan_label
 from explorer.summary import (
     VERDICT_BATCH,
     Footprint,
@@ -722,10 +738,289 @@ def plan_file_ui() -> None:
         cols[1].error(f"{upload.name} is not a usable plan: {outcome[6:]}")
 
 
+# --- save this experiment ---------------------------------------------------------------------
+
+SAVE_NAME_KEY = "save_name"
+SAVE_NOTE_KEY = "save_note"
+SAVE_REPLACE_KEY = "save_replace"  # one per name: a tick for one name never replaces another
+SAVE_REQUEST_KEY = "save_request"
+#: The page's latency tile: batch 1 and the verdict batch, timed once per architecture.
+SAVE_LATENCY = {"batch_sizes": (1, VERDICT_BATCH), "repeats": 12, "budget_s": 0.12}
+
+
+def _replace_key(name: str) -> str:
+    return f"{SAVE_REPLACE_KEY}::{name.strip()}"
+
+
+def _request_save() -> None:
+    """The Save button: what the user typed, handled by the next draw (with a spinner)."""
+    name = st.session_state.get(SAVE_NAME_KEY, "")
+    st.session_state[SAVE_REQUEST_KEY] = (
+        name,
+        st.session_state.get(SAVE_NOTE_KEY, ""),
+        bool(st.session_state.get(_replace_key(name), False)),
+    )
+
+
+def _experiment_metrics(bench: ui.Workbench, plan: PruningPlan) -> tuple[dict, str]:
+    """The numbers to save for ``plan`` (``from_report``) with the latency the page timed
+    (kept per architecture, so normally not timed again), and a few words on the latency."""
+    metrics = from_report(bench.report(plan))
+    try:
+        timings, _ = bench.latency_by_architecture(bench.resolve(plan), **SAVE_LATENCY)
+    except Exception as err:  # a timing failure must not cost the user the save
+        return metrics, f"latency was not stored (it could not be timed: {err})"
+    # The rows as Workbench.report writes them, so that the CLI and the CSV read them alike.
+    metrics["latency"] = [{**asdict(t), "spread_ms": t.spread_ms} for t in timings]
+    return metrics, f"latency as timed on this machine (batch 1 and {VERDICT_BATCH})"
+
+
+def _save(name: str, note: str, replace: bool) -> tuple[str, str]:
+    """Save the current subject and plan with their numbers: ("success" | "error" |
+    "exists", message)."""
+    try:
+        name = check_name(name)
+        experiments = default_experiments()
+        bench, plan = ui.current_workbench(), ui.current_plan()
+        with st.spinner("Measuring this plan for the record…"):
+            metrics, latency = _experiment_metrics(bench, plan)
+        saved = experiments.save(
+            name, ui.current_subject(), plan, metrics, note.strip(), replace=replace
+        )
+    except ExperimentExists:
+        return "exists", (
+            f"Not saved: an experiment named '{ui.plain(name)}' exists already. Choose another "
+            "name, or tick Replace to overwrite it."
+        )
+    except ExperimentsError as err:
+        return "error", f"Not saved: {err}."
+    delta = (saved.metrics["accuracy"] - saved.metrics["dense_accuracy"]) * 100
+    return "success", (
+        f"Saved '{ui.plain(saved.name)}'{' (replaced the old one)' if replace else ''}: "
+        f"{plan_label(plan)}, accuracy {saved.metrics['accuracy']:.2%} ({delta:+.2f} pts vs "
+        f"dense), {latency}."
+    )
+
+
+def _saved_named(name: str) -> Experiment | None:
+    """The saved experiment called exactly ``name`` (not an id), if any."""
+    return next((e for e in default_experiments().list() if e.name == name), None)
+
+
+@st.fragment
+def save_fragment() -> None:
+    """Typing a name or saving reruns only this section."""
+    ui.guarded(save_ui)
+
+
+def save_ui() -> None:
+    """Name (and note) the current plan on this model and keep it with its numbers; the
+    Compare page lists what was saved."""
+    st.markdown("#### Save this experiment")
+    request = st.session_state.pop(SAVE_REQUEST_KEY, None)
+    outcome = _save(*request) if request is not None else None
+    if outcome is not None and outcome[0] == "success":
+        # Saved: the fields are free for the next one (what they held is in the database).
+        st.session_state[SAVE_NAME_KEY] = ""
+        st.session_state[SAVE_NOTE_KEY] = ""
+        st.toast("Experiment saved.", icon=":material/check_circle:")
+    cols = st.columns([2, 3, 1], vertical_alignment="bottom")
+    name = cols[0].text_input(
+        "Name",
+        key=SAVE_NAME_KEY,
+        max_chars=MAX_NAME_LENGTH,
+        placeholder="e.g. fc-heavy 80%",
+        help="A unique name for this subject, plan and its numbers (accuracy, loss, FLOPs, "
+        "sizes, latency); the Compare page lists every saved experiment.",
+    )
+    cols[1].text_input(
+        "Note (optional)",
+        key=SAVE_NOTE_KEY,
+        max_chars=MAX_NOTE_LENGTH,
+        help="Anything worth remembering about this experiment.",
+    )
+    cols[2].button(
+        "Save",
+        key="save_button",
+        on_click=_request_save,
+        icon=":material/bookmark_add:",
+        width="stretch",
+        help="Measure the current plan on all eval images and save it under this name.",
+    )
+    try:
+        taken = _saved_named(name.strip()) if name.strip() else None
+    except ExperimentsError as err:
+        if outcome is None:  # a failed save says it already
+            st.error(f"The saved experiments cannot be used: {err}.")
+        taken = None
+    if taken is not None:
+        if outcome is None or outcome[0] != "exists":
+            st.warning(
+                f"An experiment named '{ui.plain(taken.name)}' exists already (saved "
+                f"{taken.created[:16].replace('T', ' ')} UTC, {plan_label(taken.plan)}). "
+                "Choose another name, or tick Replace to overwrite it."
+            )
+        st.checkbox(
+            f"Replace the saved '{ui.plain(taken.name)}'",
+            key=_replace_key(taken.name),
+            help="Saving then deletes the old experiment of this name and keeps this one.",
+        )
+    if outcome is None:
+        return
+    kind, message = outcome
+    if kind == "success":
+        st.success(message)
+        st.page_link("pages/compare.py", label="Compare saved experiments", icon=ICON_COMPARE)
+    else:
+        st.error(message)
+
+
+ICON_COMPARE = ":material/compare_arrows:"
+
+
+# --- export ------------------------------------------------------------------------------------
+
+EXPORT_FORMAT_KEY = "export_format"
+EXPORT_REQUEST_KEY = "export_request"
+EXPORT_BUILT_KEY = "export_built"
+MIME = {".json": "application/json", ".py": "text/x-python", ".zip": "application/zip"}
+
+
+@dataclass(frozen=True)
+class BuiltFile:
+    """An exported file ready to download, and what it was built from."""
+
+    subject: str
+    plan: PruningPlan
+    file_name: str
+    data: bytes
+    note: str
+    disk_bytes: int
+    files: tuple[str, ...]
+
+
+def export_file_name(fmt: str) -> str:
+    """The subject's tag, the format and its suffix: ``lenet5_pt2.pt2``."""
+    return f"{ui.subject_tag()}_{fmt.replace('-', '_')}{FORMATS[fmt].suffix}"
+
+
+def build_export(bench: ui.Workbench, plan: PruningPlan, fmt: str) -> BuiltFile:
+    """Export ``plan`` as ``fmt`` into a temporary folder and read it back; several files (a
+    snippet and its masks) come as one zip. Raises ``ExportError``."""
+    name = export_file_name(fmt) if fmt in FORMATS else fmt
+    with tempfile.TemporaryDirectory(prefix="pruning-explorer-export-") as folder:
+        result = export(bench, plan, fmt, Path(folder) / name)
+        paths = [Path(p) for p in result.files]
+        try:
+            if len(paths) == 1:
+                data = paths[0].read_bytes()
+            else:
+                name = Path(name).stem + ".zip"
+                buffer = io.BytesIO()
+                with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                    for path in paths:
+                        archive.write(path, path.name)
+                data = buffer.getvalue()
+        except OSError as err:
+            raise ExportError(f"the exported file cannot be read back: {err}") from None
+    return BuiltFile(
+        ui.current_model(),
+        plan,
+        name,
+        data,
+        result.note,
+        result.bytes,
+        tuple(p.name for p in paths),
+    )
+
+
+def _request_export() -> None:
+    st.session_state[EXPORT_REQUEST_KEY] = st.session_state.get(EXPORT_FORMAT_KEY)
+
+
+def _format_label(name: str) -> str:
+    return f"{FORMATS[name].title} ({FORMATS[name].suffix})"
+
+
+@st.fragment
+def export_fragment() -> None:
+    """Choosing a format or building a file reruns only this section."""
+    ui.guarded(export_ui)
+
+
+def export_ui() -> None:
+    """The current plan on the current model as a file to download, in a chosen format."""
+    st.markdown("#### Export")
+    bench, plan = ui.current_workbench(), ui.current_plan()
+    failed = ""
+    request = st.session_state.pop(EXPORT_REQUEST_KEY, None)
+    if request is not None:
+        title = FORMATS[request].title if request in FORMATS else request
+        try:
+            with st.spinner(f"Building the {title} file…"):
+                st.session_state[EXPORT_BUILT_KEY] = build_export(bench, plan, request)
+        except ExportError as err:
+            st.session_state.pop(EXPORT_BUILT_KEY, None)
+            failed = str(err)
+    names = formats_for(plan.method)
+    if st.session_state.get(EXPORT_FORMAT_KEY) not in names:  # another method: other formats
+        st.session_state[EXPORT_FORMAT_KEY] = names[0]
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    fmt = cols[0].selectbox(
+        "Format",
+        names,
+        key=EXPORT_FORMAT_KEY,
+        format_func=_format_label,
+        help="The formats this plan's method can be written in:\n\n"
+        + "\n".join(f"- **{FORMATS[n].title}**: {FORMATS[n].help}" for n in names),
+    )
+    cols[1].button(
+        "Build the file",
+        key="export_button",
+        on_click=_request_export,
+        icon=":material/build:",
+        width="stretch",
+        help="Write the current plan on this model in the chosen format, to download.",
+    )
+    st.caption(f"{FORMATS[fmt].title}: {FORMATS[fmt].help}.")
+    if failed:
+        st.error(f"Could not export: {failed}.")
+    built: BuiltFile | None = st.session_state.get(EXPORT_BUILT_KEY)
+    if built is None:
+        return
+    if built.subject != ui.current_model() or built.plan != plan:
+        st.caption(
+            f"{built.file_name} was built for another plan or model: build the file again "
+            "for this one."
+        )
+        return
+    zipped = (
+        f" A zip of {' and '.join(built.files)}: keep them side by side."
+        if len(built.files) > 1
+        else ""
+    )
+    st.success(
+        f"{built.file_name} is ready ({plan_label(built.plan)}), "
+        f"{built.disk_bytes / 1024:,.1f} KiB on disk: {built.note}.{zipped}"
+    )
+    st.download_button(
+        f"Download {built.file_name}",
+        built.data,
+        file_name=built.file_name,
+        mime=MIME.get(Path(built.file_name).suffix, "application/octet-stream"),
+        key="export_download",
+        on_click="ignore",
+        type="primary",
+        icon=":material/download:",
+    )
+
+
 def main() -> None:
     st.title("Prune")
     workbench_fragment()
     plan_file_ui()
+    save_fragment()
+    export_fragment()
 
 
 ui.run_page(main)

@@ -1,0 +1,315 @@
+"""Compare: the saved experiments side by side, accuracy against a cost with its Pareto front;
+load one back onto the sliders, delete one, or take them all away as CSV."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from explorer import ui
+from explorer.experiments import (
+    Experiment,
+    ExperimentsError,
+    ExperimentStore,
+    csv_text,
+    default_experiments,
+)
+from explorer.pareto import AXES, LATENCY_BATCH, Point, deployed_bytes, latency_ms, pareto_figure
+from explorer.pruning import plan_label
+
+ALL = ""  # the subject filter's "every subject"
+SUBJECT_KEY = "cmp_subject"
+AXIS_KEY = "cmp_axis"
+
+
+def _label(experiment: Experiment) -> str:
+    try:
+        return plan_label(experiment.plan)
+    except ValueError:  # a method or criterion this installation does not know
+        return f"{experiment.plan.method}, {experiment.plan.amount:.0%}"
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _when(created: str) -> datetime | None:
+    """The UTC time of an ISO 8601 text, without its zone (the column says UTC)."""
+    try:
+        return datetime.fromisoformat(created.replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:  # a file edited by hand: the row stays, without its time
+        return None
+
+
+def table_frame(experiments: list[Experiment]) -> pd.DataFrame:
+    """One row per experiment: what the table shows (numbers stay numbers, to sort by)."""
+    rows = []
+    for e in experiments:
+        m = e.metrics
+        accuracy, dense = _number(m.get("accuracy")), _number(m.get("dense_accuracy"))
+        sparsity, size = _number(m.get("prunable_sparsity")), deployed_bytes(m)
+        rows.append(
+            {
+                "name": e.name,
+                "saved": _when(e.created),
+                "subject": e.subject.label,
+                "plan": _label(e),
+                "accuracy": None if accuracy is None else accuracy * 100,
+                "Δ vs dense": None
+                if accuracy is None or dense is None
+                else (accuracy - dense) * 100,
+                "sparsity": None if sparsity is None else sparsity * 100,
+                "FLOPs": _number(m.get("flops_effective")),
+                "size": None if size is None else size / 1024,
+                "latency": latency_ms(m),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+COLUMNS = {
+    "name": st.column_config.TextColumn(help="The name it was saved under."),
+    "saved": st.column_config.DatetimeColumn(
+        "saved (UTC)", format="YYYY-MM-DD HH:mm", help="When it was saved, UTC."
+    ),
+    "subject": st.column_config.TextColumn(
+        width=180, help="The model, weights and data it was measured on."
+    ),
+    "plan": st.column_config.TextColumn(
+        width=190, help="Method, criterion, scope and amount (per-layer settings included)."
+    ),
+    "accuracy": st.column_config.NumberColumn(
+        "accuracy", format="%.2f%%", help="Top-1 on every held-out eval image."
+    ),
+    "Δ vs dense": st.column_config.NumberColumn(
+        "Δ pts", format="%+.2f", help="Accuracy minus the dense model's, in percentage points."
+    ),
+    "sparsity": st.column_config.NumberColumn(
+        format="%.1f%%", help="Zero weights among the prunable layers' weights."
+    ),
+    "FLOPs": st.column_config.NumberColumn(
+        format="compact", help="Effective FLOPs per image: multiply-adds with a nonzero weight."
+    ),
+    "size": st.column_config.NumberColumn(
+        format="%.1f KiB",
+        help="torch.save of the compacted model (structured plans), else the sparse encoding.",
+    ),
+    "latency": st.column_config.NumberColumn(
+        "latency",
+        format="%.3g ms",
+        help=f"Latency: median ms per batch of {LATENCY_BATCH}, deployable model (compacted if "
+        "structured, else masked), timed on the machine that saved it; empty when none was "
+        "stored.",
+    ),
+}
+#: Rows this tall let a long plan label wrap onto a second line instead of being cut.
+ROW_HEIGHT = 66
+
+
+def csv_file_name(subject_label: str) -> str:
+    """``experiments.csv``, or with the one subject shown: ``experiments-lenet5.csv``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", subject_label).strip("-.")[:40]
+    return f"experiments-{slug}.csv" if slug else "experiments.csv"
+
+
+def open_store() -> ExperimentStore | None:
+    """The experiments database, or None after showing why it cannot be used."""
+    try:
+        return default_experiments()
+    except ExperimentsError as err:
+        st.error(f"The saved experiments cannot be read: {err}.")
+        return None
+
+
+def subject_filter_ui(experiments: list[Experiment]) -> str:
+    """Every subject, or one: its key (``ALL`` for every one)."""
+    labels: dict[str, str] = {}
+    for e in experiments:
+        labels.setdefault(e.subject.key, e.subject.label)
+    counts = {key: sum(e.subject.key == key for e in experiments) for key in labels}
+    options = [ALL, *labels] if len(labels) > 1 else list(labels)
+    if st.session_state.get(SUBJECT_KEY) not in options:  # its experiments were deleted
+        st.session_state[SUBJECT_KEY] = ALL
+    return st.selectbox(
+        "Subject",
+        options,
+        key=SUBJECT_KEY,
+        format_func=lambda k: (
+            f"all subjects ({len(experiments)})" if k == ALL else f"{labels[k]} ({counts[k]})"
+        ),
+        help="Show the experiments of one model, weights and data only. Accuracies of "
+        "different subjects do not compete: each has its own Pareto front.",
+    )
+
+
+def table_ui(shown: list[Experiment]) -> Experiment | None:
+    """The experiments as a sortable table; returns the one selected, if any."""
+    # A new key whenever the rows change (a delete, another filter): a selection is a row
+    # position, and must never point at another experiment.
+    digest = hashlib.sha256("".join(e.id for e in shown).encode()).hexdigest()[:12]
+    frame = table_frame(shown)
+    # A column that says the same on every row says it once, above the table.
+    hidden = ["subject"] if frame["subject"].nunique() <= 1 else []
+    hidden += ["latency"] if frame["latency"].isna().all() else []
+    selection = st.dataframe(
+        frame,
+        key=f"cmp_table::{digest}",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        row_height=ROW_HEIGHT,
+        column_config=COLUMNS,
+        column_order=[c for c in frame.columns if c not in hidden],
+    )
+    rows = selection.selection.rows
+    return shown[rows[0]] if rows and rows[0] < len(shown) else None
+
+
+def scatter_ui(shown: list[Experiment]) -> None:
+    """Accuracy against a chosen cost, one Pareto front per subject."""
+    cols = st.columns([1, 3], vertical_alignment="bottom")
+    axis_name = cols[0].selectbox(
+        "Against",
+        list(AXES),
+        key=AXIS_KEY,
+        help="What to set accuracy against: "
+        + "; ".join(f"**{name}**: {axis.help}" for name, axis in AXES.items())
+        + ".",
+    )
+    axis = AXES[axis_name]
+    points = [
+        Point(
+            e.name,
+            e.subject.label,
+            axis.value(e.metrics),
+            _number(e.metrics.get("accuracy")),
+            f"{e.subject.label} · {_label(e)}",
+        )
+        for e in shown
+    ]
+    missing = [ui.plain(p.name) for p in points if p.x is None or p.accuracy is None]
+    better = "more" if axis.maximize else "less"
+    cols[1].caption(
+        f"Diamonds joined by a dashed line: the Pareto front, the experiments that no other "
+        f"one of the same subject beats on both accuracy and {axis_name} ({better} is better)."
+    )
+    if len(missing) == len(points):
+        st.info(f"No shown experiment has a {axis_name} stored: choose another axis.")
+        return
+    dense = {
+        e.subject.label: e.metrics["dense_accuracy"]
+        for e in shown
+        if _number(e.metrics.get("dense_accuracy")) is not None
+    }
+    st.plotly_chart(pareto_figure(points, axis, dense), config={"displayModeBar": False})
+    if missing:
+        st.caption(
+            f"Not drawn, no {axis_name} stored: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + "."
+        )
+
+
+def selected_ui(store: ExperimentStore, chosen: Experiment | None) -> None:
+    """Load the selected experiment onto the sliders, or delete it."""
+    if chosen is None:
+        st.caption(
+            "Select a row (the box at its left) to load it onto the sliders or to delete it. "
+            "Click a column's header to sort by it."
+        )
+        return
+    st.markdown(
+        f"**{ui.plain(chosen.name)}** · {ui.plain(chosen.subject.label)} · {_label(chosen)}"
+    )
+    if chosen.note:
+        st.caption(ui.plain(chosen.note))
+    row = st.container(horizontal=True, vertical_alignment="center")
+    if row.button(
+        "Load onto the sliders",
+        key="cmp_load",
+        type="primary",
+        icon=":material/content_cut:",
+        help="Make this experiment's model and plan the current ones and open the Prune page.",
+    ):
+        if ui.load_state(chosen.subject, chosen.plan):
+            ui.notify(
+                f"Loaded '{ui.plain(chosen.name)}': its model and plan are the current ones.",
+                "info",
+            )
+            st.switch_page("pages/prune.py")
+        ui.show_notices()  # why not
+    # The confirmation first in the code (the button's state depends on it), drawn after it.
+    delete_slot, confirm_slot = row.empty(), row.empty()
+    confirm = confirm_slot.checkbox(
+        "Yes, delete it",
+        key=f"cmp_confirm::{chosen.id}",
+        help="Deleting cannot be undone: tick this first.",
+    )
+    if delete_slot.button(
+        "Delete",
+        key="cmp_delete",
+        icon=":material/delete:",
+        disabled=not confirm,
+        help="Remove this experiment from the database (tick 'Yes, delete it' first).",
+    ):
+        try:
+            store.delete(chosen.id)
+        except ExperimentsError as err:
+            st.error(f"Not deleted: {err}.")
+            return
+        ui.notify(f"Deleted '{ui.plain(chosen.name)}'.", "success")
+        st.rerun()
+
+
+def main() -> None:
+    st.title("Compare")
+    st.write(
+        "Every saved experiment: which plan buys the most sparsity, speed or size for the "
+        "accuracy it costs?"
+    )
+    ui.plan_summary_ui()
+    store = open_store()
+    if store is None:
+        return
+    try:
+        experiments = store.list()
+    except ExperimentsError as err:
+        st.error(f"The saved experiments cannot be read: {err}.")
+        return
+    if not experiments:
+        st.info(
+            "No experiment saved yet. On the Prune page, set a plan, then give it a name "
+            "under **Save this experiment** at the bottom and press Save: it appears here. "
+            f"(Saved in {store.path}; the CLI's `prune --save NAME` saves there too.)"
+        )
+        st.page_link("pages/prune.py", label="Open the Prune page", icon=":material/content_cut:")
+        return
+    top = st.columns([3, 1], vertical_alignment="bottom")
+    with top[0]:
+        subject = subject_filter_ui(experiments)
+    shown = [e for e in experiments if subject == ALL or e.subject.key == subject]
+    text, count = csv_text(store, subject or None)
+    top[1].download_button(
+        "Download CSV",
+        text,
+        file_name=csv_file_name(shown[0].subject.label if subject != ALL else ""),
+        mime="text/csv",
+        key="cmp_csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help=f"The {count} shown experiment{'s' if count != 1 else ''} with all their numbers, "
+        "subject and plan as JSON (enough to measure them again).",
+        width="stretch",
+    )
+    chosen = table_ui(shown)
+    selected_ui(store, chosen)
+    st.markdown("#### Accuracy against cost")
+    scatter_ui(shown)
+
+
+ui.run_page(main)
