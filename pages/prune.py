@@ -701,21 +701,28 @@ def _workbench() -> None:
     quality = metrics.evaluate(started, layer_controls)
     details_ui(metrics)
     curve_ui(bench, plan, (cost.prunable_sparsity, quality.accuracy))
+    plan_download_ui()
 
 
 UPLOAD_SEEN_KEY = "plan_upload_seen"
 
 
-def plan_file_ui() -> None:
-    """Download the plan as JSON; upload one (a bad file gives an error, the plan stays)."""
+def plan_download_ui() -> None:
+    """Download the plan as JSON. Inside the fragment that the sliders rerun: outside it, the
+    button would keep the plan of the last full page run."""
     st.markdown("#### Plan file")
-    cols = st.columns(2)
-    cols[0].download_button(
+    st.download_button(
         "Download plan (JSON)",
         ui.current_plan().to_json(),
         file_name=f"plan-{ui.subject_tag()}.json",
         mime="application/json",
     )
+
+
+def plan_file_ui() -> None:
+    """Upload a plan as JSON (a bad file gives an error, the plan stays); its download is
+    drawn inside the workbench fragment (``plan_download_ui``)."""
+    cols = st.columns(2)
     upload = cols[1].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
     if upload is None:
         return

@@ -90,3 +90,29 @@ def test_a_shared_link_opened_first_on_a_fresh_server_gets_the_whole_app():
         assert slider_thumb(page, "Global sparsity").input_value() == "70"  # the linked plan
         assert page.locator("h1").all_inner_texts() == ["Weights"]
         assert not exceptions(page)
+
+
+def test_the_downloaded_plan_is_the_one_on_the_sliders(app_url, tmp_path):
+    """The sliders rerun only their fragment: a download drawn outside it kept the plan of
+    the last full page run."""
+    import json
+
+    with browser_page() as page:
+        page.goto(f"{app_url}/prune?model=lenet5&amount=0.5")
+        wait_for_metric(page, "Accuracy")
+        wait_until_settled(page)
+        set_slider_by_keys(page, "Global sparsity", 5)  # 50% -> 55%, a fragment rerun
+        page.wait_for_url("**amount=0.55**", timeout=30_000)
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m =>
+                m.innerText.startsWith('Sparsity') && m.innerText.includes('55.0%'))""",
+            timeout=60_000,
+        )
+        wait_until_settled(page)
+        wait_until_idle(page)  # the button is drawn last, after the latency and the curve
+        page.wait_for_timeout(500)
+        with page.expect_download(timeout=30_000) as download:
+            page.get_by_role("button", name="Download plan (JSON)").click()
+        saved = tmp_path / "plan.json"
+        download.value.save_as(saved)
+        assert json.loads(saved.read_text())["amount"] == 0.55
