@@ -330,20 +330,34 @@ def remember_subject(subject: Subject) -> None:
         known.append(subject)
 
 
-def set_subject(subject: Subject) -> bool:
-    """Switch to ``subject``, keeping what of the plan still applies; the last good subject
-    stays when this one cannot be opened (the reason is queued). Returns whether it switched."""
+def _open_or_say_why(subject: Subject, failed: str, advice: str = "") -> Workbench | None:
+    """The workbench of ``subject``, or None with the reason queued for the page."""
+    if subject.model.kind == "zoo" and subject.model.ref not in ZOO:
+        notify(
+            f"This installation has no bundled model {subject.model.ref!r} "
+            f"(bundled: {', '.join(ZOO)}).",
+            "error",
+        )
+        return None
     if subject.model.kind == "zoo" and not weights_path(subject.model.ref).exists():
         notify(
-            f"{subject.model.ref!r} has no trained weights yet: run "
+            f"{subject.model.ref!r} has no trained weights here: run "
             f"`python sample_models/train.py {subject.model.ref}`.",
             "error",
         )
-        return False
+        return None
     try:
-        bench = get_workbench(subject.to_json())
+        return get_workbench(subject.to_json())
     except (ValueError, OSError) as err:
-        notify(f"{subject.label} could not be opened: {err}", "error")
+        notify(f"{subject.label} {failed}: {err}.{advice}", "error")
+        return None
+
+
+def set_subject(subject: Subject) -> bool:
+    """Switch to ``subject``, keeping what of the plan still applies; the last good subject
+    stays when this one cannot be opened (the reason is queued). Returns whether it switched."""
+    bench = _open_or_say_why(subject, "could not be opened")
+    if bench is None:
         return False
     st.session_state[MODEL_KEY] = subject
     remember_subject(subject)
@@ -372,28 +386,12 @@ def load_state(subject: Subject, plan: PruningPlan) -> bool:
     """Switch to ``subject`` with exactly ``plan`` (a saved experiment brought back). Nothing
     changes when the subject cannot be opened here or the plan does not apply to it (the
     reason is queued). Returns whether it switched."""
-    if subject.model.kind == "zoo" and subject.model.ref not in ZOO:
-        notify(
-            f"This installation has no bundled model {subject.model.ref!r} "
-            f"(bundled: {', '.join(ZOO)}).",
-            "error",
-        )
-        return False
-    if subject.model.kind == "zoo" and not weights_path(subject.model.ref).exists():
-        notify(
-            f"{subject.model.ref!r} has no trained weights here: run "
-            f"`python sample_models/train.py {subject.model.ref}`.",
-            "error",
-        )
-        return False
-    try:
-        bench = get_workbench(subject.to_json())
-    except (ValueError, OSError) as err:
-        notify(
-            f"{subject.label} cannot be opened on this server: {err}. Upload its files on "
-            "Model & data to open it again.",
-            "error",
-        )
+    bench = _open_or_say_why(
+        subject,
+        "cannot be opened on this server",
+        " Upload its files on Model & data to open it again.",
+    )
+    if bench is None:
         return False
     try:
         bench.resolve(plan)
