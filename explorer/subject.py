@@ -303,10 +303,15 @@ class Subject:
         return hashlib.sha256(_canonical_json(self.to_dict()).encode()).hexdigest()[:16]
 
     @property
+    def model_label(self) -> str:
+        """The model part of ``label``: a file's name, or "uploaded .onnx 3fa2c1"."""
+        return _short(str(self.model), "uploaded")
+
+    @property
     def label(self) -> str:
         """A few words for people, e.g. "lenet5", "net.py:Net · weights 3fa2c1 · data shapes.zip"
         or "uploaded .onnx 3fa2c1 · data upload 9b01de" (a store file has no name of its own)."""
-        parts = [_short(str(self.model), "uploaded")]
+        parts = [self.model_label]
         if self.weights:
             parts.append(f"weights {self.weights[len(HASH_PREFIX) :][:6]}")
         if not self.data.bundled:

@@ -80,7 +80,7 @@ def load_subject(
         )
     card = {
         "name": subject.key,
-        "title": str(subject.model),
+        "title": subject.model_label,
         "summary": f"{type(loaded.model).__name__} from {subject.model.kind} source "
         f"{subject.model}, on {subject.data.source}.",
         "params": sum(p.numel() for p in loaded.model.parameters()),
