@@ -285,7 +285,7 @@ def main() -> None:
         st.info(
             "No experiment saved yet. On the Prune page, set a plan, then give it a name "
             "under **Save this experiment** at the bottom and press Save: it appears here. "
-            f"(Saved in {store.path}; the CLI's `prune --save NAME` saves there too.)"
+            f"(Saved in {store.path}; the CLI's `eval … --save NAME` saves there too.)"
         )
         st.page_link("pages/prune.py", label="Open the Prune page", icon=":material/content_cut:")
         return

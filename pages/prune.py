@@ -723,7 +723,7 @@ def plan_file_ui() -> None:
     """Upload a plan as JSON (a bad file gives an error, the plan stays); its download is
     drawn inside the workbench fragment (``plan_download_ui``)."""
     cols = st.columns(2)
-    upload = cols[1].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
+    upload = cols[0].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
     if upload is None:
         return
     if st.session_state.get(UPLOAD_SEEN_KEY, (None,))[0] != upload.file_id:
@@ -740,9 +740,9 @@ def plan_file_ui() -> None:
             ui.show_notices()
     outcome = st.session_state[UPLOAD_SEEN_KEY][1]
     if outcome == "loaded":
-        cols[1].success(f"Loaded {upload.name}: it is the current plan.")
+        cols[0].success(f"Loaded {upload.name}: it is the current plan.")
     elif outcome.startswith("error:"):
-        cols[1].error(f"{upload.name} is not a usable plan: {outcome[6:]}")
+        cols[0].error(f"{upload.name} is not a usable plan: {outcome[6:]}")
 
 
 # --- save this experiment ---------------------------------------------------------------------
