@@ -1016,6 +1016,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+def _add_latency_options(parser: argparse.ArgumentParser, repeats: int) -> None:
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument(
+        "--repeats",
+        type=whole_number("--repeats", 1),
+        default=repeats,
+        help=f"timed runs per model and batch (default {repeats})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pruning-explorer", description="Prune the bundled models and read honest numbers."
@@ -1039,13 +1049,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
     )
     p.add_argument("--out", metavar="FILE", required=True, help="the file to write")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument(
-        "--repeats",
-        type=whole_number("--repeats", 1),
-        default=12,
-        help="timed runs per model (default 12)",
-    )
+    _add_latency_options(p, repeats=12)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("prune", help="apply a plan and write the pruned weights")
@@ -1093,13 +1097,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy, FLOPs, size and latency of a (pruned) model")
     _add_subject_options(p)
     _add_plan_options(p)
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument(
-        "--repeats",
-        type=whole_number("--repeats", 1),
-        default=30,
-        help="timed runs per model and batch (default 30)",
-    )
+    _add_latency_options(p, repeats=30)
     p.add_argument(
         "--threads",
         type=whole_number("--threads", 1),

@@ -553,12 +553,11 @@ def dense_accuracy_ui(bench: Workbench, label: str = "Eval accuracy") -> Callabl
             f"{high:.1%} (95%). Refined while the page is open.",
         )
 
-    steps = bench.evaluator.dense_steps()
-    outcome = next(steps)
     if bench.evaluator.dense_done == total:  # known already: no preview to show
-        for outcome in steps:  # noqa: B007 - the last one is the complete result
-            pass
-    show(outcome)
+        show(bench.evaluator.dense)
+        return lambda: None
+    steps = bench.evaluator.dense_steps()
+    show(next(steps))
 
     def refine() -> None:
         for outcome in steps:
