@@ -65,6 +65,7 @@ from explorer.loading.errors import check_file
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
 from explorer.pruning import METHODS, get_method, plan_label
+from explorer.quantize import Int8Report, int8_report  # also registers the int8 export format
 from explorer.store import default_store
 from explorer.subject import DataSpec, ModelSource, Subject
 from explorer.summary import runs_dense_kernels
@@ -717,20 +718,28 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     report = bench.report(
         plan, latency=not args.no_latency, latency_repeats=args.repeats, threads=args.threads
     )
+    int8 = None
+    if args.int8:
+        int8 = int8_report(
+            bench, plan, latency=not args.no_latency, repeats=args.repeats, threads=args.threads
+        )
     saved = None
     if experiments is not None:
         saved = experiments.save(
             args.save,
             bench.subject,
             plan,
-            from_report(report),
+            from_report(report, int8.metrics() if int8 is not None else None),
             note=args.note or "",
             replace=args.replace,
         )
     if args.json:
+        data = report.to_dict()
+        if int8 is not None:
+            data["int8"] = int8.to_dict()
         if saved is not None:
-            return {**report.to_dict(), "saved": _saved_summary(saved, experiments)}
-        return report.to_dict()
+            data["saved"] = _saved_summary(saved, experiments)
+        return data
     quality = table(
         [
             (
@@ -815,10 +824,62 @@ def cmd_eval(args: argparse.Namespace) -> Any:
             + "\n"
             + report.latency_note
         )
+    if int8 is not None:
+        parts.append(_int8_text(int8))
     parts += [f"warning: {w}" for w in report.warnings]
     if saved is not None:
         parts.append(f"saved experiment {saved.name!r} (id {saved.id[:8]}) in {experiments.path}")
     return "\n\n".join(parts)
+
+
+def _int8_text(int8: Int8Report) -> str:
+    """The int8 variant next to the pruned fp32 model and dense: quality, bytes, latency."""
+    sizes = [
+        ("size on disk", _bytes(int8.dense_bytes), _bytes(int8.fp32_bytes), _bytes(int8.int8_bytes))
+    ]
+    if int8.int8_sparse_bytes is not None:
+        sizes.append(
+            (
+                "size, zeros as a bitmap",
+                "-",
+                _bytes(int8.fp32_sparse_bytes),
+                _bytes(int8.int8_sparse_bytes),
+            )
+        )
+    quality = table(
+        [
+            (
+                "accuracy",
+                _pct(int8.dense_accuracy),
+                _pct(int8.fp32_accuracy),
+                _pct(int8.int8_accuracy),
+            ),
+            ("loss", "-", f"{int8.fp32_loss:.4f}", f"{int8.int8_loss:.4f}"),
+            *sizes,
+        ],
+        ["int8 (eval split)", "dense fp32", f"pruned fp32 ({int8.form})", "pruned int8"],
+    )
+    lines = [
+        quality,
+        f"combined reduction (dense fp32 -> pruned int8): {int8.combined_reduction:.1f}x smaller"
+        + (
+            f", {int8.combined_sparse_reduction:.1f}x with zeros as a bitmap"
+            if int8.combined_sparse_reduction is not None
+            else ""
+        )
+        + f"; int8 alone: {int8.int8_reduction:.1f}x; accuracy "
+        f"{int8.accuracy_delta * 100:+.2f} pts vs pruned fp32 "
+        f"({int8.changed:,} of {int8.eval_samples:,} predictions changed)",
+    ]
+    for row in int8.speed:
+        lines.append(f"latency, batch {row['batch']}, int8 vs {row['against']}: {row['summary']}")
+    left = int8.layers_left_fp32
+    lines.append(
+        "layers left fp32: "
+        + ("; ".join(f"{row['name']} ({row['reason']})" for row in left) if left else "none")
+    )
+    lines.append(f"note: {int8.note}")
+    return "\n".join(lines)
 
 
 # --- saved experiments --------------------------------------------------------------------------
@@ -1103,6 +1164,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=whole_number("--threads", 1),
         default=None,
         help="torch threads while timing (default: torch's setting)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantize the pruned model to int8 (weight-only, per channel) and report its "
+        "accuracy, size and latency next to fp32; saved with --save",
     )
     group = p.add_argument_group("saving (see `experiments`)")
     group.add_argument(

@@ -138,13 +138,16 @@ class Experiment:
         }
 
 
-def from_report(report: Report) -> dict[str, Any]:
+def from_report(report: Report, int8: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The metrics of a ``Workbench.report`` to save: the scalars of ``REPORT_METRICS`` and,
-    when latency was measured, its rows (``latency``) as the report has them."""
+    when latency was measured, its rows (``latency``) as the report has them; with ``int8``
+    (``Int8Report.metrics()`` of the same plan) the int8 variant's figures under ``"int8"``."""
     data = report.to_dict()
     metrics = {key: data[key] for key in REPORT_METRICS}
     if data.get("latency"):
         metrics["latency"] = data["latency"]
+    if int8 is not None:
+        metrics["int8"] = dict(int8)
     return metrics
 
 

@@ -556,6 +556,25 @@ class Int8Report:
             "combined_sparse_reduction": self.combined_sparse_reduction,
         }
 
+    def metrics(self) -> dict[str, Any]:
+        """The figures a saved experiment keeps (under ``"int8"``): scalars and the latency
+        rows, not the per-layer tables."""
+        return {
+            "form": self.form,
+            "accuracy": self.int8_accuracy,
+            "loss": self.int8_loss,
+            "fp32_accuracy": self.fp32_accuracy,
+            "changed": self.changed,
+            "bytes": self.int8_bytes,
+            "sparse_bytes": self.int8_sparse_bytes,
+            "fp32_bytes": self.fp32_bytes,
+            "dense_bytes": self.dense_bytes,
+            "combined_reduction": self.combined_reduction,
+            "combined_sparse_reduction": self.combined_sparse_reduction,
+            "layers_left_fp32": [row["name"] for row in self.layers_left_fp32],
+            "latency": self.latency,
+        }
+
 
 def pruned_fp32(bench: Workbench, plan: PruningPlan | PrunedState) -> tuple[nn.Module, str]:
     """The deployable fp32 pruned model (a new object) and its form: compacted for structured

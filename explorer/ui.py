@@ -28,6 +28,7 @@ from explorer.evaluation import IncrementalResult
 from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.pruning import METHODS, PrunedState, plan_label
+from explorer.quantize import Int8Report, int8_report
 from explorer.store import default_store
 from explorer.subject import (
     SUBJECT_FIELDS,
@@ -111,6 +112,18 @@ def eval_unit_stats(subject_json: str, plan_json: str) -> dict[str, UnitStats]:
     with bench.borrowed_model() as model:  # functional_call must not touch the shared model
         points = observation_points(model, layers)
         return unit_statistics(model, images, points, state.parameters)
+
+
+#: Timing of the int8 section: batches 1 and 32, a fraction of a second per model and batch.
+INT8_LATENCY = {"batch_sizes": (1, 32), "repeats": 12, "budget_s": 0.12}
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def int8_figures(subject_json: str, plan_json: str) -> Int8Report:
+    """The int8 variant of a plan's deployable model next to fp32 and dense: accuracy, bytes,
+    latency (``int8_report``); computed once per (subject, plan), shared, plain data."""
+    bench = get_workbench(subject_json)
+    return int8_report(bench, PruningPlan.from_json(plan_json), **INT8_LATENCY)
 
 
 # --- how the operator started the app ------------------------------------------------------------

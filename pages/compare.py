@@ -45,6 +45,17 @@ def _when(created: str) -> datetime | None:
         return None
 
 
+def _int8_columns(int8: object) -> dict[str, float | None]:
+    """The int8 variant's accuracy, size and combined reduction, when it was measured."""
+    figures = int8 if isinstance(int8, dict) else {}
+    accuracy, size = _number(figures.get("accuracy")), _number(figures.get("bytes"))
+    return {
+        "int8 accuracy": None if accuracy is None else accuracy * 100,
+        "int8 size": None if size is None else size / 1024,
+        "int8 ×": _number(figures.get("combined_reduction")),
+    }
+
+
 def table_frame(experiments: list[Experiment]) -> pd.DataFrame:
     """One row per experiment: what the table shows (numbers stay numbers, to sort by)."""
     rows = []
@@ -66,6 +77,7 @@ def table_frame(experiments: list[Experiment]) -> pd.DataFrame:
                 "FLOPs": _number(m.get("flops_effective")),
                 "size": None if size is None else size / 1024,
                 "latency": latency_ms(m),
+                **_int8_columns(m.get("int8")),
             }
         )
     return pd.DataFrame(rows)
@@ -106,6 +118,22 @@ COLUMNS = {
         "stored.",
     ),
 }
+INT8_COLUMNS = ("int8 accuracy", "int8 size", "int8 ×")
+COLUMNS.update(
+    {
+        "int8 accuracy": st.column_config.NumberColumn(
+            format="%.2f%%", help="Accuracy of the pruned model with int8 weights (when measured)."
+        ),
+        "int8 size": st.column_config.NumberColumn(
+            format="%.1f KiB", help="torch.save of the pruned model's int8 state_dict."
+        ),
+        "int8 ×": st.column_config.NumberColumn(
+            "int8 ×",
+            format="%.1f×",
+            help="Combined reduction: dense fp32 bytes / pruned int8 bytes.",
+        ),
+    }
+)
 #: Rows this tall let a long plan label wrap onto a second line instead of being cut.
 ROW_HEIGHT = 66
 
@@ -155,6 +183,7 @@ def table_ui(shown: list[Experiment]) -> Experiment | None:
     # A column that says the same on every row says it once, above the table.
     hidden = ["subject"] if frame["subject"].nunique() <= 1 else []
     hidden += ["latency"] if frame["latency"].isna().all() else []
+    hidden += [c for c in INT8_COLUMNS if frame[c].isna().all()]
     selection = st.dataframe(
         frame,
         key=f"cmp_table::{digest}",

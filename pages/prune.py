@@ -701,6 +701,11 @@ def _workbench() -> None:
     quality = metrics.evaluate(started, layer_controls)
     details_ui(metrics)
     curve_ui(bench, plan, (cost.prunable_sparsity, quality.accuracy))
+    # Nested fragments: a slider move redraws them for the new plan (no stale figures or
+    # files); their own buttons rerun only themselves.
+    int8_fragment()
+    save_fragment()
+    export_fragment()
     plan_download_ui()
 
 
@@ -745,6 +750,143 @@ def plan_file_ui() -> None:
         cols[0].error(f"{upload.name} is not a usable plan: {outcome[6:]}")
 
 
+# --- prune + quantize ----------------------------------------------------------------------------
+
+INT8_REQUEST_KEY = "int8_request"
+INT8_MEASURED_KEY = "int8_measured"  # (subject, plan) pairs measured in this session
+
+
+def _int8_key(plan: PruningPlan) -> tuple[str, str]:
+    return ui.current_model(), plan.to_json(indent=None)
+
+
+def _request_int8() -> None:
+    st.session_state[INT8_REQUEST_KEY] = True
+
+
+def int8_measured(plan: PruningPlan) -> ui.Int8Report | None:
+    """The int8 figures of ``plan`` on the current subject if this session measured them."""
+    key = _int8_key(plan)
+    if key not in st.session_state.get(INT8_MEASURED_KEY, set()):
+        return None
+    return ui.int8_figures(*key)  # cached: no second measurement
+
+
+def _int8_frame(report: ui.Int8Report) -> pd.DataFrame:
+    """Dense fp32, pruned fp32 and pruned int8 as rows: accuracy, bytes, latency per batch."""
+    forms = {
+        "dense": "dense fp32",
+        report.form: f"pruned fp32 ({report.form})",
+        "int8": "pruned int8",
+    }
+    accuracy = {
+        "dense": report.dense_accuracy,
+        report.form: report.fp32_accuracy,
+        "int8": report.int8_accuracy,
+    }
+    size = {"dense": report.dense_bytes, report.form: report.fp32_bytes, "int8": report.int8_bytes}
+    rows = []
+    for form, title in forms.items():
+        row = {"model": title, "accuracy": accuracy[form] * 100, "size": size[form] / 1024}
+        for timing in report.latency:
+            if timing["model"] == form:
+                row[f"ms, batch {timing['batch']}"] = timing["median_ms"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _int8_verdict(report: ui.Int8Report, batch: int = 1) -> str:
+    row = next(
+        (r for r in report.speed if r["batch"] == batch and r["against"] == report.form), None
+    )
+    return "not timed" if row is None else row["summary"]
+
+
+@st.fragment
+def int8_fragment() -> None:
+    """Measuring the int8 variant reruns only this section."""
+    ui.guarded(int8_ui)
+
+
+def int8_ui() -> None:
+    """The pruned model with int8 weights next to its fp32 self: accuracy, size, latency, and
+    the combined reduction against dense fp32."""
+    st.markdown("#### Prune + quantize (int8)")
+    plan = ui.current_plan()
+    if st.session_state.pop(INT8_REQUEST_KEY, False):
+        with st.spinner("Quantizing, evaluating on every eval image and timing…"):
+            ui.int8_figures(*_int8_key(plan))
+        st.session_state.setdefault(INT8_MEASURED_KEY, set()).add(_int8_key(plan))
+    report = int8_measured(plan)
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    cols[0].caption(
+        "Weight-only int8: every Linear and Conv2d weight stored as int8 with one scale per "
+        "output channel (BatchNorm folded in first), computed in fp32. Pruned zeros stay zero."
+    )
+    cols[1].button(
+        "Quantize and measure" if report is None else "Measured",
+        key="int8_button",
+        on_click=_request_int8,
+        disabled=report is not None,
+        icon=":material/compress:",
+        width="stretch",
+        help="Quantize the current plan's deployable model (compacted if structured, else "
+        "masked), evaluate it on every eval image and time it next to fp32 and dense.",
+    )
+    if report is None:
+        return
+    tiles = st.columns(4)
+    tiles[0].metric(
+        "int8 accuracy",
+        f"{report.int8_accuracy:.2%}",
+        **ui.metric_change(report.accuracy_delta * 100, ".2f", " pts vs fp32"),
+        help=f"{report.changed:,} of {report.eval_samples:,} eval predictions differ from the "
+        "pruned fp32 model's.",
+    )
+    tiles[1].metric(
+        "int8 size",
+        f"{report.int8_bytes / 1024:,.1f} KiB",
+        f"{report.int8_reduction:.1f}× smaller than fp32",
+        delta_color="off",
+        delta_arrow="off",
+        help="torch.save of the int8 state_dict (int8 codes, fp32 scales and biases).",
+    )
+    sparse = (
+        f" With the zeros stored as a bitmap: {report.combined_sparse_reduction:.1f}×."
+        if report.combined_sparse_reduction is not None
+        else ""
+    )
+    tiles[2].metric(
+        "Combined reduction",
+        f"{report.combined_reduction:.1f}× smaller",
+        help="Dense fp32 bytes / pruned int8 bytes: pruning and int8 together, the number "
+        f"people quote.{sparse}",
+    )
+    tiles[3].metric(
+        "int8 latency, batch 1",
+        _int8_verdict(report),
+        help="Against the pruned fp32 model, timed in the same rounds. Dequantizing each "
+        "weight on every call is extra work on a CPU: int8 here buys size, not speed.",
+    )
+    st.dataframe(
+        _int8_frame(report),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "accuracy": st.column_config.NumberColumn(format="%.2f%%"),
+            "size": st.column_config.NumberColumn("size on disk", format="%.1f KiB"),
+            **{f"ms, batch {b}": st.column_config.NumberColumn(format="%.3f") for b in (1, 32)},
+        },
+    )
+    left = report.layers_left_fp32
+    st.caption(
+        "Layers left fp32: "
+        + (", ".join(f"{row['name']} ({row['reason']})" for row in left) if left else "none")
+        + ". Saving this experiment now keeps these figures too; the Export section writes "
+        "the int8 program."
+    )
+
+
 # --- save this experiment ---------------------------------------------------------------------
 
 SAVE_NAME_KEY = "save_name"
@@ -772,7 +914,8 @@ def _request_save() -> None:
 def _experiment_metrics(bench: ui.Workbench, plan: PruningPlan) -> tuple[dict, str]:
     """The numbers to save for ``plan`` (``from_report``) with the latency the page timed
     (kept per architecture, so normally not timed again), and a few words on the latency."""
-    metrics = from_report(bench.report(plan))
+    int8 = int8_measured(plan)
+    metrics = from_report(bench.report(plan), int8.metrics() if int8 is not None else None)
     try:
         timings, _ = bench.latency_by_architecture(bench.resolve(plan), **SAVE_LATENCY)
     except Exception as err:  # a timing failure must not cost the user the save
@@ -1026,8 +1169,6 @@ def main() -> None:
     st.title("Prune")
     workbench_fragment()
     plan_file_ui()
-    save_fragment()
-    export_fragment()
 
 
 ui.run_page(main)

@@ -266,3 +266,33 @@ def test_a_snippet_with_its_masks_file_comes_as_one_zip(home):
     assert ready and "A zip of lenet5_snippet.py and lenet5_snippet.masks.pt" in ready[0]
     (download,) = [b for b in at.get("download_button") if b.key == "export_download"]
     assert download.label == "Download lenet5_snippet.zip"
+
+
+def test_int8_figures_are_shown_next_to_fp32_and_saved_with_the_experiment(home, lenet5):
+    from explorer.quantize import int8_report
+
+    at = start("prune", model="lenet5", method="filters", amount="0.3")
+    labels = lambda: [m.label for m in at.metric]  # noqa: E731
+    assert "int8 accuracy" not in labels()  # nothing is measured before the user asks
+    at.button(key="int8_button").click().run()
+    assert_clean(at)
+    oracle = int8_report(lenet5, PruningPlan(method="filters", amount=0.3), latency=False)
+    assert metric(at, "int8 accuracy") == f"{oracle.int8_accuracy:.2%}"
+    assert metric(at, "Combined reduction") == f"{oracle.combined_reduction:.1f}× smaller"
+    (table,) = [d for d in at.dataframe if "model" in d.value and "size" in d.value]
+    assert list(table.value["model"]) == ["dense fp32", "pruned fp32 (compacted)", "pruned int8"]
+    save(at, "filters-int8")
+    assert_clean(at)
+    stored = ExperimentStore(home / FILE_NAME).get("filters-int8").metrics["int8"]
+    assert stored["accuracy"] == oracle.int8_accuracy and stored["bytes"] == oracle.int8_bytes
+    # another plan: its figures are not the old ones; the button asks again
+    at.slider(key="ctl_amount").set_value(50).run()
+    assert_clean(at)
+    assert "int8 accuracy" not in labels()
+    assert at.button(key="int8_button").label == "Quantize and measure"
+    # the Compare page shows the int8 columns of the saved experiment
+    at.switch_page("pages/compare.py").run()
+    assert_clean(at)
+    row = compare_table(at).value.iloc[0]
+    assert row["int8 accuracy"] == pytest.approx(oracle.int8_accuracy * 100)
+    assert row["int8 ×"] == pytest.approx(oracle.combined_reduction)

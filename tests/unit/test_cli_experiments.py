@@ -197,3 +197,27 @@ def test_a_damaged_database_is_one_line_naming_the_file(capsys, home):
         err = one_line_error(*run(capsys, *argv)[::2])
         assert str(database) in err and "damaged" in err
     assert database.read_bytes() == b"garbage" * 100
+
+
+def test_eval_int8_reports_the_int8_variant_and_saves_its_figures(capsys, home, tmp_path):
+    from explorer.quantize import int8_report
+    from explorer.workbench import open_workbench
+
+    argv = ["eval", "lenet300", "--amount", "0.6", "--int8", "--no-latency", "--json"]
+    code, out, _ = run(capsys, *argv, "--save", "q60")
+    assert code == 0
+    data = json.loads(out)
+    oracle = int8_report(open_workbench("lenet300"), PruningPlan(amount=0.6), latency=False)
+    assert data["int8"]["int8_accuracy"] == oracle.int8_accuracy
+    assert data["int8"]["combined_reduction"] == pytest.approx(oracle.combined_reduction)
+    saved = default_experiments().get("q60").metrics["int8"]
+    assert saved["accuracy"] == oracle.int8_accuracy and saved["bytes"] == oracle.int8_bytes
+    # the CSV gets int8 columns next to the fp32 ones
+    table = tmp_path / "all.csv"
+    assert run(capsys, "experiments", "export", "--out", str(table))[0] == 0
+    header = next(csv.reader(table.read_text().splitlines()))
+    assert "int8_accuracy" in header and "int8_combined_reduction" in header
+    # and the text report shows the combined reduction users quote
+    code, text, _ = run(capsys, "eval", "lenet300", "--amount", "0.6", "--int8", "--no-latency")
+    assert code == 0 and "combined reduction (dense fp32 -> pruned int8):" in text
+    assert f"{oracle.combined_reduction:.1f}x smaller" in text

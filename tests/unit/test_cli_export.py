@@ -68,3 +68,28 @@ def test_a_format_the_plan_cannot_take_is_one_line_before_any_model_loads(
 def test_export_mistakes_are_one_line(capsys, extra, message):
     line = error_line(*run(capsys, "export", "lenet5", *extra))
     assert message in line
+
+
+def test_the_int8_format_writes_a_program_that_computes_the_quantized_pruned_model(
+    capsys, tmp_path
+):
+    from explorer.quantize import pruned_fp32, quantize_int8
+
+    out = tmp_path / "small_int8.pt2"
+    argv = ["export", "lenet5", "--method", "filters", "--amount", "0.4", "--format", "int8"]
+    code, text, _ = run(capsys, *argv, "--out", str(out), "--no-latency", "--json")
+    assert code == 0
+    result = json.loads(text)
+    assert (
+        result["format"] == "int8" and result["compacted"] and "layers left fp32" in result["note"]
+    )
+    # the oracle: the library's int8 variant of the same compacted model
+    bench = open_workbench("lenet5")
+    fp32, form = pruned_fp32(bench, PruningPlan(method="filters", amount=0.4))
+    assert form == "compacted"
+    expected_model = quantize_int8(fp32).model
+    x = torch.randn(4, *bench.eval_set.input_shape)
+    with torch.inference_mode():
+        expected = expected_model(x)
+        got = torch.export.load(out).module()(x)
+    assert torch.allclose(got, expected, atol=1e-5)
