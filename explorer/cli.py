@@ -1003,6 +1003,12 @@ def _show(experiment: Experiment) -> str:
         if not isinstance(value, list | dict)
     ]
     lines += ["", table([(k, "-" if v is None else v) for k, v in scalars], ["metric", "value"])]
+    int8 = experiment.metrics.get("int8")
+    if isinstance(int8, dict):  # the int8 variant's scalars, measured with eval --int8
+        rows = [
+            (k, "-" if v is None else v) for k, v in int8.items() if not isinstance(v, list | dict)
+        ]
+        lines += ["", table(rows, ["int8 variant", "value"])]
     timings = experiment.metrics.get("latency") or []
     if timings:
         lines += [

@@ -217,6 +217,8 @@ def test_eval_int8_reports_the_int8_variant_and_saves_its_figures(capsys, home, 
     assert run(capsys, "experiments", "export", "--out", str(table))[0] == 0
     header = next(csv.reader(table.read_text().splitlines()))
     assert "int8_accuracy" in header and "int8_combined_reduction" in header
+    code, shown, _ = run(capsys, "experiments", "show", "q60")
+    assert code == 0 and "int8 variant" in shown and f"{oracle.int8_bytes:,}" in shown
     # and the text report shows the combined reduction users quote
     code, text, _ = run(capsys, "eval", "lenet300", "--amount", "0.6", "--int8", "--no-latency")
     assert code == 0 and "combined reduction (dense fp32 -> pruned int8):" in text
