@@ -90,6 +90,7 @@ class Workbench:
         calibration: ImageDataset | None,
         card: dict[str, Any] | None = None,
         notes: Sequence[str] = (),
+        fit_source: ImageDataset | Callable[[], ImageDataset] | None = None,
     ) -> None:
         self.subject = Subject.of(subject)
         self.name = self.subject.label
@@ -102,6 +103,21 @@ class Workbench:
         self._scratch_lock = threading.Lock()
         self._latency_cache: dict[tuple, tuple[list[Latency], int]] = {}
         self._latency_lock = threading.Lock()
+        self._fit_source = fit_source
+        self._fit_lock = threading.Lock()
+
+    @property
+    def fit_set(self) -> ImageDataset:
+        """The whole fit part of the data (what fine-tuning trains on), loaded on first use.
+
+        Raises ``ValueError`` when the workbench was built without a way to read it."""
+        with self._fit_lock:
+            if isinstance(self._fit_source, ImageDataset):
+                return self._fit_source
+            if self._fit_source is None:
+                raise ValueError(f"{self.name}: no fit data is known for this model")
+            self._fit_source = self._fit_source()
+            return self._fit_source
 
     @cached_property
     def evaluator(self) -> IncrementalEvaluator:
@@ -322,11 +338,22 @@ def open_workbench(
         spec = get_spec(name)
         model = load_model(name).to(device)
         eval_set = load_dataset(spec.dataset, "eval")
-        calibration = calibration_batch(load_dataset(spec.dataset, "fit"), CALIBRATION_SIZE)
-        return Workbench(subject, model, eval_set, calibration, load_card(name))
+        fit = load_dataset(spec.dataset, "fit")
+        calibration = calibration_batch(fit, CALIBRATION_SIZE)
+        return Workbench(subject, model, eval_set, calibration, load_card(name), fit_source=fit)
+    from explorer.loading.data import load_data
     from explorer.loading.subjects import load_subject  # user files: heavier imports
+    from explorer.store import default_store
 
     loaded = load_subject(subject, trust_code=trust_code, trust_pickle=trust_pickle)
+    preprocessing = loaded.loaded_model.preprocessing
+
+    def read_fit() -> ImageDataset:
+        # Read again when fine-tuning asks for it: most sessions never train, and the fit part
+        # of a big dataset is most of its memory.
+        resolve = default_store().path
+        return load_data(subject.data, resolve=resolve, preprocessing=preprocessing).fit
+
     return Workbench(
         subject,
         loaded.model.to(device),
@@ -334,4 +361,5 @@ def open_workbench(
         calibration_batch(loaded.data.fit, CALIBRATION_SIZE),
         loaded.card,
         loaded.notes,
+        fit_source=read_fit,
     )
