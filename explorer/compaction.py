@@ -5,7 +5,8 @@ of a removed channel or head is zero), so compaction only has to drop those entr
 groups go through torch-pruning's dependency graph, which keeps coupled layers (residual adds,
 BatchNorm, depthwise convs, flatten -> Linear) consistent; attention heads are cut here, row by
 row, and an ``nn.MultiheadAttention`` that loses heads becomes a ``CompactMultiheadAttention``
-(it cannot hold fewer heads than its width allows).
+(it cannot hold fewer heads than its width allows). A removed whole block is replaced by its
+skip connection (``explorer.blocks.remove_blocks``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.blocks import BlockStage, remove_blocks
 from explorer.inspection import example_input
 from explorer.pruning import PrunedState, Pruner, get_method
 from explorer.structure import ChannelGroup, CompactMultiheadAttention, HeadGroup
@@ -117,6 +119,19 @@ def _compact_heads(model: nn.Module, pruner: Pruner, state: PrunedState) -> None
         removed = set(_removable(state.keeps[unit.name]))
         kept = [h for h in range(heads.num_heads) if h not in removed]
         HEAD_CUTTERS[heads.kind](model, heads, kept)
+
+
+@register_compactor("blocks")
+def _compact_blocks(model: nn.Module, pruner: Pruner, state: PrunedState) -> None:
+    # Unlike a channel group, a stage can lose every block: the skips still carry the signal.
+    removed = []
+    for unit in state.units:
+        keep = state.keeps.get(unit.name)
+        if keep is None:
+            continue
+        stage: BlockStage = unit.detail
+        removed += [b for b, kept in zip(stage.blocks, keep.tolist(), strict=True) if not kept]
+    remove_blocks(model, removed)
 
 
 def _take_linear(

@@ -1,9 +1,9 @@
 """Importance criteria: how much each weight, channel or head matters. Low score = pruned first.
 
 A criterion gives element-wise scores for a layer's weight (``weight_scores``); a pruning method
-aggregates those into channel or head scores with an Ln norm. Criteria measured on activations
-override the channel / head scores directly. Add a criterion by subclassing ``Criterion`` and
-decorating it with ``@register_criterion``.
+aggregates those into channel, head or block scores with an Ln norm. Criteria measured on
+activations override the channel / head / block scores directly. Add a criterion by subclassing
+``Criterion`` and decorating it with ``@register_criterion``.
 
 Data-dependent criteria use a calibration batch of the **fit** split, never the eval split.
 """
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer.blocks import BlockStage, removal_changes, removal_losses
 from explorer.data import ImageDataset
 from explorer.structure import (
     ChannelGroup,
@@ -168,6 +169,28 @@ class ScoringContext:
             count.index_add_(0, piece.channel_of[valid], torch.ones(int(valid.sum())))
         return total / count.clamp(min=1)
 
+    @property
+    def block_changes(self) -> dict[str, float]:
+        """Per removable block: ||block(x) - removed(x)|| / ||removed(x)|| on the calibration
+        batch (``explorer.blocks.removal_changes``), measured on a private copy."""
+        return self._cached("block_changes", self._compute_block_changes)
+
+    def _compute_block_changes(self) -> dict[str, float]:
+        data = self.require_calibration("branch")
+        blocks = [block for stage in self.structure.block_stages for block in stage.blocks]
+        return removal_changes(self._private_model(), blocks, data.images)
+
+    @property
+    def block_loss_rises(self) -> dict[str, float]:
+        """Per removable block: how much the mean cross-entropy on the calibration batch rises
+        when that block alone is removed (``explorer.blocks.removal_losses``)."""
+        return self._cached("block_loss_rises", self._compute_block_loss_rises)
+
+    def _compute_block_loss_rises(self) -> dict[str, float]:
+        data = self.require_calibration("ablation")
+        blocks = [block for stage in self.structure.block_stages for block in stage.blocks]
+        return removal_losses(self._private_model(), blocks, data.images, data.labels)
+
     def layer_generator(self, layer: str) -> torch.Generator:
         """A generator seeded by (seed, layer name): the same scores for the same plan, always."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(layer.encode()))
@@ -182,7 +205,7 @@ class Criterion(ABC):
     needs_data: ClassVar[bool] = False
     #: Scores depend on the plan's seed (so the seed is part of what the scores are keyed by).
     seeded: ClassVar[bool] = False
-    #: Unit kinds (weights, channels, heads) this criterion can score.
+    #: Unit kinds (weights, channels, heads, blocks) this criterion can score.
     unit_kinds: ClassVar[frozenset[str]] = frozenset({"weights", "channels", "heads"})
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
@@ -211,6 +234,11 @@ class Criterion(ABC):
         """Scores (heads.num_heads,) measured on the heads themselves, or None to aggregate."""
         return None
 
+    def block_scores(self, ctx: ScoringContext, stage: BlockStage) -> torch.Tensor | None:
+        """Scores (stage.size,) measured on the blocks themselves, or None to aggregate the
+        ``parameter_scores`` of their branches' weights."""
+        return None
+
 
 CRITERIA: dict[str, Criterion] = {}
 
@@ -233,6 +261,10 @@ def get_criterion(name: str) -> Criterion:
         raise ValueError(f"unknown criterion {name!r}; choose one of {sorted(CRITERIA)}") from None
 
 
+#: What a criterion that scores weights can score when its scores of any parameter aggregate.
+_ALL_KINDS = frozenset({"weights", "channels", "heads", "blocks"})
+
+
 def _weight(ctx: ScoringContext, layer: str) -> torch.Tensor:
     return ctx.structure.parameters[f"{layer}.weight"].detach()
 
@@ -243,8 +275,10 @@ class Magnitude(Criterion):
     title = "Weight magnitude"
     help = (
         "|w|: small weights matter least (Han et al. 2015). Channels and heads use the "
-        "Ln norm of their weights."
+        "Ln norm of their weights; whole blocks the Ln mean, (mean |w|^p)^(1/p), of the weights "
+        "of their residual branches."
     )
+    unit_kinds = _ALL_KINDS
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         return _weight(ctx, layer).abs()
@@ -262,6 +296,7 @@ class Random(Criterion):
         "Uniform random scores (seeded): the baseline every pruning result should beat. "
         "If a criterion is no better than random, it is not telling you much."
     )
+    unit_kinds = _ALL_KINDS
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         shape = _weight(ctx, layer).shape
@@ -272,6 +307,9 @@ class Random(Criterion):
 
     def head_scores(self, ctx: ScoringContext, heads: HeadGroup) -> torch.Tensor:
         return torch.rand(heads.num_heads, generator=ctx.layer_generator(heads.name))
+
+    def block_scores(self, ctx: ScoringContext, stage: BlockStage) -> torch.Tensor:
+        return torch.rand(stage.size, generator=ctx.layer_generator(stage.name))
 
 
 @register_criterion
@@ -297,9 +335,11 @@ class Taylor(Criterion):
         "images almost perfectly, so a handful of calibration images carry nearly all the "
         "gradient and the scores say what those few need; and a first-order estimate is for a "
         "tiny change to one weight, while pruning removes many at once, a large step whose size "
-        "magnitude measures directly. Channels and heads use the Ln norm of these scores."
+        "magnitude measures directly. Channels and heads use the Ln norm of these scores, "
+        "whole blocks their Ln mean over the weights of the residual branches."
     )
     needs_data = True
+    unit_kinds = _ALL_KINDS
 
     def weight_scores(self, ctx: ScoringContext, layer: str) -> torch.Tensor:
         return self.parameter_scores(ctx, f"{layer}.weight")
@@ -361,3 +401,42 @@ class APoZ(Criterion):
             "APoZ counts zeros after ReLU; attention heads have none. "
             "Use magnitude, taylor, activation or random for heads"
         )
+
+
+@register_criterion
+class BranchOutput(Criterion):
+    """How much a block's output changes if it becomes its skip connection, relative to the
+    skip's output (Veit et al. 2016 found residual networks survive deleting such blocks)."""
+
+    name = "branch"
+    title = "Residual branch output"
+    help = (
+        "Whole blocks only: ||f(x)|| / ||skip(x)|| on the calibration batch from the fit split, "
+        "where f is the block's residual branch: blocks that change their input little go "
+        "first. Measured as the block's output with and without the branch, so a ReLU after "
+        "the add counts (||relu(skip + f) - relu(skip)|| / ||relu(skip)||)."
+    )
+    needs_data = True
+    unit_kinds = frozenset({"blocks"})
+
+    def block_scores(self, ctx: ScoringContext, stage: BlockStage) -> torch.Tensor:
+        changes = ctx.block_changes
+        return torch.tensor([changes[block.name] for block in stage.blocks])
+
+
+@register_criterion
+class Ablation(Criterion):
+    name = "ablation"
+    title = "Loss rise when removed alone (ablation)"
+    help = (
+        "Whole blocks only: remove each block alone and measure how much the cross-entropy on "
+        "the calibration batch from the fit split rises (one forward pass per block). The most "
+        "direct score, but each block is measured with all the others in place: removing "
+        "several at once can cost more than their rises add up to."
+    )
+    needs_data = True
+    unit_kinds = frozenset({"blocks"})
+
+    def block_scores(self, ctx: ScoringContext, stage: BlockStage) -> torch.Tensor:
+        rises = ctx.block_loss_rises
+        return torch.tensor([rises[block.name] for block in stage.blocks])

@@ -1,4 +1,4 @@
-"""The prunable structure of a model: layers, coupled channel groups, attention heads.
+"""The prunable structure of a model: layers, coupled channel groups, attention heads, blocks.
 
 Channel groups come from torch-pruning's dependency graph: channels that are added together
 by a residual connection, normalised by the same BatchNorm, read by a depthwise conv, or
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from explorer.blocks import BlockStage, find_block_stages
 from explorer.inspection import (
     PRUNABLE_TYPES,
     HeadGroup,
@@ -425,6 +426,11 @@ class ModelStructure:
     @cached_property
     def heads(self) -> list[HeadGroup]:
         return attention_heads(self.model)
+
+    @cached_property
+    def block_stages(self) -> list[BlockStage]:
+        """Removable residual / transformer blocks, grouped by the module holding them."""
+        return find_block_stages(self.model, self.layer_by_name)
 
     @cached_property
     def dependency_graph(self) -> tp.DependencyGraph:
