@@ -160,6 +160,8 @@ def _method_reason(state: PrunedState) -> str | None:
         return f"N:M patterns ({plan.n}:{plan.m}) have no torch.nn.utils.prune function"
     if method.unit_kind == "heads":
         return "attention heads have no torch.nn.utils.prune function"
+    if method.unit_kind == "blocks":
+        return "whole blocks have no torch.nn.utils.prune function"
     if plan.criterion == "random":
         return "torch's random pruning draws other numbers than the plan's seed"
     if plan.criterion != "magnitude":

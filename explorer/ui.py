@@ -13,10 +13,13 @@ import re
 import runpy
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from torch import nn
@@ -52,7 +55,8 @@ HELP = {
     "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
     "on the held-out eval split (5,000 images) that no training ever saw.",
     "method": "What gets removed: single weights (unstructured), whole neurons/filters or input "
-    "channels (structured), N of every M weights (N:M) or attention heads.",
+    "channels (structured), N of every M weights (N:M), attention heads, or whole residual / "
+    "transformer blocks (each becomes its skip connection).",
     "criterion": "How importance is scored. Magnitude: small weights matter least. Taylor: "
     "gradient x weight, the first-order loss change if the weight were zeroed (root mean "
     "square over calibration mini-batches). "
@@ -124,6 +128,82 @@ def int8_figures(subject_json: str, plan_json: str) -> Int8Report:
     latency (``int8_report``); computed once per (subject, plan), shared, plain data."""
     bench = get_workbench(subject_json)
     return int8_report(bench, PruningPlan.from_json(plan_json), **INT8_LATENCY)
+
+
+# --- background runs (fine-tuning and friends) ----------------------------------------------------
+
+#: Runs training at once on this server; more would only share the same cores more thinly.
+MAX_RUNNING_JOBS = 2
+
+
+@dataclass(eq=False)
+class JobRecord:
+    """A background run and what it is about, kept by the server (sessions hold its ``id``).
+
+    Attributes:
+        id: random hex, the handle a session keeps in its state.
+        kind: what runs (``"finetune"``, ``"gradual"``, ``"snip"``, ``"ticket"``).
+        subject_json, plan_json: the subject and plan it started from.
+        job: the running object (``TrainingJob`` or ``BackgroundJob``): progress, result, stop.
+        started: ``time.time()`` at start.
+        info: plain data about it (recipe, accuracies before, evaluations so far).
+    """
+
+    id: str
+    kind: str
+    subject_json: str
+    plan_json: str
+    job: Any
+    started: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@st.cache_resource(show_spinner=False)
+def _job_registry() -> dict[str, JobRecord]:
+    return {}
+
+
+_job_lock = threading.Lock()
+
+
+def running_jobs() -> list[JobRecord]:
+    """Runs still going on this server (every session's)."""
+    with _job_lock:
+        return [r for r in _job_registry().values() if not r.job.done]
+
+
+def start_job(kind: str, subject_json: str, plan_json: str, job: Any, **info: Any) -> JobRecord:
+    """Register ``job`` (not yet started) and start it. Raises ``RuntimeError`` when the server
+    already runs ``MAX_RUNNING_JOBS``."""
+    with _job_lock:
+        registry = _job_registry()
+        if sum(not r.job.done for r in registry.values()) >= MAX_RUNNING_JOBS:
+            raise RuntimeError(
+                f"this server already trains {MAX_RUNNING_JOBS} models; start again when one "
+                "has finished (or stop one)"
+            )
+        record = JobRecord(uuid.uuid4().hex, kind, subject_json, plan_json, job, time.time(), info)
+        registry[record.id] = record
+    job.start()
+    return record
+
+
+def get_job(job_id: str | None) -> JobRecord | None:
+    with _job_lock:
+        return _job_registry().get(job_id) if job_id else None
+
+
+def latest_job(kind: str, subject_json: str, plan_json: str | None = None) -> JobRecord | None:
+    """The newest run of ``kind`` on this subject (and plan): what a reloaded page shows."""
+    with _job_lock:
+        found = [
+            r
+            for r in _job_registry().values()
+            if r.kind == kind
+            and r.subject_json == subject_json
+            and (plan_json is None or r.plan_json == plan_json)
+        ]
+    return max(found, key=lambda r: r.started, default=None)
 
 
 # --- how the operator started the app ------------------------------------------------------------

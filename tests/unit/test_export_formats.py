@@ -257,6 +257,12 @@ SNIPPET_PLANS = {
         True,
     ),
     "torchvision-filters": (PruningPlan(method="filters", amount=0.3), "resnet18", ["ln_"], True),
+    "whole-blocks": (
+        PruningPlan(method="blocks", amount=0.34),
+        "resnet_mini",
+        ["custom_from_mask"],
+        True,
+    ),
 }
 
 
