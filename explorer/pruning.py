@@ -325,8 +325,13 @@ class Pruner:
                     contributions.setdefault(param, []).append((mask_key, mask))
                 if pruned[unit.name] == unit.size:
                     warnings.append(
-                        f"{unit.name} is pruned 100%: the model still runs, but "
-                        "nothing flows through this layer any more"
+                        f"{unit.name} is pruned 100%: "
+                        + (
+                            "every block of it is now its skip connection"
+                            if unit.kind == "blocks"
+                            else "the model still runs, but nothing flows through this "
+                            "layer any more"
+                        )
                     )
             masks, parameters, signatures = {}, {}, {}
             for param, parts in contributions.items():
