@@ -238,6 +238,23 @@ def _unit_tag(plan: PruningPlan, unit: Unit, method: Method, pruned: int) -> str
     return "global ranking" if plan.scope == "global" else "global amount"
 
 
+def _unit_members(unit: Unit, state: ui.PrunedState) -> str:
+    """What one row's slider acts on together, for its help text."""
+    if unit.kind == "blocks":
+        names = [block.name for block in unit.detail.blocks]
+        keep = state.keeps.get(unit.name)
+        removed = (
+            [n for n, kept in zip(names, keep.tolist(), strict=True) if not kept]
+            if keep is not None
+            else []
+        )
+        gone = ", ".join(removed) or "none"
+        return f" Blocks: {', '.join(names)}; removed now (each is its skip): {gone}."
+    if len(unit.layers) > 1:
+        return f" Coupled, pruned together: {', '.join(unit.layers)}."
+    return ""
+
+
 def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
     """One row per unit: name and what decides it, its amount, lock, reset."""
     method = METHODS[plan.method]
@@ -265,9 +282,7 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
         dense = unit.name in plan.dense_layers
         pruned = state.pruned[unit.name]
         tag = _unit_tag(plan, unit, method, pruned)
-        coupled = (
-            f" Coupled, pruned together: {', '.join(unit.layers)}." if len(unit.layers) > 1 else ""
-        )
+        coupled = _unit_members(unit, state)
         row = st.columns([3, 5, 1.2, 1.2], vertical_alignment="center")
         row[0].markdown(
             f"**{unit.name}**  \n:gray[{unit.size:,} {unit.kind} · {tag}]",
