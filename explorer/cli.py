@@ -1083,6 +1083,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+def cmd_finetune(args: argparse.Namespace) -> Any:
+    """``finetune``: in ``explorer.cli_recovery`` (training is imported only when used)."""
+    from explorer.cli_recovery import finetune_output
+
+    return finetune_output(args)
+
+
+COMMANDS["finetune"] = cmd_finetune
+
+
 def _add_latency_options(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     parser.add_argument(
@@ -1187,6 +1197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    from explorer.cli_recovery import add_finetune_parser  # here: it imports this module
+
+    add_finetune_parser(sub)
+
     p = sub.add_parser("experiments", help="saved experiments: list, show, delete, export")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     q = actions.add_parser("list", help="saved experiments, newest first")
@@ -1267,4 +1281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m explorer.cli`` runs this file as ``__main__``, a second copy of the module;
+    # the commands in other modules raise the canonical module's CliError, so run that one.
+    from explorer.cli import main as canonical_main
+
+    sys.exit(canonical_main())
