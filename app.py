@@ -16,6 +16,7 @@ from explorer import ui
 PAGES = [
     st.Page("pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
     st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
+    st.Page("pages/recover.py", title="Recover", icon=":material/healing:"),
     st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
     st.Page("pages/activations.py", title="Activations", icon=":material/bolt:"),
     st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
