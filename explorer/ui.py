@@ -40,6 +40,7 @@ from explorer.subject import (
     subject_from_query,
     subject_to_query,
 )
+from explorer.variants import list_variants
 from explorer.workbench import Workbench, open_workbench
 
 DEFAULT_MODEL = "lenet5"
@@ -506,10 +507,29 @@ def usable_methods(bench: Workbench) -> list[str]:
 # --- widget groups ------------------------------------------------------------------------------
 
 
-def _picker_label(subject: Subject) -> str:
+def _short_title(subject: Subject) -> str:
+    # the short title: the sidebar is narrow, the details are on Model & data
+    return load_card(subject.model.ref).get("title", subject.model.ref).split(" (")[0]
+
+
+def _saved_variants() -> dict[Subject, str]:
+    """Fine-tuned variants kept on this server whose weights are still stored: subject ->
+    name (the Recover page keeps them; every page can open them from the picker)."""
+    try:
+        return {v.subject: v.name for v in list_variants() if v.available}
+    except (OSError, ValueError):  # an unreadable data directory: no variants, not a crash
+        return {}
+
+
+def _picker_label(subject: Subject, variants: dict[Subject, str] | None = None) -> str:
+    name = (variants or {}).get(subject)
+    parent = Subject(subject.model, None, subject.data)
+    if name is not None and parent.is_bundled:
+        return f"{_short_title(parent)} · {name}"
+    if name is not None:
+        return f"{subject.model_label} · {name}"
     if subject.is_bundled and not subject.weights:
-        # the short title: the sidebar is narrow, the details are on Model & data
-        return load_card(subject.model.ref).get("title", subject.model.ref).split(" (")[0]
+        return _short_title(subject)
     return subject.label
 
 
@@ -517,6 +537,8 @@ def model_picker_ui() -> Subject:
     """Sidebar model choice: the bundled models and the subjects opened in this session;
     switching keeps the parts of the plan that still apply."""
     options = [Subject.bundled(name) for name in ZOO]
+    variants = _saved_variants()
+    options += [s for s in variants if s not in options]
     options += [s for s in st.session_state.get(USER_SUBJECTS_KEY, []) if s not in options]
     current = current_subject()
     if current not in options:
@@ -537,11 +559,11 @@ def model_picker_ui() -> Subject:
         key=key,
         on_change=changed,
         help=HELP["model"],
-        format_func=_picker_label,
+        format_func=lambda subject: _picker_label(subject, variants),
     )
     chosen = current_subject()
     if not chosen.is_bundled:  # the narrow box cuts a long label short: here it is whole
-        st.caption(chosen.label)
+        st.caption(_picker_label(chosen, variants) if chosen in variants else chosen.label)
     return chosen
 
 

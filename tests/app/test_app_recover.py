@@ -69,6 +69,11 @@ def test_a_fine_tune_recovers_accuracy_and_is_kept_as_a_variant(home):
     assert masks_held(weights, state.masks) == 0
     assert tuned_bench.dense.accuracy == pytest.approx(tuned, abs=5e-5)
     assert not torch.equal(weights["fc1.weight"], bench.model.state_dict()["fc1.weight"])
+    # a new session (a reload, another visitor) finds it in the model picker by its name
+    fresh = start("weights", model="lenet300")
+    assert_clean(fresh)
+    (picker,) = [s for s in fresh.selectbox if s.key.startswith("model_picker::")]
+    assert "LeNet-300-100 · ft95" in picker.options
 
 
 def run_until_done(at, kind):
