@@ -562,7 +562,7 @@ def model_picker_ui() -> Subject:
         format_func=lambda subject: _picker_label(subject, variants),
     )
     chosen = current_subject()
-    if not chosen.is_bundled:  # the narrow box cuts a long label short: here it is whole
+    if not chosen.is_bundled or chosen.weights:  # the narrow box cuts a long label short
         st.caption(_picker_label(chosen, variants) if chosen in variants else chosen.label)
     return chosen
 

@@ -11,7 +11,7 @@ import streamlit as st
 from explorer import ui
 from explorer.plan import PruningPlan
 from explorer.plots.recovery import Trajectory, training_figure, trajectory_figure
-from explorer.pruning import METHODS, plan_label
+from explorer.pruning import METHODS
 from explorer.recovery import FineTuneOutcome, finetune_job, finetune_outcome
 from explorer.schedules import (
     DEFAULT_SCHEDULE,
@@ -298,10 +298,16 @@ def outcome_ui(record: ui.JobRecord) -> None:
     keep_ui(record, outcome)
 
 
+def _short_plan(plan: PruningPlan) -> str:
+    """A variant's default name: the method and amount, e.g. ``filters 30%``."""
+    own = f" +{len(plan.overrides)} layer(s)" if plan.overrides else ""
+    return f"{plan.method} {plan.amount:.0%}{own}"
+
+
 def keep_ui(record: ui.JobRecord, outcome: FineTuneOutcome) -> None:
     """Keep the fine-tuned weights as a named variant of this model, and open it."""
     recipe = Recipe.from_dict(record.info["recipe"])
-    default = f"{plan_label(ui.current_plan())[:60]} · {recipe.epochs} ep" + (
+    default = f"{_short_plan(ui.current_plan())} · {recipe.epochs} ep" + (
         " · distilled" if recipe.distills else ""
     )
     keep_weights_ui(
@@ -581,7 +587,7 @@ def gradual_ui() -> None:
         final_run.plan,
         Recipe.from_dict(record.info["recipe"]),
         {"points": [dataclasses.asdict(p) for p in final_run.points]},
-        f"{plan_label(final_run.plan)[:60]} · gradual {steps} steps",
+        f"{_short_plan(final_run.plan)} · gradual {steps} steps",
     )
 
 
