@@ -46,11 +46,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -61,10 +60,10 @@ from explorer.methods import get_method
 from explorer.plan import PruningPlan, check_amount
 from explorer.pruning import Pruner
 from explorer.training import (
+    BackgroundJob,
     Recipe,
     StopFlag,
     TrainingProgress,
-    error_message,
     fine_tune,
 )
 
@@ -642,98 +641,10 @@ def one_shot_vs_gradual(
 T = TypeVar("T")
 
 
-class ProgressJob(Generic[T]):
-    """Any ``run(progress=..., stop=...)`` in a background thread, polled like ``TrainingJob``.
-
-    ``start()`` returns at once; ``progress`` is the latest ``StepProgress``, ``result`` the
-    return value once ``done``; an exception in the thread becomes ``error`` (one line) and
-    ``exception``. The callable must only read shared models (``gradual_prune`` and the
-    ``explorer.tickets`` experiments do: they train deep copies).
-
-    Args:
-        run: called as ``run(progress=callback, stop=event)`` on the thread.
-        name: the thread's name.
-    """
-
-    def __init__(self, run: Callable[..., T], name: str = "experiment") -> None:
-        self._run_fn = run
-        self._name = name
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._finished = False
-        self._progress: StepProgress | None = None
-        self._result: T | None = None
-        self._exception: BaseException | None = None
-
-    def start(self) -> ProgressJob[T]:
-        """Start the run in a daemon thread; a job runs once."""
-        with self._lock:
-            if self._thread is not None:
-                raise RuntimeError("this job was started already; make a new one")
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the run to end at its next training step (what it has becomes the result)."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` seconds (None: until done); returns ``done``."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return self.done
-
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
-    @property
-    def done(self) -> bool:
-        with self._lock:
-            return self._finished
-
-    @property
-    def running(self) -> bool:
-        return self.started and not self.done
-
-    @property
-    def progress(self) -> StepProgress | None:
-        with self._lock:
-            return self._progress
-
-    @property
-    def result(self) -> T | None:
-        with self._lock:
-            return self._result
-
-    @property
-    def exception(self) -> BaseException | None:
-        with self._lock:
-            return self._exception
-
-    @property
-    def error(self) -> str | None:
-        """What went wrong in the thread, one line; None while running or after success."""
-        with self._lock:
-            return None if self._exception is None else error_message(self._exception)
-
-    def _record(self, update: StepProgress) -> None:
-        with self._lock:
-            self._progress = update
-
-    def _run(self) -> None:
-        result, failure = None, None
-        try:
-            result = self._run_fn(progress=self._record, stop=self._stop)
-        except Exception as err:  # kept for the poller; nothing may die silently in a thread
-            log.warning("%s failed", self._name, exc_info=True)
-            failure = err
-        finally:
-            with self._lock:
-                self._result, self._exception, self._finished = result, failure, True
+class ProgressJob(BackgroundJob[T]):
+    """Any ``run(progress=..., stop=...)`` in a background thread (``BackgroundJob``), whose
+    ``progress`` is the latest ``StepProgress``. The callable must only read shared models
+    (``gradual_prune`` and the ``explorer.tickets`` experiments do: they train deep copies)."""
 
 
 class GradualJob(ProgressJob[GradualResult]):

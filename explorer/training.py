@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -687,57 +687,43 @@ def error_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
-class TrainingJob:
-    """``fine_tune`` in a background thread, polled by the app (or anyone).
+T = TypeVar("T")
 
-    The dense model is deep-copied here, on the caller's thread, so it may be used (never
-    changed) by others while the job runs. ``start()`` returns at once; ``progress`` and
-    ``history`` show the run so far, ``result`` the outcome once ``done``; an exception in the
-    thread becomes ``error`` (one line) and ``exception``, never lost.
 
-    Args: as for ``fine_tune``.
+class BackgroundJob(Generic[T]):
+    """A ``run(progress=..., stop=...)`` in a daemon thread, polled by the app (or anyone).
+
+    ``start()`` returns at once; ``progress`` is the latest value the run reported, ``result``
+    its return value once ``done``; an exception in the thread becomes ``error`` (one line) and
+    ``exception``, never lost. ``stop()`` sets the event the run checks.
+
+    Args:
+        run: called as ``run(progress=callback, stop=event)`` on the thread.
+        name: the thread's name.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        masks: Mapping[str, torch.Tensor],
-        fit: ImageDataset,
-        recipe: Recipe | None = None,
-        *,
-        evaluate: Evaluate | None = None,
-        eval_every: int | None = None,
-        device: torch.device | str | None = None,
-    ) -> None:
-        check_fit(fit)
-        self.recipe = recipe or Recipe()
-        self.fit = fit
-        self._masks = dict(masks)
-        self._student: nn.Module | None = copy.deepcopy(model)
-        self._teacher = copy.deepcopy(model) if self.recipe.distills else None
-        self._evaluate = evaluate
-        self._eval_every = eval_every
-        self._device = device
+    def __init__(self, run: Callable[..., T], name: str = "background job") -> None:
+        self._run_fn = run
+        self._name = name
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._finished = False
-        self._progress: TrainingProgress | None = None
-        self._history: list[float] = []
-        self._result: TrainingResult | None = None
+        self._progress: Any = None
+        self._result: T | None = None
         self._exception: BaseException | None = None
 
-    def start(self) -> TrainingJob:
+    def start(self) -> BackgroundJob[T]:
         """Start the run in a daemon thread; a job runs once."""
         with self._lock:
             if self._thread is not None:
-                raise RuntimeError("this training job was started already; make a new one")
-            self._thread = threading.Thread(target=self._run, name="fine-tune", daemon=True)
+                raise RuntimeError("this job was started already; make a new one")
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Ask the run to end at its next step (its weights so far become the result)."""
+        """Ask the run to end at its next step (what it has so far becomes the result)."""
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> bool:
@@ -762,19 +748,13 @@ class TrainingJob:
         return self.started and not self.done
 
     @property
-    def progress(self) -> TrainingProgress | None:
-        """The latest progress (None before the first step)."""
+    def progress(self) -> Any:
+        """The latest progress the run reported (None before the first)."""
         with self._lock:
             return self._progress
 
     @property
-    def history(self) -> list[float]:
-        """The loss of every step so far (a copy)."""
-        with self._lock:
-            return list(self._history)
-
-    @property
-    def result(self) -> TrainingResult | None:
+    def result(self) -> T | None:
         with self._lock:
             return self._result
 
@@ -789,32 +769,83 @@ class TrainingJob:
         with self._lock:
             return None if self._exception is None else error_message(self._exception)
 
+    def _record(self, update: Any) -> None:
+        with self._lock:
+            self._progress = update
+
+    def _run(self) -> None:
+        result, failure = None, None
+        try:
+            result = self._run_fn(progress=self._record, stop=self._stop)
+        except Exception as err:  # kept for the poller; nothing may die silently in a thread
+            log.warning("%s failed", self._name, exc_info=True)
+            failure = err
+        finally:
+            with self._lock:
+                self._result, self._exception, self._finished = result, failure, True
+
+
+class TrainingJob(BackgroundJob[TrainingResult]):
+    """``fine_tune`` in a background thread (``BackgroundJob``); ``history`` is the loss of
+    every step so far.
+
+    The dense model is deep-copied here, on the caller's thread, so it may be used (never
+    changed) by others while the job runs.
+
+    Args: as for ``fine_tune``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        masks: Mapping[str, torch.Tensor],
+        fit: ImageDataset,
+        recipe: Recipe | None = None,
+        *,
+        evaluate: Evaluate | None = None,
+        eval_every: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        check_fit(fit)
+        super().__init__(self._fine_tune, name="fine-tune")
+        self.recipe = recipe or Recipe()
+        self.fit = fit
+        self._masks = dict(masks)
+        self._student: nn.Module | None = copy.deepcopy(model)
+        self._teacher = copy.deepcopy(model) if self.recipe.distills else None
+        self._evaluate = evaluate
+        self._eval_every = eval_every
+        self._device = device
+        self._history: list[float] = []
+
+    @property
+    def history(self) -> list[float]:
+        """The loss of every step so far (a copy)."""
+        with self._lock:
+            return list(self._history)
+
     def _record(self, update: TrainingProgress) -> None:
         with self._lock:
             self._progress = update
             self._history.append(update.loss)
 
-    def _run(self) -> None:
-        result, failure = None, None
+    def _fine_tune(
+        self, progress: Callable[[TrainingProgress], None], stop: StopFlag
+    ) -> TrainingResult:
         try:
             assert self._student is not None
-            result = _train(
+            return _train(
                 self._student,
                 self._teacher,
                 self._masks,
                 self.fit,
                 self.recipe,
-                progress=self._record,
+                progress=progress,
                 progress_every=1,
-                stop=self._stop,
+                stop=stop,
                 evaluate=self._evaluate,
                 eval_every=self._eval_every,
                 device=self._device,
             )
-        except Exception as err:  # kept for the poller; nothing may die silently in a thread
-            log.warning("fine-tuning failed", exc_info=True)
-            failure = err
         finally:
-            with self._lock:
-                self._result, self._exception, self._finished = result, failure, True
-                self._student = self._teacher = None  # the result holds the weights
+            self._student = self._teacher = None  # the result holds the weights
