@@ -260,6 +260,9 @@ class StepProgress:
         phase: what is happening, e.g. ``"prune"``, ``"fine-tune"``, ``"ticket"``, ``"done"``.
         message: one sentence for people saying what happens and why.
         training: the training loop's progress inside the stage, if training.
+        runs: the trajectories so far, as (label, points) pairs (``GradualPoint``s of the
+            runs of ``gradual_prune`` / ``one_shot_vs_gradual``; empty for other experiments),
+            so that a poller can draw them as they grow.
     """
 
     stage: int
@@ -267,6 +270,7 @@ class StepProgress:
     phase: str
     message: str
     training: TrainingProgress | None = None
+    runs: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -457,7 +461,8 @@ def gradual_prune(
 
     def report(step: int, phase: str, message: str, training: TrainingProgress | None) -> None:
         if progress is not None:
-            progress(StepProgress(step, steps, phase, message, training))
+            trajectory = ((schedule, tuple(points)),)
+            progress(StepProgress(step, steps, phase, message, training, trajectory))
 
     for step, target in enumerate(targets, start=1):
         if stop is not None and stop.is_set():
@@ -605,11 +610,18 @@ def one_shot_vs_gradual(
         gradual one as n+1 .. 2n.
     """
 
-    def shifted(offset: int, label: str) -> Progress | None:
+    def shifted(offset: int, label: str, before: tuple = ()) -> Progress | None:
         if progress is None:
             return None
         return lambda p: progress(
-            StepProgress(p.stage + offset, 2 * steps, p.phase, f"{label}: {p.message}", p.training)
+            StepProgress(
+                p.stage + offset,
+                2 * steps,
+                p.phase,
+                f"{label}: {p.message}",
+                p.training,
+                before + tuple((label, points) for _, points in p.runs),
+            )
         )
 
     common = dict(fit=fit, eval_set=eval_set, stop=stop, device=device)
@@ -630,7 +642,7 @@ def one_shot_vs_gradual(
         steps,
         recipe_per_step,
         schedule=schedule,
-        progress=shifted(steps, "Gradual"),
+        progress=shifted(steps, "Gradual", (("One-shot", tuple(one_shot.points)),)),
         **common,
     )
     return ScheduleComparison(one_shot, gradual)

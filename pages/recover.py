@@ -444,6 +444,17 @@ def steps_live_ui(record: ui.JobRecord) -> None:
         icon=":material/stop_circle:",
         help="End the run at its next training step; what it has so far is shown.",
     )
+    runs = [(label, points) for label, points in getattr(progress, "runs", ()) if points]
+    if runs:  # a gradual run's trajectory, drawn as it grows
+        st.plotly_chart(
+            trajectory_figure(
+                [_gradual_series(points, label) for label, points in runs],
+                "training steps so far",
+                record.info.get("dense"),
+            ),
+            config={"displayModeBar": False},
+            key=f"live_trajectory::{record.id}",
+        )
 
 
 def _run_section(kind: str, start_label: str, start: Any, disabled: bool = False) -> Any:
@@ -486,8 +497,9 @@ def _epochs_ui(kind: str, label: str = "Epochs per run", value: int = 1) -> int:
     )
 
 
-def _gradual_series(result: GradualResult, label: str) -> Trajectory:
-    points = [p for p in result.points if p.accuracy is not None]
+def _gradual_series(result: GradualResult | Any, label: str) -> Trajectory:
+    """A run's points (a ``GradualResult`` or the points so far) as a line of the chart."""
+    points = [p for p in getattr(result, "points", result) if p.accuracy is not None]
     return Trajectory(
         label,
         [p.train_steps for p in points],
@@ -544,6 +556,7 @@ def gradual_ui() -> None:
                 bench, plan, None, steps, recipe, schedule=schedule, progress=progress, stop=stop
             ),
             recipe=recipe.to_dict(),
+            dense=bench.dense.accuracy,
         )
 
     record = _run_section("gradual", f"Prune to {plan.amount:.0%} in {steps} steps", start)

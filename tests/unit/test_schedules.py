@@ -303,3 +303,26 @@ def test_a_failing_job_keeps_its_error():
     assert job.result is None
     assert job.error == "the plan is wrong"
     assert isinstance(job.exception, ValueError)
+
+
+def test_progress_carries_the_trajectories_so_far(lenet300, fit_small, eval_small):
+    pruner = Pruner(lenet300, INPUT_SHAPE)
+    seen = []
+    comparison = one_shot_vs_gradual(
+        pruner,
+        PruningPlan(),
+        0.9,
+        2,
+        TINY,
+        fit=fit_small,
+        eval_set=eval_small,
+        progress=seen.append,
+    )
+    last = seen[-1].runs
+    # the last report holds both finished runs, point for point, one-shot first
+    assert [label for label, _ in last] == ["One-shot", "Gradual"]
+    assert list(last[0][1]) == comparison.one_shot.points
+    assert list(last[1][1]) == comparison.gradual.points
+    # and the trajectory grew while it ran: never fewer points than the report before
+    lengths = [sum(len(points) for _, points in p.runs) for p in seen]
+    assert lengths == sorted(lengths) and lengths[0] <= 1
