@@ -69,6 +69,12 @@ def test_every_layer_row_is_reachable_and_its_lock_is_labelled(app_url):
         assert page.locator(last).count() == 1
         # No inner scroll box that hides the last rows: the page itself scrolls to them.
         assert scroll_parent_is_the_page(page, last)
+        # Under load a rerun may still be redrawing the rows: wait for them as a user would.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=stCheckbox]')]"
+            ".filter(c => c.innerText.trim() === 'Lock').length === 14",
+            timeout=60_000,
+        )
         locks = page.locator("[data-testid=stCheckbox]", has_text=re.compile("^Lock$"))
         assert locks.count() == 14
         for i in range(locks.count()):
