@@ -428,14 +428,10 @@ def steps_live_ui(record: ui.JobRecord) -> None:
         st.progress(0.0, text="Starting…")
     else:
         inner = progress.training
-        detail = (
-            f" · step {inner.step:,} of {inner.total_steps:,}, loss {inner.loss:.4f}"
-            if inner is not None
-            else ""
-        )
+        left = f" About {_duration(inner.eta_s)} left in this run." if inner is not None else ""
         st.progress(
             progress.fraction,
-            text=f"{progress.stage} of {progress.stages}: {progress.message}{detail}",
+            text=f"{progress.stage} of {progress.stages}: {progress.message}{left}",
         )
     st.button(
         "Stop",
