@@ -135,6 +135,8 @@ def int8_figures(subject_json: str, plan_json: str) -> Int8Report:
 
 #: Runs training at once on this server; more would only share the same cores more thinly.
 MAX_RUNNING_JOBS = 2
+#: Finished runs the server keeps (with their weights) for pages to show; older ones go.
+KEEP_FINISHED_JOBS = 12
 
 
 @dataclass(eq=False)
@@ -185,6 +187,10 @@ def start_job(kind: str, subject_json: str, plan_json: str, job: Any, **info: An
             )
         record = JobRecord(uuid.uuid4().hex, kind, subject_json, plan_json, job, time.time(), info)
         registry[record.id] = record
+        # Finished runs hold their weights: keep the newest few, not every run since start.
+        finished = sorted((r for r in registry.values() if r.job.done), key=lambda r: r.started)
+        for old in finished[: max(0, len(finished) - KEEP_FINISHED_JOBS)]:
+            del registry[old.id]
     job.start()
     return record
 

@@ -112,3 +112,26 @@ def test_snip_and_lottery_ticket_runs_show_their_numbers(home):
     assert list(table.value["round"]) == [0, 1]
     assert table.value["left (%)"].iloc[1] == pytest.approx(80.0)
     assert table.value["random re-init"].notna().iloc[1]
+
+
+def test_the_server_keeps_a_bounded_number_of_finished_runs_and_refuses_a_third_running():
+    from explorer import ui
+
+    class Run:  # the part of a job the registry uses
+        def __init__(self, done: bool) -> None:
+            self.done = done
+
+        def start(self) -> None:
+            pass
+
+    ui._job_registry().clear()
+    for n in range(ui.KEEP_FINISHED_JOBS + 5):
+        ui.start_job("finetune", "s", f"p{n}", Run(done=True))
+    kept = ui._job_registry().values()
+    assert len(kept) == ui.KEEP_FINISHED_JOBS  # the newest finished ones
+    assert ui.latest_job("finetune", "s").plan_json == f"p{ui.KEEP_FINISHED_JOBS + 4}"
+    for _ in range(ui.MAX_RUNNING_JOBS):
+        ui.start_job("finetune", "s", "busy", Run(done=False))
+    with pytest.raises(RuntimeError, match="already trains"):
+        ui.start_job("finetune", "s", "one too many", Run(done=False))
+    ui._job_registry().clear()
