@@ -482,13 +482,16 @@ class ExperimentStore:
     def _inspect(self, conn: sqlite3.Connection) -> int:
         """The file's layout version; ``ExperimentsError`` for another program's or a newer
         database. Reads only."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(
-            name
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if not name.startswith("sqlite_")
-        )
+        # One statement, so one read transaction: three separate reads could see the header
+        # before and the tables after another process's first set-up committed (and take the
+        # half-seen file for another program's).
+        app_id, version, names = conn.execute(
+            "SELECT (SELECT application_id FROM pragma_application_id), "
+            "(SELECT user_version FROM pragma_user_version), "
+            "(SELECT group_concat(name, char(31)) FROM sqlite_master "
+            "WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' ESCAPE '!')"
+        ).fetchone()
+        tables = sorted(names.split("\x1f")) if names else []
         if app_id != APPLICATION_ID:
             if app_id == 0 and version == 0 and not tables:
                 return 0  # an empty database: ours to set up
