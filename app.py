@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
     st.Page("pages/activations.py", title="Activations", icon=":material/bolt:"),
     st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
+    st.Page("pages/decisions.py", title="Decisions", icon=":material/alt_route:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 

@@ -17,7 +17,7 @@ its own private copy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +44,7 @@ class Flip:
             or ``"changed"`` (both wrong, different classes).
         true_class, dense_prediction, pruned_prediction: class indices.
         dense_confidence: softmax probability of the dense prediction, in [0, 1] (nan: unknown).
+        pruned_confidence: softmax probability of the pruned prediction, in [0, 1].
         dense_true_probability, pruned_true_probability: softmax probability of the true class.
         true_class_drop: dense minus pruned true-class probability (positive: pruning hurt).
     """
@@ -54,6 +55,7 @@ class Flip:
     dense_prediction: int
     pruned_prediction: int
     dense_confidence: float
+    pruned_confidence: float
     dense_true_probability: float
     pruned_true_probability: float
     true_class_drop: float
@@ -65,6 +67,7 @@ class Flip:
 #: Sort keys of ``sort_flips``: a flip -> a number (nan sorts last either way).
 SORT_KEYS: dict[str, Callable[[Flip], float]] = {
     "dense_confidence": lambda flip: flip.dense_confidence,
+    "pruned_confidence": lambda flip: flip.pruned_confidence,
     "true_class_drop": lambda flip: flip.true_class_drop,
     "index": lambda flip: float(flip.index),
 }
@@ -212,7 +215,14 @@ def flips_for_state(bench: Workbench, state: PrunedState) -> Flips:
     if not torch.equal(dense.samples, pruned.samples):
         raise ValueError("the dense and pruned evaluations cover different samples")
     labels = bench.eval_set.labels[pruned.samples]
-    return compute_flips(dense.logits, pruned.logits, labels, bench.eval_set.classes)
+    flips = compute_flips(dense.logits, pruned.logits, labels, bench.eval_set.classes)
+    # compute_flips numbers samples by position; a partial pass covers a subset of the eval set
+    samples = pruned.samples.tolist()
+    if samples != list(range(len(samples))):
+        flips = replace(
+            flips, flips=tuple(replace(f, index=samples[f.index]) for f in flips.flips)
+        )
+    return flips
 
 
 def flips_for_plan(bench: Workbench, plan: PruningPlan) -> Flips:
@@ -301,6 +311,7 @@ def _build_flips(
     dense_np = None if dense_probs is None else dense_probs.cpu().numpy()
     pruned_np = None if pruned_probs is None else pruned_probs.cpu().numpy()
     confidence = nan if dense_np is None else dense_np[rows, d]
+    pruned_confidence = nan if pruned_np is None else pruned_np[rows, p]
     dense_true = nan if dense_np is None else dense_np[rows, y]
     pruned_true = nan if pruned_np is None else pruned_np[rows, y]
     # Kind of each flipped sample: by who was right.
@@ -313,6 +324,7 @@ def _build_flips(
             dense_prediction=int(d[i]),
             pruned_prediction=int(p[i]),
             dense_confidence=float(confidence[i]),
+            pruned_confidence=float(pruned_confidence[i]),
             dense_true_probability=float(dense_true[i]),
             pruned_true_probability=float(pruned_true[i]),
             true_class_drop=float(dense_true[i] - pruned_true[i]),

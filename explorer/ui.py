@@ -28,8 +28,10 @@ from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.cli import add_data_options, data_spec_from_args
 from explorer.data import ImageDataset
 from explorer.evaluation import IncrementalResult
+from explorer.flips import Flips, flips_for_plan
 from explorer.models import ZOO, load_card, weights_path
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
+from explorer.plots.common import image_data_uri
 from explorer.pruning import METHODS, PrunedState, plan_label
 from explorer.quantize import Int8Report, int8_report
 from explorer.store import default_store
@@ -117,6 +119,21 @@ def eval_unit_stats(subject_json: str, plan_json: str) -> dict[str, UnitStats]:
     with bench.borrowed_model() as model:  # functional_call must not touch the shared model
         points = observation_points(model, layers)
         return unit_statistics(model, images, points, state.parameters)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def flips_of(subject_json: str, plan_json: str) -> Flips:
+    """Every eval prediction a plan flipped, with per-class counts and confusion matrices;
+    computed once per (subject, plan) from the incremental evaluation, shared, plain data."""
+    bench = get_workbench(subject_json)
+    return flips_for_plan(bench, PruningPlan.from_json(plan_json))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def thumbnails(subject_json: str, indices: tuple[int, ...]) -> list[str]:
+    """Small PNG ``data:`` URIs of eval images, for a table's image column."""
+    data = get_workbench(subject_json).eval_set
+    return [image_data_uri(data.pixels(i)) for i in indices]
 
 
 #: Timing of the int8 section: batches 1 and 32, a fraction of a second per model and batch.

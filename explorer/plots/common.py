@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from explorer.data import ImageDataset
 
@@ -79,3 +83,17 @@ def sample_grid_figure(
     fig.update_xaxes(visible=False)
     fig.update_layout(annotations=annotations)
     return compact_layout(fig, height=72 * rows + 20)
+
+
+def image_data_uri(pixels: np.ndarray, size: int = 28) -> str:
+    """A small PNG of display pixels in [0, 1] ((H, W) grey or (H, W, C) colour) as a
+    ``data:`` URI, for an image column of a table; scaled to at most ``size`` pixels a side.
+    Grey images are drawn as dark ink on white, like the sample grid."""
+    values = np.asarray(pixels, dtype=np.float64)
+    if values.ndim == 2:
+        values = 1.0 - values  # ink on paper
+    image = Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8))
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

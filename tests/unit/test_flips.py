@@ -58,14 +58,15 @@ def test_tiny_case_flips_match_hand_counts(tiny):
     assert (broken.true_class, broken.dense_prediction, broken.pruned_prediction) == (0, 0, 1)
     assert (changed.true_class, changed.dense_prediction, changed.pruned_prediction) == (1, 2, 0)
     assert (fixed.true_class, fixed.dense_prediction, fixed.pruned_prediction) == (2, 0, 2)
-    expected = {  # (dense confidence, dense true prob, pruned true prob, drop)
-        0: (0.7, 0.7, 0.4, 0.3),
-        3: (0.5, 0.3, 0.3, 0.0),
-        5: (0.5, 0.4, 0.6, -0.2),
+    expected = {  # (dense confidence, pruned confidence, dense true prob, pruned true prob, drop)
+        0: (0.7, 0.5, 0.7, 0.4, 0.3),
+        3: (0.5, 0.6, 0.3, 0.3, 0.0),
+        5: (0.5, 0.6, 0.4, 0.6, -0.2),
     }
     for flip in tiny.flips:
         got = (
             flip.dense_confidence,
+            flip.pruned_confidence,
             flip.dense_true_probability,
             flip.pruned_true_probability,
             flip.true_class_drop,

@@ -1,0 +1,257 @@
+"""Decisions: which eval inputs the plan flipped, where the models look, which units carry it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from explorer import ui
+from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
+from explorer.plots.flips import confusion_change_figure, flip_counts_figure
+
+CHART = {"displayModeBar": False}
+AMOUNT_KEY = "dec_amount"
+SAMPLE_KEY = "dec_sample"
+#: Rows the flip table shows at once: enough to scroll through, few enough to draw at once.
+MAX_ROWS = 300
+SORT_TITLES = {
+    "true_class_drop": "Drop in the true class's probability",
+    "dense_confidence": "Dense model's confidence",
+    "pruned_confidence": "Pruned model's confidence",
+    "index": "Eval index",
+}
+KIND_TITLES = {
+    "broken": "broken (dense right, pruned wrong)",
+    "fixed": "fixed (dense wrong, pruned right)",
+    "changed": "changed (both wrong, differently)",
+}
+ANY = -1
+
+FLIP_COLUMNS = {
+    "image": st.column_config.ImageColumn("Image", width="small"),
+    "index": st.column_config.NumberColumn("#", help="Position in the eval split.", format="%d"),
+    "kind": st.column_config.TextColumn(
+        "Flip",
+        help="broken: dense right, pruned wrong · fixed: the reverse · changed: both "
+        "wrong, with different classes.",
+    ),
+    "true": st.column_config.TextColumn("True"),
+    "dense": st.column_config.TextColumn("Dense says", help="Class and softmax confidence."),
+    "pruned": st.column_config.TextColumn("Pruned says", help="Class and softmax confidence."),
+    "drop": st.column_config.ProgressColumn(
+        "True-class drop",
+        help="Dense minus pruned softmax probability of the true class (points).",
+        format="%+.0f",
+        min_value=-100,
+        max_value=100,
+    ),
+}
+
+
+def headline_ui(flips: Flips) -> None:
+    """What the accuracy change hides: the flips behind the net number."""
+    summary = flips.summary()
+    cols = st.columns(4)
+    cols[0].metric(
+        "Pruned accuracy",
+        f"{summary['pruned_accuracy']:.2%}",
+        **ui.metric_change(summary["accuracy_delta"] * 100, ".2f", " pts"),
+        help=f"Dense: {summary['dense_accuracy']:.2%} on the same {flips.total:,} eval images.",
+    )
+    cols[1].metric(
+        "Predictions flipped",
+        f"{summary['flipped']:,}",
+        f"{summary['flip_rate']:.2%} of the eval set",
+        delta_color="off",
+        delta_arrow="off",
+        help="Eval images whose predicted class differs between the dense and the pruned "
+        "model. The accuracy change is only their net: (fixed − broken) / N.",
+    )
+    cols[2].metric(
+        "Broken",
+        f"{summary['broken']:,}",
+        help="The dense model was right, the pruned one is wrong.",
+    )
+    cols[3].metric(
+        "Fixed · changed",
+        f"{summary['fixed']:,} · {summary['changed']:,}",
+        help="Fixed: the dense model was wrong, the pruned one is right. Changed: both wrong, "
+        "with different classes.",
+    )
+
+
+def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str, bool]:
+    """Which flips to list and in what order."""
+    cols = st.columns([3, 2, 2, 2, 3])
+    kinds = cols[0].multiselect(
+        "Kinds",
+        FLIP_KINDS,
+        default=list(FLIP_KINDS),
+        key="dec_kinds",
+        format_func=lambda k: k,
+        help=" · ".join(KIND_TITLES.values()),
+    )
+    options = [ANY, *range(len(classes))]
+    true_class = cols[1].selectbox(
+        "True class",
+        options,
+        key="dec_true",
+        format_func=lambda c: "any" if c == ANY else classes[c],
+    )
+    predicted = cols[2].selectbox(
+        "Predicted as",
+        options,
+        key="dec_pred",
+        format_func=lambda c: "any" if c == ANY else classes[c],
+        help="Keep the flips where this class is predicted by the model chosen beside.",
+    )
+    by = cols[3].selectbox(
+        "by",
+        ["pruned", "dense", "either"],
+        key="dec_pred_by",
+        disabled=predicted == ANY,
+        help="Which model's prediction 'Predicted as' looks at.",
+    )
+    with cols[4]:
+        sort = st.selectbox(
+            "Sort by", list(SORT_TITLES), key="dec_sort", format_func=SORT_TITLES.__getitem__
+        )
+        descending = st.toggle("Largest first", True, key="dec_desc")
+    return kinds, true_class, predicted, by, sort, descending
+
+
+def flip_frame(shown: list[Flip], classes: tuple[str, ...], images: list[str]) -> pd.DataFrame:
+    """One row per flip, as the table shows it."""
+    return pd.DataFrame(
+        {
+            "image": images,
+            "index": [f.index for f in shown],
+            "kind": [f.kind for f in shown],
+            "true": [classes[f.true_class] for f in shown],
+            "dense": [_said(classes, f.dense_prediction, f.dense_confidence) for f in shown],
+            "pruned": [_said(classes, f.pruned_prediction, f.pruned_confidence) for f in shown],
+            "drop": [f.true_class_drop * 100 for f in shown],
+        }
+    )
+
+
+def _said(classes: tuple[str, ...], label: int, confidence: float) -> str:
+    return classes[label] + (f" ({confidence:.0%})" if confidence == confidence else "")
+
+
+def flip_table_ui(bench: ui.Workbench, flips: Flips) -> int | None:
+    """The filtered, sorted flips; returns the eval index of the row selected, if any."""
+    classes = bench.eval_set.classes
+    kinds, true_class, predicted, by, sort, descending = filters_ui(classes)
+    shown = filter_flips(
+        flips.flips,
+        true_class=None if true_class == ANY else true_class,
+        predicted_class=None if predicted == ANY else predicted,
+        predicted_by=by,
+        kinds=kinds,
+    )
+    shown = sort_flips(shown, sort, descending)
+    if not shown:
+        st.info("No flip matches these filters.")
+        return None
+    listed = shown[:MAX_ROWS]
+    images = ui.thumbnails(ui.current_model(), tuple(f.index for f in listed))
+    # a new key whenever the rows change: a selection is a row position
+    digest = hashlib.sha256(",".join(str(f.index) for f in listed).encode()).hexdigest()[:12]
+    event = st.dataframe(
+        flip_frame(listed, classes, images),
+        key=f"dec_table::{digest}",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        height=380,
+        column_config=FLIP_COLUMNS,
+    )
+    more = f" (the first {MAX_ROWS} shown)" if len(shown) > MAX_ROWS else ""
+    st.caption(
+        f"{len(shown):,} of {len(flips.flips):,} flips{more}. Select a row to see why it "
+        "flipped, below."
+    )
+    rows = event.selection.rows
+    return listed[rows[0]].index if rows and rows[0] < len(listed) else None
+
+
+def flips_tab(bench: ui.Workbench, flips: Flips) -> int | None:
+    """The flips: table, per-class counts, confusion change; the selected eval index."""
+    if not flips.flips:
+        st.info(
+            "No eval prediction changed under this plan: the pruned model agrees with the "
+            "dense one on every eval image. Prune more to see some flip."
+        )
+        return None
+    left, right = st.columns([3, 2], gap="medium")
+    with left:
+        chosen = flip_table_ui(bench, flips)
+    with right:
+        counts, confusion = st.tabs(["Per class", "Confusion change"])
+        with counts:
+            st.plotly_chart(
+                flip_counts_figure(flips.per_class, flips.classes), config=CHART, key="dec_counts"
+            )
+        with confusion:
+            st.plotly_chart(
+                confusion_change_figure(flips.confusion_change, flips.classes),
+                config=CHART,
+                key="dec_confusion",
+            )
+            st.caption(
+                "Pruned minus dense confusion matrix: red = worse (a new error off the "
+                "diagonal, a lost correct prediction on it)."
+            )
+    return chosen
+
+
+def sample_detail_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> None:
+    """One eval image: both predictions, both saliency maps, both decision paths."""
+    st.subheader(f"Eval image #{index}")
+
+
+@st.fragment
+def decisions_fragment() -> None:
+    """Slider, flips and the selected sample together: a change reruns only this part."""
+    ui.guarded(_decisions_body)
+
+
+def _decisions_body() -> None:
+    ui.show_notices()
+    ui.plan_summary_ui()
+    bench = ui.current_workbench()
+    state = ui.resolve_current()
+    top, side = st.columns([4, 1], gap="medium", vertical_alignment="bottom")
+    with side:
+        ui.global_amount_ui(AMOUNT_KEY, "The same plan as on the Prune page.")
+    with st.spinner(f"Comparing the {len(bench.eval_set):,} eval predictions…"):
+        flips = ui.flips_of(ui.current_model(), state.plan.to_json(indent=None))
+    with top:
+        headline_ui(flips)
+    for warning in state.warnings:
+        st.warning(warning)
+    chosen = flips_tab(bench, flips)
+    if chosen is not None:
+        st.session_state[SAMPLE_KEY] = chosen
+    index = st.session_state.get(SAMPLE_KEY)
+    if index is None and flips.flips:
+        index = sort_flips(flips.flips)[0].index
+    if index is not None:
+        sample_detail_ui(bench, state, int(index))
+
+
+def main() -> None:
+    st.title("Decisions")
+    st.write(
+        "The accuracy change is a net number. Here are the eval inputs behind it: which "
+        "ones the plan flipped, where the dense and the pruned model look, and which units "
+        "carried the decision that the plan cut."
+    )
+    decisions_fragment()
+
+
+ui.run_page(main)
