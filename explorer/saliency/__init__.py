@@ -16,6 +16,12 @@ from explorer.saliency import gradcam  # noqa: F401
 from explorer.saliency import token_gradcam  # noqa: F401
 
 # isort: split
+from explorer.saliency import integrated  # noqa: F401
+
+# isort: split
+from explorer.saliency import occlusion  # noqa: F401
+
+# isort: split
 from explorer.saliency.base import (
     ATTRIBUTIONS,
     NEGLIGIBLE_SHARE,

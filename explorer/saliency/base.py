@@ -50,7 +50,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -128,6 +128,10 @@ class AttributionMethod(ABC):
         requires: what a model needs for ``applies_to`` to hold ("" = any classifier).
         evidence_means: how ``_attribute`` measures its map in logit units (one phrase).
         zero_means: what a negligible map says, shown over its blank panel (one phrase).
+        options: the method's settings and their defaults (e.g. ``{"steps": 32}``); ``explain``
+            accepts exactly these as keyword arguments.
+        live: whether one map is cheap enough (one or two passes) to redraw with every slider
+            move; an expensive method (many passes per map) runs on request.
     """
 
     name: ClassVar[str]
@@ -136,30 +140,45 @@ class AttributionMethod(ABC):
     requires: ClassVar[str] = ""
     evidence_means: ClassVar[str] = ""
     zero_means: ClassVar[str] = "no evidence for this class"
+    options: ClassVar[dict[str, Any]] = {}
+    live: ClassVar[bool] = True
+
+    def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The defaults updated with ``options``; a ValueError for a setting the method lacks."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = sorted(self.options) or "none"
+            raise ValueError(f"{self.title} has no setting {unknown}; its settings: {known}")
+        return {**self.options, **options}
 
     def applies_to(self, model: nn.Module, input_shape: tuple[int, ...]) -> bool:
         """Whether this method can explain ``model`` on (C, H, W) inputs (e.g. Grad-CAM needs a
         Conv2d); any probing runs on a private copy."""
         return True
 
-    def describe(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    def describe(self, model: nn.Module, input_shape: tuple[int, ...], **options: Any) -> str:
         """One line on how the method meets this model (e.g. which layer it reads); "" if none.
 
         Args:
             model: the classifier (read only; any probing runs on a private copy).
             input_shape: one sample's shape, (C, H, W).
+            options: the method's settings (see ``options``).
         """
         return ""
 
-    def attribute(self, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    def attribute(
+        self, model: nn.Module, x: torch.Tensor, target: int, **options: Any
+    ) -> np.ndarray:
         """Attribution map of logit ``target`` for one image: ``explain(...).values``.
 
         Returns:
             float32 array (H, W), finite and non-negative; larger = more important.
         """
-        return self.explain(model, x, target).values
+        return self.explain(model, x, target, **options).values
 
-    def explain(self, model: nn.Module, x: torch.Tensor, target: int) -> Attribution:
+    def explain(
+        self, model: nn.Module, x: torch.Tensor, target: int, **options: Any
+    ) -> Attribution:
         """Attribution map of logit ``target`` for one image, with its evidence.
 
         Args:
@@ -167,12 +186,14 @@ class AttributionMethod(ABC):
                 modified: no parameter, ``.grad`` or hook of it changes.
             x: float tensor (1, C, H, W), the (normalised) image a model takes.
             target: class index whose logit is explained, in ``range(classes)``.
+            options: the method's settings (``options`` lists them and their defaults).
 
         Returns:
             ``Attribution``: the (H, W) map, its evidence and the model's logit range.
         """
         if x.ndim != 4 or x.shape[0] != 1:
             raise ValueError(f"expected one image of shape (1, C, H, W), got {tuple(x.shape)}")
+        settings = self.resolve_options(options)
         if not self.applies_to(model, tuple(x.shape[1:])):
             raise ValueError(f"{self.title} does not apply to this model")
         work = private_copy(model)
@@ -182,7 +203,9 @@ class AttributionMethod(ABC):
             logits = work(image.detach())[0].double()
         finite = bool(torch.isfinite(logits).all())
         logit_range = float(logits.max() - logits.min()) if finite else math.nan
-        result, evidence = self._attribute(work, image, int(target))
+        if not 0 <= int(target) < len(logits):
+            raise ValueError(f"target {target} is not a class index (0..{len(logits) - 1})")
+        result, evidence = self._attribute(work, image, int(target), **settings)
         result = result.detach().float().cpu()
         result = result.reshape(result.shape[-2:]) if result.ndim > 2 else result
         if tuple(result.shape) != tuple(x.shape[-2:]):
@@ -201,7 +224,7 @@ class AttributionMethod(ABC):
 
     @abstractmethod
     def _attribute(
-        self, model: nn.Module, x: torch.Tensor, target: int
+        self, model: nn.Module, x: torch.Tensor, target: int, **options: Any
     ) -> tuple[torch.Tensor, float]:
         """The method proper, on a private copy of the model.
 
@@ -209,6 +232,7 @@ class AttributionMethod(ABC):
             model: a deep copy in eval mode, parameters frozen; free to hook.
             x: (1, C, H, W) on the model's device, a fresh leaf tensor that requires grad.
             target: class index.
+            options: every setting of ``options``, defaults filled in.
 
         Returns:
             (map, evidence): the map as a tensor (H, W) or (1, 1, H, W) at the input's spatial

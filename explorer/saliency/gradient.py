@@ -21,7 +21,7 @@ class GradientSaliency(AttributionMethod):
     zero_means = "the logit barely reacts to the pixels"
 
     def _attribute(
-        self, model: nn.Module, x: torch.Tensor, target: int
+        self, model: nn.Module, x: torch.Tensor, target: int, **options: object
     ) -> tuple[torch.Tensor, float]:
         gradients = Saliency(model).attribute(x, target=target, abs=True)  # (1, C, H, W)
         saliency = gradients.amax(dim=1)[0]  # (H, W): max over channels

@@ -35,7 +35,7 @@ class TokenGradCam(AttributionMethod):
     def applies_to(self, model: nn.Module, input_shape: tuple[int, ...]) -> bool:
         return token_layout(model, input_shape) is not None
 
-    def describe(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    def describe(self, model: nn.Module, input_shape: tuple[int, ...], **options: object) -> str:
         layout = token_layout(model, input_shape)
         if layout is None:
             return ""
@@ -48,7 +48,7 @@ class TokenGradCam(AttributionMethod):
         )
 
     def _attribute(
-        self, model: nn.Module, x: torch.Tensor, target: int
+        self, model: nn.Module, x: torch.Tensor, target: int, **options: object
     ) -> tuple[torch.Tensor, float]:
         layout = token_layout(model, tuple(x.shape[1:]))
         if layout is None:

@@ -134,11 +134,13 @@ def test_gradcam_uses_the_last_conv_in_graph_order(models):
 
 
 def test_gradcam_applies_only_to_models_with_a_conv(models, image):
-    assert attributions_for(models["lenet300"], INPUT_SHAPE) == ["gradient"]
-    assert attributions_for(models["lenet5"], INPUT_SHAPE) == ["gradient", "gradcam"]
-    assert attributions_for(models["resnet_mini"], INPUT_SHAPE) == ["gradient", "gradcam"]
+    def conv_methods(name: str) -> list[str]:
+        return [m for m in attributions_for(models[name], INPUT_SHAPE) if "gradcam" in m]
+
+    assert conv_methods("lenet300") == []
+    assert conv_methods("lenet5") == conv_methods("resnet_mini") == ["gradcam"]
     # the ViT's only conv is its patch embedding: it gets Grad-CAM over tokens instead
-    assert attributions_for(models["vit_tiny"], INPUT_SHAPE) == ["gradient", "gradcam_tokens"]
+    assert conv_methods("vit_tiny") == ["gradcam_tokens"]
     with pytest.raises(ValueError, match="does not apply"):
         get_attribution("gradcam").attribute(models["lenet300"], image, 0)
 
