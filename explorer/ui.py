@@ -8,6 +8,8 @@ A session holds only plain data: the model name and the plan.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import re
 import runpy
@@ -30,10 +32,23 @@ from explorer.data import ImageDataset
 from explorer.evaluation import IncrementalResult
 from explorer.flips import Flips, flips_for_plan
 from explorer.models import ZOO, load_card, weights_path
+from explorer.paths import PathComparison, compare_paths
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.plots.common import image_data_uri
+from explorer.plots.saliency import saliency_figure
 from explorer.pruning import METHODS, PrunedState, plan_label
 from explorer.quantize import Int8Report, int8_report
+from explorer.saliency import (
+    ATTRIBUTIONS,
+    Attribution,
+    PairExplanation,
+    attributions_for,
+    compare_maps,
+    get_attribution,
+    predict_one,
+)
+from explorer.saliency.gradcam import conv_layers
+from explorer.saliency.occlusion import window_for
 from explorer.store import default_store
 from explorer.subject import (
     SUBJECT_FIELDS,
@@ -134,6 +149,19 @@ def thumbnails(subject_json: str, indices: tuple[int, ...]) -> list[str]:
     """Small PNG ``data:`` URIs of eval images, for a table's image column."""
     data = get_workbench(subject_json).eval_set
     return [image_data_uri(data.pixels(i)) for i in indices]
+
+
+@st.cache_resource(max_entries=128, show_spinner=False)
+def path_comparison(
+    subject_json: str, plan_json: str, index: int, target: int, top_k: int
+) -> PathComparison:
+    """One eval image's decision path in the dense and the pruned model (``compare_paths``),
+    cached per (subject and its weights, plan, sample, target, units per layer)."""
+    bench = get_workbench(subject_json)
+    state = bench.resolve(PruningPlan.from_json(plan_json))
+    x = bench.eval_set.images[index : index + 1]
+    pruned = pruned_model(subject_json, plan_json)
+    return compare_paths(bench.model, pruned, state, x, target, bench.pruner.structure, top_k)
 
 
 #: Timing of the int8 section: batches 1 and 32, a fraction of a second per model and batch.
@@ -805,6 +833,253 @@ def sample_picker_ui(
 
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$])")
+
+
+# --- saliency, shared by the Saliency and Decisions pages ------------------------------------
+
+EXPLAIN_TARGET_HELP = (
+    "Which class's logit both maps (and both decision paths) explain. The dense model's "
+    "prediction asks 'why did it say that, and does the pruned model still look there?'; the "
+    "true label, the pruned model's prediction or any other class show where the evidence "
+    "for that class lies."
+)
+
+
+@st.cache_resource(max_entries=256, show_spinner=False)
+def attribution_of(
+    subject_json: str, plan_json: str | None, index: int, method: str, target: int, options: str
+) -> Attribution:
+    """One eval image's attribution map in the dense (``plan_json`` None) or a pruned model,
+    cached per (subject and its weights, plan, sample, method, target, options)."""
+    bench = get_workbench(subject_json)
+    model = bench.model if plan_json is None else pruned_model(subject_json, plan_json)
+    x = bench.eval_set.images[index : index + 1]
+    return get_attribution(method).explain(model, x, target, **json.loads(options))
+
+
+def attribution_method_ui(
+    model: nn.Module, input_shape: tuple[int, ...], key: str
+) -> tuple[str, dict[str, Any]]:
+    """The attribution method, among those that apply to this model on (C, H, W) inputs, and
+    its settings (a widget per setting, beside the choice)."""
+    names = attributions_for(model, input_shape)
+    method_key = f"{key}_method"
+    if st.session_state.get(method_key) not in names:
+        st.session_state[method_key] = names[0]
+    cols = st.columns([3, 2], vertical_alignment="bottom")
+    method = cols[0].selectbox(
+        "Attribution method",
+        names,
+        key=method_key,
+        format_func=lambda n: ATTRIBUTIONS[n].title + ("" if ATTRIBUTIONS[n].live else " ⏱"),
+        help=" · ".join(f"{ATTRIBUTIONS[n].title}: {ATTRIBUTIONS[n].help}" for n in names)
+        + " · ⏱ = many passes per map: computed on request.",
+    )
+    options = {}
+    with cols[1]:
+        for name in ATTRIBUTIONS[method].options:
+            options[name] = ATTRIBUTION_SETTINGS[name](model, input_shape, f"{key}_{name}")
+    missing = [m for name, m in ATTRIBUTIONS.items() if name not in names]
+    if missing:
+        st.caption(
+            "Not for this model: "
+            + "; ".join(
+                f"{m.title}, which needs {m.requires or 'another architecture'}" for m in missing
+            )
+            + "."
+        )
+    return method, options
+
+
+def _gradcam_layer_ui(model: nn.Module, input_shape: tuple[int, ...], key: str) -> str:
+    convs = conv_layers(model, input_shape)
+    return st.selectbox(
+        "Layer",
+        convs,
+        index=len(convs) - 1,
+        key=f"{key}::{subject_tag()}",
+        help="The convolution whose feature maps Grad-CAM weighs: the last one (default) is "
+        "the most class-specific and the coarsest; earlier ones are finer.",
+    )
+
+
+def _ig_steps_ui(model: nn.Module, input_shape: tuple[int, ...], key: str) -> int:
+    return st.select_slider(
+        "Steps",
+        [8, 16, 32, 64, 128],
+        value=32,
+        key=key,
+        help="Points of the path integral from the ink-free image: more steps, a smaller "
+        "error in 'the attributions add up to the logit change', and slower.",
+    )
+
+
+def _occlusion_window_ui(model: nn.Module, input_shape: tuple[int, ...], key: str) -> int:
+    height, width = input_shape[-2:]
+    default = window_for(height, width)
+    sizes = sorted({max(2, default // 2), default, min(default * 2, min(height, width))})
+    return st.select_slider(
+        "Square (px)",
+        sizes,
+        value=default,
+        key=key,
+        help="Side of the square hidden at a time (moved by half its side). Smaller: finer "
+        "and slower; larger: coarser, and it can hide a whole stroke.",
+    )
+
+
+#: A widget per attribution setting (``AttributionMethod.options``): (model, input shape,
+#: key) -> the value.
+ATTRIBUTION_SETTINGS: dict[str, Callable[[nn.Module, tuple[int, ...], str], Any]] = {
+    "layer": _gradcam_layer_ui,
+    "steps": _ig_steps_ui,
+    "window": _occlusion_window_ui,
+}
+
+
+def explain_target_ui(
+    classes: tuple[str, ...], dense: int, label: int, pruned: int, key: str
+) -> int:
+    """The class to explain: the dense prediction (default), the true label, the pruned
+    prediction or any other class."""
+    choices = {
+        "dense": ("Dense prediction", dense),
+        "label": ("True label", label),
+        "pruned": ("Pruned prediction", pruned),
+    }
+    cols = st.columns([4, 1], vertical_alignment="bottom")
+    choice = cols[0].radio(
+        "Explain class",
+        [*choices, "other"],
+        key=f"{key}_target",
+        horizontal=True,
+        help=EXPLAIN_TARGET_HELP,
+        format_func=lambda t: (
+            f"{choices[t][0]} ({classes[choices[t][1]]})" if t in choices else "Another class"
+        ),
+    )
+    if choice in choices:
+        return choices[choice][1]
+    return cols[1].selectbox(
+        "Class",
+        list(range(len(classes))),
+        key=f"{key}_target_class",
+        format_func=lambda c: classes[c],
+        label_visibility="collapsed",
+    )
+
+
+def agreement_ui(explanation: PairExplanation, classes: tuple[str, ...], label: int) -> None:
+    """Predictions and the agreement numbers, in one row of metrics."""
+    comparison = explanation.comparison
+    cols = st.columns(4)
+    for col, name, pred in (
+        (cols[0], "Dense", explanation.dense),
+        (cols[1], "Pruned", explanation.pruned),
+    ):
+        text = classes[pred.label] if pred.finite else "broken"
+        col.metric(
+            f"{name} predicts",
+            text,
+            f"{pred.confidence:.1%} confident" if pred.finite else "non-finite output",
+            delta_color="off",
+            delta_arrow="off",
+            help=f"Top-1 class and its softmax probability; the true label is {classes[label]}.",
+        )
+    corr, iou = comparison["correlation"], comparison["top_iou"]
+    reason = comparison["reason"]
+    why = f" Undefined here: {reason}." if reason else ""
+    cols[2].metric(
+        "Map correlation",
+        f"{corr:+.2f}" if math.isfinite(corr) else "n/a",
+        help="Pearson correlation of the two maps, pixel by pixel: 1 = the same "
+        "pattern, 0 = unrelated." + ("" if math.isfinite(corr) else why),
+    )
+    cols[3].metric(
+        f"Top-{comparison['top_fraction']:.0%} overlap",
+        f"{iou:.2f}" if math.isfinite(iou) else "n/a",
+        help="Intersection over union of the most important tenth of each map's "
+        "pixels: 1 = the same pixels, 0 = none shared." + ("" if math.isfinite(iou) else why),
+    )
+
+
+def saliency_pair_ui(
+    bench: Workbench,
+    plan_json: str,
+    index: int,
+    target: int,
+    method: str,
+    options: dict[str, Any],
+    key: str,
+) -> PairExplanation | None:
+    """Both models' maps of one eval image, their difference and agreement. A cheap method
+    runs at once; an expensive one (``live`` False) on request, with progress. Returns the
+    explanation drawn, or None while it waits to be requested."""
+    attribution = get_attribution(method)
+    options_json = json.dumps(options, sort_keys=True)
+    subject_json, data = current_model(), bench.eval_set
+    request = (subject_json, plan_json, index, method, target, options_json)
+    requested = st.session_state.setdefault(f"{key}_requested", set())
+    if not getattr(attribution, "live", True) and request not in requested:
+        cols = st.columns([1, 3], vertical_alignment="center")
+        if not cols[0].button(f"Compute {attribution.title}", key=f"{key}_compute"):
+            cols[1].caption(
+                f"{attribution.title} runs many forward passes per map, so it runs on "
+                "request; once computed it is kept for this image, plan and settings."
+            )
+            return None
+        requested.add(request)
+    x = data.images[index : index + 1]
+    progress = st.progress(0.0, text="Dense model…")
+    start = time.perf_counter()
+    dense_map = attribution_of(subject_json, None, index, method, target, options_json)
+    progress.progress(0.5, text="Pruned model…")
+    pruned_map = attribution_of(subject_json, plan_json, index, method, target, options_json)
+    seconds = time.perf_counter() - start
+    progress.empty()
+    explanation = PairExplanation(
+        method,
+        target,
+        dense_map,
+        pruned_map,
+        predict_one(bench.model, x),
+        predict_one(pruned_model(subject_json, plan_json), x),
+        compare_maps(
+            dense_map.values,
+            pruned_map.values,
+            negligible=(dense_map.negligible, pruned_map.negligible),
+        ),
+        seconds,
+    )
+    classes, label = data.classes, int(data.labels[index])
+    maps = {"Dense": dense_map, "Pruned": pruned_map}
+    # a map ≈ 0 is drawn blank with what that means for this method, never stretched to 1
+    notes = {name: attribution.zero_means if a.negligible else "" for name, a in maps.items()}
+    st.plotly_chart(
+        saliency_figure(
+            data.pixels(index),
+            explanation.dense_scaled,
+            explanation.pruned_scaled,
+            explanation.comparison["difference"],
+            classes[label],
+            classes[target],
+            (classes[explanation.dense.label], explanation.dense.confidence),
+            (classes[explanation.pruned.label], explanation.pruned.confidence),
+            dense_note=notes["Dense"],
+            pruned_note=notes["Pruned"],
+        ),
+        config={"displayModeBar": False},
+        key=f"{key}_maps",
+    )
+    agreement_ui(explanation, classes, label)
+    if explanation.comparison["reason"]:
+        st.caption(f"Agreement n/a: {explanation.comparison['reason']}.")
+    for name, map_ in maps.items():
+        if map_.negligible:
+            st.caption(f"{name} map ≈ 0, drawn blank: {map_.reason}.")
+    detail = attribution.describe(bench.model, data.input_shape, **options)
+    st.caption(f"{detail} Both maps computed in {seconds * 1000:.0f} ms.".strip())
+    return explanation
 
 
 def plain(text: str) -> str:

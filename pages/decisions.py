@@ -9,17 +9,21 @@ import streamlit as st
 
 from explorer import ui
 from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
+from explorer.paths import TOP_K, PathComparison
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
+from explorer.plots.paths import path_graph_figure
+from explorer.saliency import predict_one
 
 CHART = {"displayModeBar": False}
 AMOUNT_KEY = "dec_amount"
 SAMPLE_KEY = "dec_sample"
+VIEW_KEY = "dec_view"
 #: Rows the flip table shows at once: enough to scroll through, few enough to draw at once.
 MAX_ROWS = 300
 SORT_TITLES = {
-    "true_class_drop": "Drop in the true class's probability",
-    "dense_confidence": "Dense model's confidence",
-    "pruned_confidence": "Pruned model's confidence",
+    "true_class_drop": "True-class drop",
+    "dense_confidence": "Dense confidence",
+    "pruned_confidence": "Pruned confidence",
     "index": "Eval index",
 }
 KIND_TITLES = {
@@ -30,18 +34,20 @@ KIND_TITLES = {
 ANY = -1
 
 FLIP_COLUMNS = {
-    "image": st.column_config.ImageColumn("Image", width="small"),
-    "index": st.column_config.NumberColumn("#", help="Position in the eval split.", format="%d"),
+    "image": st.column_config.ImageColumn("Image", width=48),
+    "index": st.column_config.NumberColumn(
+        "#", help="Position in the eval split.", format="%d", width=52
+    ),
     "kind": st.column_config.TextColumn(
         "Flip",
         help="broken: dense right, pruned wrong · fixed: the reverse · changed: both "
         "wrong, with different classes.",
     ),
-    "true": st.column_config.TextColumn("True"),
+    "true": st.column_config.TextColumn("True", width=44),
     "dense": st.column_config.TextColumn("Dense says", help="Class and softmax confidence."),
     "pruned": st.column_config.TextColumn("Pruned says", help="Class and softmax confidence."),
     "drop": st.column_config.ProgressColumn(
-        "True-class drop",
+        "True drop",
         help="Dense minus pruned softmax probability of the true class (points).",
         format="%+.0f",
         min_value=-100,
@@ -84,13 +90,13 @@ def headline_ui(flips: Flips) -> None:
 
 def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str, bool]:
     """Which flips to list and in what order."""
-    cols = st.columns([3, 2, 2, 2, 3])
-    kinds = cols[0].multiselect(
+    cols = st.columns([4, 2, 2, 2, 2], vertical_alignment="bottom")
+    kinds = cols[0].pills(
         "Kinds",
         FLIP_KINDS,
+        selection_mode="multi",
         default=list(FLIP_KINDS),
         key="dec_kinds",
-        format_func=lambda k: k,
         help=" · ".join(KIND_TITLES.values()),
     )
     options = [ANY, *range(len(classes))]
@@ -108,7 +114,7 @@ def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str,
         help="Keep the flips where this class is predicted by the model chosen beside.",
     )
     by = cols[3].selectbox(
-        "by",
+        "Predicted by",
         ["pruned", "dense", "either"],
         key="dec_pred_by",
         disabled=predicted == ANY,
@@ -118,10 +124,8 @@ def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str,
         sort = st.selectbox(
             "Sort by", list(SORT_TITLES), key="dec_sort", format_func=SORT_TITLES.__getitem__
         )
-        descending = st.toggle("Largest first", True, key="dec_desc")
-    return kinds, true_class, predicted, by, sort, descending
-
-
+    descending = st.toggle("Largest first", True, key="dec_desc")
+    return list(kinds or ()), true_class, predicted, by, sort, descending
 def flip_frame(shown: list[Flip], classes: tuple[str, ...], images: list[str]) -> pd.DataFrame:
     """One row per flip, as the table shows it."""
     return pd.DataFrame(
@@ -141,10 +145,12 @@ def _said(classes: tuple[str, ...], label: int, confidence: float) -> str:
     return classes[label] + (f" ({confidence:.0%})" if confidence == confidence else "")
 
 
-def flip_table_ui(bench: ui.Workbench, flips: Flips) -> int | None:
+def flip_table_ui(
+    bench: ui.Workbench, flips: Flips, filters: tuple[list[str], int, int, str, str, bool]
+) -> int | None:
     """The filtered, sorted flips; returns the eval index of the row selected, if any."""
     classes = bench.eval_set.classes
-    kinds, true_class, predicted, by, sort, descending = filters_ui(classes)
+    kinds, true_class, predicted, by, sort, descending = filters
     shown = filter_flips(
         flips.flips,
         true_class=None if true_class == ANY else true_class,
@@ -187,9 +193,10 @@ def flips_tab(bench: ui.Workbench, flips: Flips) -> int | None:
             "dense one on every eval image. Prune more to see some flip."
         )
         return None
+    filters = filters_ui(bench.eval_set.classes)
     left, right = st.columns([3, 2], gap="medium")
     with left:
-        chosen = flip_table_ui(bench, flips)
+        chosen = flip_table_ui(bench, flips, filters)
     with right:
         counts, confusion = st.tabs(["Per class", "Confusion change"])
         with counts:
@@ -210,8 +217,94 @@ def flips_tab(bench: ui.Workbench, flips: Flips) -> int | None:
 
 
 def sample_detail_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> None:
-    """One eval image: both predictions, both saliency maps, both decision paths."""
-    st.subheader(f"Eval image #{index}")
+    """One eval image: where both models look, and which units carry its decision."""
+    data = bench.eval_set
+    plan_json = state.plan.to_json(indent=None)
+    subject_json = ui.current_model()
+    x = data.images[index : index + 1]
+    label = int(data.labels[index])
+    dense = predict_one(bench.model, x)
+    pruned = predict_one(ui.pruned_model(subject_json, plan_json), x)
+    st.subheader(f"Eval image #{index}", anchor=False)
+    said_dense = _said(data.classes, dense.label, dense.confidence)
+    said_pruned = _said(data.classes, pruned.label, pruned.confidence)
+    st.caption(
+        f"True class **{data.classes[label]}** · dense model: {said_dense} · pruned model: "
+        f"{said_pruned}"
+    )
+    target = ui.explain_target_ui(data.classes, dense.label, label, pruned.label, "dec")
+    st.markdown("##### Where the models look")
+    method, options = ui.attribution_method_ui(bench.model, data.input_shape, "dec")
+    ui.saliency_pair_ui(bench, plan_json, index, target, method, options, "dec")
+    st.markdown("##### Which units carry the decision")
+    top_k = st.slider(
+        "Units per layer on the path",
+        1,
+        10,
+        TOP_K,
+        key="dec_top_k",
+        help="A decision path holds, at every hidden layer, the units with the largest "
+        "positive activation × gradient for the explained class: the ones pushing towards "
+        "it.",
+    )
+    comparison = ui.path_comparison(subject_json, plan_json, index, target, top_k)
+    path_summary_ui(comparison)
+    st.plotly_chart(path_graph_figure(comparison, data.classes), config=CHART, key="dec_path")
+    st.caption(
+        "A unit's contribution is activation × gradient of the explained class's logit, "
+        "summed over its positions: its first-order share of the logit. Hover a unit for "
+        f"its numbers. Both paths computed in {comparison.seconds * 1000:.0f} ms."
+    )
+
+
+def path_summary_ui(comparison: PathComparison) -> None:
+    """The survival of the dense path, in numbers and one sentence."""
+    layers = comparison.layers
+    units = sum(len(comparison.dense.layer(name).top) for name in layers)
+    cut = {name: comparison.cut(name) for name in layers if comparison.cut(name)}
+    cols = st.columns(3)
+    cols[0].metric(
+        "Dense path units kept",
+        f"{comparison.total_survival:.0%}",
+        help=f"Of the {units} units on the dense model's path (all layers), the share the "
+        "plan kept. A removed unit had all of its weights pruned.",
+    )
+    cols[1].metric(
+        "Still on the path",
+        f"{comparison.total_still_on_path:.0%}",
+        help="Of the dense path's units, the share that are on the pruned model's path "
+        "too: unstructured pruning removes no unit but can still move the path.",
+    )
+    thinned = [
+        float(comparison.weights_pruned[name][list(comparison.dense.layer(name).top)].mean())
+        for name in layers
+        if comparison.dense.layer(name).top
+    ]
+    cols[2].metric(
+        "Path units' weights pruned",
+        f"{sum(thinned) / len(thinned):.0%}" if thinned else "n/a",
+        help="The average share of each dense path unit's weights (its row or filter) that "
+        "the plan zeroed, over the path's layers.",
+    )
+    if cut:
+        parts = "; ".join(
+            f"`{name}` units {', '.join(str(u) for u in units_)} "
+            f"({1 - comparison.weighted_survival(name):.0%} of its path contribution)"
+            for name, units_ in cut.items()
+        )
+        groups = comparison.removed_groups
+        coupled = (
+            f" With channels pruned together, that is {len(groups)} channel(s) of coupled "
+            "groups, each counted once."
+            if groups
+            else ""
+        )
+        st.markdown(f"The plan cut {sum(map(len, cut.values()))} path unit(s): {parts}.{coupled}")
+    elif any(comparison.weights_pruned[name].any() for name in layers):
+        st.markdown(
+            "The plan removed none of this path's units: it thins weights inside units "
+            "rather than removing whole ones. What changed is how much each unit carries."
+        )
 
 
 @st.fragment
@@ -234,6 +327,14 @@ def _decisions_body() -> None:
         headline_ui(flips)
     for warning in state.warnings:
         st.warning(warning)
+    view = st.segmented_control(
+        "View", list(VIEWS), default=FLIPS_VIEW, key=VIEW_KEY, label_visibility="collapsed"
+    )
+    VIEWS.get(view or FLIPS_VIEW, flips_view)(bench, state, flips)
+
+
+def flips_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
+    """The flipped inputs, and the one selected: why it flipped."""
     chosen = flips_tab(bench, flips)
     if chosen is not None:
         st.session_state[SAMPLE_KEY] = chosen
@@ -242,6 +343,25 @@ def _decisions_body() -> None:
         index = sort_flips(flips.flips)[0].index
     if index is not None:
         sample_detail_ui(bench, state, int(index))
+
+
+def class_units_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
+    """Which units lie on the decision paths of which classes, and which the plan cut."""
+    st.write("coming")
+
+
+def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
+    """Dynamic pruning: per input, only the most active units run."""
+    st.write("coming")
+
+
+FLIPS_VIEW = "Flipped inputs"
+#: The page's views: only the chosen one is computed.
+VIEWS = {
+    FLIPS_VIEW: flips_view,
+    "Units × classes": class_units_view,
+    "Dynamic pruning": dynamic_view,
+}
 
 
 def main() -> None:

@@ -95,8 +95,11 @@ class GradCam(AttributionMethod):
         layer = options.get("layer") or convs[-1]
         if layer not in convs:
             return ""
-        place = "the last" if layer == convs[-1] else f"number {convs.index(layer) + 1} of"
-        return f"Grad-CAM reads `{layer}`, {place} the {len(convs)} convolutions the input reaches."
+        place = "last" if layer == convs[-1] else f"number {convs.index(layer) + 1}"
+        return (
+            f"Grad-CAM reads `{layer}`, the {place} of the {len(convs)} convolutions the "
+            "input reaches."
+        )
 
     def _attribute(
         self, model: nn.Module, x: torch.Tensor, target: int, **options: object

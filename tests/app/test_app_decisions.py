@@ -48,7 +48,7 @@ def test_headline_and_table_are_the_flips_explorer_finds(flips_at_80):
 
 def test_filters_and_sorting_select_what_they_say(flips_at_80):
     at = start("decisions", model="lenet5", amount="0.8")
-    at.multiselect(key="dec_kinds").set_value(["broken"]).run()
+    at.pills(key="dec_kinds").set_value(["broken"]).run()
     at.selectbox(key="dec_true").set_value(7).run()
     at.selectbox(key="dec_sort").set_value("index").run()
     at.toggle(key="dec_desc").set_value(False).run()
