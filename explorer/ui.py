@@ -23,21 +23,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
+import torch
 from torch import nn
 
 from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.cli import add_data_options, data_spec_from_args
 from explorer.data import ImageDataset
+from explorer.dynamic import DynamicPoint, DynamicResult, dynamic_predict, gate_points
 from explorer.evaluation import IncrementalResult
 from explorer.flips import Flips, flips_for_plan
 from explorer.models import ZOO, load_card, weights_path
-from explorer.paths import PathComparison, compare_paths
+from explorer.paths import PathComparison, class_unit_map, compare_paths
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
 from explorer.plots.common import image_data_uri
 from explorer.plots.saliency import saliency_figure
 from explorer.pruning import METHODS, PrunedState, plan_label
 from explorer.quantize import Int8Report, int8_report
+from explorer.recovery import balanced_indices
 from explorer.saliency import (
     ATTRIBUTIONS,
     Attribution,
@@ -162,6 +166,69 @@ def path_comparison(
     x = bench.eval_set.images[index : index + 1]
     pruned = pruned_model(subject_json, plan_json)
     return compare_paths(bench.model, pruned, state, x, target, bench.pruner.structure, top_k)
+
+
+#: Eval images the class x unit map reads: balanced over the classes (a second or so on the
+#: bundled models; a slow model gets what ``CLASS_MAP_SECONDS`` of its passes allow).
+CLASS_MAP_IMAGES = 1000
+CLASS_MAP_SECONDS = 5.0
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def class_units(
+    subject_json: str, plan_json: str | None, layer: str, top_k: int
+) -> tuple[np.ndarray, int]:
+    """The class x unit map of ``layer`` (``paths.class_unit_map``) for the dense model
+    (``plan_json`` None) or a pruned one, and on how many eval images it was measured."""
+    bench = get_workbench(subject_json)
+    model = bench.model if plan_json is None else pruned_model(subject_json, plan_json)
+    data = bench.eval_set
+    budget = len(bench.evaluator.samples_within(CLASS_MAP_SECONDS))
+    chosen = balanced_indices(data.labels, min(CLASS_MAP_IMAGES, budget))
+    matrix = class_unit_map(
+        model, data.images[chosen], data.labels[chosen], layer, len(data.classes), top_k
+    )
+    return matrix, len(chosen)
+
+
+#: Eval images dynamic pruning is measured on (balanced over the classes).
+DYNAMIC_IMAGES = 2000
+#: Keep shares of the dynamic-pruning curve.
+DYNAMIC_KEEPS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
+
+
+def _dynamic_images(bench: Workbench) -> torch.Tensor:
+    budget = len(bench.evaluator.samples_within(CLASS_MAP_SECONDS))
+    return balanced_indices(bench.eval_set.labels, min(DYNAMIC_IMAGES, budget))
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def dynamic_result(subject_json: str, layers: tuple[str, ...], keep: float) -> DynamicResult:
+    """The dense model with only each input's top ``keep`` units of ``layers`` computed
+    (``dynamic.dynamic_predict``), on a class-balanced part of the eval split."""
+    bench = get_workbench(subject_json)
+    chosen = _dynamic_images(bench)
+    structure = bench.pruner.structure
+    return dynamic_predict(
+        bench.model,
+        bench.eval_set.images[chosen],
+        bench.eval_set.labels[chosen],
+        keep,
+        layers,
+        len(bench.eval_set.classes),
+        {layer.name: layer.flops for layer in structure.layers},
+        bench.dense_flops,
+        points=gate_points(bench.model, layers, bench.eval_set.input_shape),
+    )
+
+
+def dynamic_points(subject_json: str, layers: tuple[str, ...]) -> list[DynamicPoint]:
+    """``dynamic_result`` at every ``DYNAMIC_KEEPS`` share, as curve points."""
+    return [
+        DynamicPoint(keep, r.accuracy, r.units_computed, r.flops_computed)
+        for keep in DYNAMIC_KEEPS
+        for r in [dynamic_result(subject_json, layers, keep)]
+    ]
 
 
 #: Timing of the int8 section: batches 1 and 32, a fraction of a second per model and batch.

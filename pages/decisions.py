@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from explorer import ui
+from explorer.dynamic import HONEST_NOTE, DynamicPoint
 from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
-from explorer.paths import TOP_K, PathComparison
+from explorer.paths import TOP_K, PathComparison, path_layers, removed_units
+from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
-from explorer.plots.paths import path_graph_figure
+from explorer.plots.paths import class_unit_figure, path_graph_figure
 from explorer.saliency import predict_one
 
 CHART = {"displayModeBar": False}
@@ -32,6 +35,8 @@ KIND_TITLES = {
     "changed": "changed (both wrong, differently)",
 }
 ANY = -1
+#: A unit "carries" a class when it is on the paths of at least this share of its images.
+CARRIER_SHARE = 0.5
 
 FLIP_COLUMNS = {
     "image": st.column_config.ImageColumn("Image", width=48),
@@ -126,6 +131,8 @@ def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str,
         )
     descending = st.toggle("Largest first", True, key="dec_desc")
     return list(kinds or ()), true_class, predicted, by, sort, descending
+
+
 def flip_frame(shown: list[Flip], classes: tuple[str, ...], images: list[str]) -> pd.DataFrame:
     """One row per flip, as the table shows it."""
     return pd.DataFrame(
@@ -347,12 +354,148 @@ def flips_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None
 
 def class_units_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
     """Which units lie on the decision paths of which classes, and which the plan cut."""
-    st.write("coming")
+    structure = bench.pruner.structure
+    layers = path_layers(structure)
+    sizes = {layer.name: layer for layer in structure.layers}
+    cols = st.columns([3, 2, 2], vertical_alignment="bottom")
+    layer = cols[0].selectbox(
+        "Layer",
+        layers,
+        index=len(layers) - 1,
+        key=f"dec_cu_layer::{ui.subject_tag()}",
+        format_func=lambda n: f"{n} · {sizes[n].kind} {sizes[n].shape_text}",
+        help="A hidden layer: its units are the columns of the map.",
+    )
+    model_choice = cols[1].radio(
+        "Paths of the",
+        ["dense model", "pruned model"],
+        key="dec_cu_model",
+        horizontal=True,
+        help="Whose decision paths to count: the dense model's (what the plan cuts into) or "
+        "the pruned model's (what it leans on instead).",
+    )
+    top_k = cols[2].slider("Units per path", 1, 10, TOP_K, key="dec_cu_top_k")
+    plan_json = state.plan.to_json(indent=None)
+    with st.spinner("Tracing the decision paths of the eval images…"):
+        matrix, count = ui.class_units(
+            ui.current_model(), None if model_choice == "dense model" else plan_json, layer, top_k
+        )
+    removed = removed_units(state, {layer: matrix.shape[1]})[layer]
+    classes = bench.eval_set.classes
+    st.plotly_chart(
+        class_unit_figure(matrix, classes, layer, removed), config=CHART, key="dec_cu_map"
+    )
+    st.caption(
+        f"Each cell: the share of a class's eval images (of {count:,}, balanced over the "
+        f"classes) whose decision path in the {model_choice} has this unit among its {top_k} "
+        f"at `{layer}`. Red ×: units the plan removed."
+    )
+    carriers = [
+        (classes[c], [u for u in np.flatnonzero(matrix[c] >= CARRIER_SHARE)])
+        for c in range(len(classes))
+    ]
+    rows = [
+        {
+            "class": name,
+            "carried by": ", ".join(str(u) for u in units) or "—",
+            "cut by the plan": ", ".join(str(u) for u in units if removed[u]) or "—",
+        }
+        for name, units in carriers
+    ]
+    st.markdown(
+        f"**Units on the paths of at least {CARRIER_SHARE:.0%} of a class's images**, and "
+        "which of them the plan cut:"
+    )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
     """Dynamic pruning: per input, only the most active units run."""
-    st.write("coming")
+    structure = bench.pruner.structure
+    layers = path_layers(structure)
+    attention = {name for heads in structure.heads for name in (heads.qkv, heads.proj)}
+    st.write(
+        "Static pruning removes the same units for every input. **Dynamic** pruning keeps, "
+        "for each input, only the units that matter for *it*: here, at every gated layer, "
+        "the units with the largest mean positive output for this input."
+    )
+    cols = st.columns([3, 2], vertical_alignment="bottom")
+    gated = cols[0].multiselect(
+        "Gated layers",
+        layers,
+        default=[name for name in layers if name not in attention],
+        key=f"dec_dyn_layers::{ui.subject_tag()}",
+        help="The hidden layers whose units are chosen per input. Attention projections are "
+        "left out by default (their units are query, key and value features, not neurons).",
+    )
+    keep = cols[1].slider(
+        "Units kept per input (%)",
+        5,
+        100,
+        50,
+        step=5,
+        key="dec_dyn_keep",
+        help="At every gated layer, each input keeps this share of the units (at least one) "
+        "with the largest mean positive output; the others are set to zero.",
+    )
+    if not gated:
+        st.info("Choose at least one layer to gate.")
+        return
+    layers_key = tuple(name for name in layers if name in gated)
+    with st.spinner("Running the eval images with per-input gates…"):
+        points = ui.dynamic_points(ui.current_model(), layers_key)
+        result = ui.dynamic_result(ui.current_model(), layers_key, keep / 100)
+    full = next(p for p in points if p.keep == 1.0)
+    if all(p.keep != result.keep for p in points):
+        points.append(
+            DynamicPoint(result.keep, result.accuracy, result.units_computed, result.flops_computed)
+        )
+    images = len(result.predictions)
+    metrics = st.columns(4)
+    metrics[0].metric(
+        "Accuracy",
+        f"{result.accuracy:.2%}",
+        **ui.metric_change((result.accuracy - full.accuracy) * 100, ".2f", " pts"),
+        help=f"On {images:,} eval images (balanced over the classes); the dense model gets "
+        f"{full.accuracy:.2%} on them.",
+    )
+    metrics[1].metric(
+        "Units computed",
+        f"{result.units_computed:.0%}",
+        help="Share of the gated layers' units each input keeps: "
+        + ", ".join(f"{n} {result.kept[n]}/{result.units[n]}" for n in layers_key),
+    )
+    metrics[2].metric(
+        "FLOPs if skipped for free",
+        f"{result.flops_computed:.0%}",
+        help="The model's FLOPs if a skipped unit cost nothing: each gated layer at its kept "
+        "share (savings in the next layer, which reads zeros, not counted).",
+    )
+    metrics[3].metric(
+        "Faster here",
+        "no",
+        help="The dense kernels compute every unit, then the gate zeroes some: same time.",
+    )
+    left, right = st.columns(2, gap="medium")
+    with left:
+        st.plotly_chart(
+            dynamic_curve_figure(points, full.accuracy, result.keep),
+            config=CHART,
+            key="dec_dyn_curve",
+        )
+    with right:
+        layer = st.selectbox(
+            "Which units each class keeps, at",
+            layers_key,
+            index=len(layers_key) - 1,
+            key=f"dec_dyn_layer::{ui.subject_tag()}",
+        )
+        st.plotly_chart(
+            class_usage_figure(result.usage[layer], bench.eval_set.classes, layer),
+            config=CHART,
+            key="dec_dyn_usage",
+        )
+    st.info(HONEST_NOTE)
 
 
 FLIPS_VIEW = "Flipped inputs"

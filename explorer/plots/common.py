@@ -30,6 +30,18 @@ def compact_layout(fig: go.Figure, height: int, title: str | None = None) -> go.
     return fig
 
 
+def add_dense_line(fig: go.Figure, accuracy: float) -> None:
+    """The dense model's accuracy (in [0, 1]) as a dotted horizontal line labelled "dense",
+    on a figure whose y axis is accuracy in %."""
+    fig.add_hline(
+        y=accuracy * 100,
+        line_dash="dot",
+        line_color=DENSE_COLOR,
+        annotation_text="dense",
+        annotation_position="bottom left",
+    )
+
+
 #: Largest side of a tile in the sample grid: a 224-px photo is shown at this size (the grid
 #: is a glance at the data, and every pixel is sent to the browser).
 GRID_TILE = 56

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
+from explorer.plots.common import (
+    PLAN_COLOR,
+    PRUNED_COLOR,
+    add_dense_line,
+    compact_layout,
+)
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,7 @@ def curve_figure(
     """Accuracy (y) against sparsity of the prunable weights (x), one line per sweep (the first
     is the current plan's, drawn thickest), the current plan marked with a star."""
     fig = go.Figure()
-    fig.add_hline(
-        y=dense_accuracy * 100,
-        line_dash="dot",
-        line_color=DENSE_COLOR,
-        annotation_text="dense",
-        annotation_position="bottom left",
-    )
+    add_dense_line(fig, dense_accuracy)
     for i, curve in enumerate(series):
         fig.add_trace(
             go.Scatter(

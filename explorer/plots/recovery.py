@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
+from explorer.plots.common import (
+    DENSE_COLOR,
+    PLAN_COLOR,
+    PRUNED_COLOR,
+    add_dense_line,
+    compact_layout,
+)
 from explorer.plots.prune import SERIES_COLORS
 
 #: Weight of the newest step in the smoothed loss (an exponential moving average).
@@ -134,13 +140,7 @@ def trajectory_figure(
     steps; lottery tickets vs random re-initialization over weights remaining)."""
     fig = go.Figure()
     if dense_accuracy is not None:
-        fig.add_hline(
-            y=dense_accuracy * 100,
-            line_dash="dot",
-            line_color=DENSE_COLOR,
-            annotation_text="dense",
-            annotation_position="bottom left",
-        )
+        add_dense_line(fig, dense_accuracy)
     for i, run in enumerate(series):
         fig.add_trace(
             go.Scatter(

@@ -18,7 +18,7 @@ from explorer.workbench import open_workbench
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES_DIR = "pages"
-PAGES = ("home", "prune", "weights", "activations", "saliency")
+PAGES = ("home", "prune", "weights", "activations", "saliency", "decisions")
 TIMEOUT = 120
 LENET5 = Subject.bundled("lenet5").to_json()  # what the app's caches are keyed by
 

@@ -69,3 +69,89 @@ def test_a_dense_plan_says_nothing_flipped():
     assert_clean(at)
     assert metric(at, "Predictions flipped") == "0"
     assert any("No eval prediction changed" in i.value for i in at.info)
+
+
+def test_the_selected_flip_shows_both_maps_and_both_paths(flips_at_80, lenet5_bench):
+    from explorer.paths import compare_paths
+
+    at = start("decisions", model="lenet5", amount="0.8")
+    first = sort_flips(flips_at_80.flips)[0]
+    plan = PruningPlan(amount=0.8)
+    state = lenet5_bench.resolve(plan)
+    x = lenet5_bench.eval_set.images[first.index : first.index + 1]
+    expected = compare_paths(
+        lenet5_bench.model,
+        lenet5_bench.pruner.pruned_model(state),
+        state,
+        x,
+        first.dense_prediction,
+        lenet5_bench.pruner.structure,
+    )
+    assert metric(at, "Dense path units kept") == f"{expected.total_survival:.0%}"
+    assert metric(at, "Still on the path") == f"{expected.total_still_on_path:.0%}"
+    assert metric(at, "Dense predicts") == str(first.dense_prediction)
+    assert metric(at, "Pruned predicts") == str(first.pruned_prediction)
+    # an expensive method waits for the button, then draws
+    at.selectbox(key="dec_method").set_value("integrated").run()
+    assert_clean(at)
+    assert [b for b in at.button if b.label == "Compute Integrated Gradients"]
+    assert "Map correlation" not in [m.label for m in at.metric]
+    at.button(key="dec_compute").click().run()
+    assert_clean(at)
+    assert "Map correlation" in [m.label for m in at.metric]
+    # any class can be explained
+    at.radio(key="dec_target").set_value("other").run()
+    at.selectbox(key="dec_target_class").set_value(3).run()
+    assert_clean(at)
+
+
+def test_units_by_class_lists_the_carriers_the_plan_cut():
+    import numpy as np
+
+    from explorer.paths import class_unit_map, removed_units
+    from explorer.recovery import balanced_indices
+    from explorer.workbench import open_workbench
+
+    bench = open_workbench("resnet_mini")
+    at = start("decisions", model="resnet_mini", method="filters", amount="0.5")
+    at.segmented_control(key="dec_view").set_value("Units × classes").run()
+    assert_clean(at)
+    layer = "block3.conv2"
+    rows = at.dataframe[0].value
+    chosen = balanced_indices(bench.eval_set.labels, 1000)
+    matrix = class_unit_map(
+        bench.model, bench.eval_set.images[chosen], bench.eval_set.labels[chosen], layer, 10
+    )
+    removed = removed_units(bench.resolve(PruningPlan(method="filters", amount=0.5)), {layer: 64})
+    for c in range(10):
+        carriers = np.flatnonzero(matrix[c] >= 0.5)
+        cut = [u for u in carriers if removed[layer][u]]
+        assert rows["carried by"][c] == (", ".join(map(str, carriers)) or "—")
+        assert rows["cut by the plan"][c] == (", ".join(map(str, cut)) or "—")
+
+
+def test_dynamic_pruning_reports_what_explorer_measures():
+    from explorer.dynamic import dynamic_predict, gate_points
+    from explorer.recovery import balanced_indices
+    from explorer.workbench import open_workbench
+
+    bench = open_workbench("lenet300")
+    at = start("decisions", model="lenet300")
+    at.segmented_control(key="dec_view").set_value("Dynamic pruning").run()
+    at.slider(key="dec_dyn_keep").set_value(25).run()
+    assert_clean(at)
+    chosen = balanced_indices(bench.eval_set.labels, 2000)
+    layers = ["fc1", "fc2"]
+    result = dynamic_predict(
+        bench.model,
+        bench.eval_set.images[chosen],
+        bench.eval_set.labels[chosen],
+        0.25,
+        layers,
+        10,
+        points=gate_points(bench.model, layers, bench.eval_set.input_shape),
+    )
+    assert metric(at, "Accuracy") == f"{result.accuracy:.2%}"
+    assert metric(at, "Units computed") == "25%"
+    assert metric(at, "Faster here") == "no"
+    assert any("Nothing here runs faster" in i.value for i in at.info)
