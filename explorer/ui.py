@@ -1053,14 +1053,15 @@ def agreement_ui(explanation: PairExplanation, classes: tuple[str, ...], label: 
             delta_arrow="off",
             help=f"Top-1 class and its softmax probability; the true label is {classes[label]}.",
         )
-    corr, iou = comparison["correlation"], comparison["top_iou"]
+    corr, iou = comparison["rank_correlation"], comparison["top_iou"]
     reason = comparison["reason"]
     why = f" Undefined here: {reason}." if reason else ""
     cols[2].metric(
-        "Map correlation",
+        "Rank correlation",
         f"{corr:+.2f}" if math.isfinite(corr) else "n/a",
-        help="Pearson correlation of the two maps, pixel by pixel: 1 = the same "
-        "pattern, 0 = unrelated." + ("" if math.isfinite(corr) else why),
+        help="Spearman correlation of the two maps: do the pixels come in the same order of "
+        "importance? 1 = the same order, 0 = unrelated, whatever how peaked each map is."
+        + ("" if math.isfinite(corr) else why),
     )
     cols[3].metric(
         f"Top-{comparison['top_fraction']:.0%} overlap",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from explorer import ui
-from explorer.saliency import (
-    predict_one,
-)
+from explorer.evaluation import predict
+from explorer.plots.saliency import agreement_curve_figure
+from explorer.pruning import METHODS
+from explorer.recovery import balanced_indices
+from explorer.saliency import ATTRIBUTIONS, attributions_for, predict_one
+from explorer.saliency.agreement import agreement_curve
 
 AMOUNT_KEY = "sal_amount"
 HOW_TO_READ = """
@@ -17,8 +22,9 @@ HOW_TO_READ = """
 - **Pruned − dense**: red where the pruned model relies on a pixel more than the dense one did,
   blue where less. A pruned model that still predicts correctly while looking elsewhere is
   right for different reasons.
-- **Correlation** compares the two maps pixel by pixel (1 = the same pattern). The **top-10%
-  overlap** is the intersection over union of each map's most important tenth of the pixels.
+- **Rank correlation** (Spearman) compares the order of importance of the pixels in the two
+  maps (1 = the same order). The **top-10% overlap** is the intersection over union of each
+  map's most important tenth of the pixels.
 - A gradient map is local and noisy: it says how the logit would react to a tiny change of a
   pixel, not how much the pixel contributed.
 - **Map ≈ 0**: a map whose total, in logit units, is under 0.1% of the spread between the
@@ -56,6 +62,7 @@ def _saliency_body() -> None:
     dense_pred, pruned_pred = predict_one(bench.model, x), predict_one(pruned, x)
     with middle:
         method, options = ui.attribution_method_ui(bench.model, data.input_shape, "sal")
+        st.session_state[CHOSEN_KEY] = (method, options)
         target = ui.explain_target_ui(
             data.classes, dense_pred.label, label, pruned_pred.label, "sal"
         )
@@ -84,6 +91,101 @@ def _saliency_body() -> None:
         st.warning(warning)
 
 
+#: Plan amounts the agreement curve is measured at (the current plan's is added).
+AGREEMENT_AMOUNTS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+AGREEMENT_RESULTS = "sal_agreement"
+CHOSEN_KEY = "sal_chosen"
+
+
+@st.fragment
+def agreement_fragment() -> None:
+    """Agreement over many images, against sparsity, on request."""
+    ui.guarded(_agreement_body)
+
+
+def _agreement_body() -> None:
+    bench = ui.current_workbench()
+    plan = ui.current_plan()
+    data = bench.eval_set
+    if METHODS[plan.method].amount_is_switch:
+        st.caption(
+            f"{METHODS[plan.method].title} has no amount to vary: choose another method on "
+            "the Prune page to see agreement against sparsity."
+        )
+        return
+    st.write(
+        "Does the pruned model still look where the dense one did, over many images? The "
+        "current method and settings, on eval images balanced over the classes, each "
+        "explaining the dense model's prediction, with the current plan at other amounts."
+    )
+    cols = st.columns([2, 2, 3], vertical_alignment="bottom")
+    count = cols[0].select_slider(
+        "Images",
+        [16, 32, 64, 128],
+        value=32,
+        key="sal_agree_n",
+        help="More images: a steadier mean, a longer wait.",
+    )
+    names = attributions_for(bench.model, data.input_shape)
+    # the method and settings chosen above (the maps' fragment keeps them here)
+    method, options = st.session_state.get(CHOSEN_KEY, (names[0], {}))
+    if method not in names:
+        method, options = names[0], {}
+    amounts = tuple(sorted({*AGREEMENT_AMOUNTS, round(plan.amount, 4)} - {0.0}))
+    request = (
+        ui.current_model(),
+        plan.with_amount(0).to_json(indent=None),
+        method,
+        json.dumps(options, sort_keys=True),
+        count,
+        amounts,
+    )
+    results = st.session_state.setdefault(AGREEMENT_RESULTS, {})
+    title = ATTRIBUTIONS[method].title
+    if cols[1].button("Measure agreement", key="sal_agree_go", type="primary"):
+        chosen = balanced_indices(data.labels, count)
+        images = data.images[chosen]
+        targets = predict(bench.model, images).argmax(1)
+        pruned = {
+            amount: ui.pruned_model(
+                ui.current_model(), plan.with_amount(amount).to_json(indent=None)
+            )
+            for amount in amounts
+        }
+        bar = st.progress(
+            0.0, text=f"{title} of {count} images, dense and at {len(amounts)} amounts…"
+        )
+        results[request] = agreement_curve(
+            method,
+            bench.model,
+            pruned,
+            images,
+            targets,
+            progress=lambda done: bar.progress(done, text=f"{done:.0%} done"),
+            **options,
+        )
+        bar.empty()
+    cols[2].caption(f"{title} · {count} images · amounts {', '.join(f'{a:.0%}' for a in amounts)}")
+    points = results.get(request)
+    if points is None:
+        return
+    st.plotly_chart(
+        agreement_curve_figure(points, plan.amount if plan.amount > 0 else None),
+        config={"displayModeBar": False},
+        key="sal_agree_curve",
+    )
+    skipped = count - min(p.compared for p in points)
+    st.caption(
+        "Lines: the means; dots: each image. Rank correlation 1 = the pixels in the same "
+        "order of importance; top-10% overlap 1 = the same most important pixels."
+        + (
+            f" Up to {skipped} image(s) per amount had a map ≈ 0 and are left out."
+            if skipped
+            else ""
+        )
+    )
+
+
 def main() -> None:
     st.title("Saliency")
     st.write(
@@ -91,6 +193,8 @@ def main() -> None:
         "attribution of the same image, for the dense and the pruned model."
     )
     saliency_fragment()
+    with st.expander("Agreement over many images, against sparsity", expanded=False):
+        agreement_fragment()
     with st.expander("How to read these maps"):
         st.markdown(HOW_TO_READ)
 

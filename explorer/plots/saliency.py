@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from explorer.plots.common import CHANGED_COLOR, compact_layout
+from explorer.saliency.agreement import AgreementPoint
 
 MAP_SCALE = "Viridis"
 DIFFERENCE_SCALE = "RdBu_r"  # red: the pruned model relies on a pixel more; blue: less
@@ -164,3 +166,58 @@ def saliency_figure(
     fig = compact_layout(fig, height)
     fig.update_layout(margin={"t": 56, "b": 70})
     return fig
+
+
+def agreement_curve_figure(
+    points: Sequence[AgreementPoint], current: float | None = None
+) -> go.Figure:
+    """Mean rank correlation and mean top-10% overlap of dense and pruned maps (y) against
+    the plan's sparsity (x, %), each image's value as a faint dot behind its mean.
+
+    Args:
+        points: ``agreement_curve``'s result.
+        current: the current plan's amount, marked with a dotted line (None: no mark).
+    """
+    fig = go.Figure()
+    series = (
+        ("rank correlation", "rank_correlations", "mean_rank_correlation", "#1f77b4"),
+        ("top-10% overlap", "overlaps", "mean_overlap", "#ff7f0e"),
+    )
+    for name, each, mean, color in series:
+        xs = [p.amount * 100 for p in points for _ in getattr(p, each)]
+        ys = [v for p in points for v in getattr(p, each)]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                marker={"color": color, "size": 4, "opacity": 0.25},
+                name=f"{name}, each image",
+                showlegend=False,
+                hovertemplate=f"{name} of one image: %{{y:.2f}}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[p.amount * 100 for p in points],
+                y=[getattr(p, mean) for p in points],
+                mode="lines+markers",
+                line={"color": color, "width": 2.5},
+                name=f"mean {name}",
+                customdata=[p.compared for p in points],
+                hovertemplate=f"%{{x:.0f}}%: mean {name} %{{y:.2f}} over %{{customdata}} "
+                "images<extra></extra>",
+            )
+        )
+    if current is not None:
+        fig.add_vline(
+            x=current * 100,
+            line_dash="dot",
+            line_color="#7f7f7f",
+            annotation_text="this plan",
+            annotation_position="bottom right",
+        )
+    fig.update_xaxes(title="sparsity of the plan (%)", range=[-2, 100])
+    fig.update_yaxes(title="agreement with the dense maps", range=[-0.3, 1.05])
+    fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
+    return compact_layout(fig, 340)

@@ -33,6 +33,27 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(x @ y / norm, -1.0, 1.0)) if norm > 0 else float("nan")
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """float64 ranks 1..n of ``values`` (flattened); tied values share their average rank."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(flat, kind="stable")
+    ranks = np.empty(flat.size)
+    ranks[order] = np.arange(1, flat.size + 1)
+    # every run of equal values gets the mean of the ranks it spans
+    unique, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    if len(unique) < flat.size:
+        sums = np.bincount(inverse, weights=ranks)
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (Pearson of their average ranks), in [-1, 1]:
+    1 = the pixels are in the same order of importance; nan when either map is flat. Unlike
+    Pearson's, it does not care how peaked the maps are, only about their order."""
+    return correlation(average_ranks(a), average_ranks(b))
+
+
 def top_pixels(attribution: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """bool (H, W): the ``max(1, round(fraction * H * W))`` largest pixels (ties: lower flat
     index first)."""
@@ -110,6 +131,7 @@ def compare_maps(
         return {
             "difference": np.zeros(dense_map.shape),
             "correlation": math.nan,
+            "rank_correlation": math.nan,
             "top_iou": math.nan,
             "top_fraction": fraction,
             "reason": reason,
@@ -117,6 +139,7 @@ def compare_maps(
     return {
         "difference": scaled(pruned_map) - scaled(dense_map),
         "correlation": correlation(dense_map, pruned_map),
+        "rank_correlation": rank_correlation(dense_map, pruned_map),
         "top_iou": top_overlap(dense_map, pruned_map, fraction),
         "top_fraction": fraction,
         "reason": reason,

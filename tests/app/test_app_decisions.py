@@ -95,10 +95,10 @@ def test_the_selected_flip_shows_both_maps_and_both_paths(flips_at_80, lenet5_be
     at.selectbox(key="dec_method").set_value("integrated").run()
     assert_clean(at)
     assert [b for b in at.button if b.label == "Compute Integrated Gradients"]
-    assert "Map correlation" not in [m.label for m in at.metric]
+    assert "Rank correlation" not in [m.label for m in at.metric]
     at.button(key="dec_compute").click().run()
     assert_clean(at)
-    assert "Map correlation" in [m.label for m in at.metric]
+    assert "Rank correlation" in [m.label for m in at.metric]
     # any class can be explained
     at.radio(key="dec_target").set_value("other").run()
     at.selectbox(key="dec_target_class").set_value(3).run()
@@ -155,3 +155,18 @@ def test_dynamic_pruning_reports_what_explorer_measures():
     assert metric(at, "Units computed") == "25%"
     assert metric(at, "Faster here") == "no"
     assert any("Nothing here runs faster" in i.value for i in at.info)
+
+
+def test_saliency_agreement_curve_is_measured_on_request():
+    at = start("saliency", model="lenet5", amount="0.8")
+    assert_clean(at)
+    assert not [c for c in at.caption if c.value.startswith("Lines: the means")]
+    at.button(key="sal_agree_go").click().run()
+    assert_clean(at)
+    assert [c for c in at.caption if c.value.startswith("Lines: the means")]
+    # an expensive method waits for its button on the Saliency page too
+    at.selectbox(key="sal_method").set_value("occlusion").run()
+    assert "Rank correlation" not in [m.label for m in at.metric]
+    at.button(key="sal_compute").click().run()
+    assert_clean(at)
+    assert "Rank correlation" in [m.label for m in at.metric]

@@ -180,3 +180,48 @@ def test_identical_models_agree_exactly_for_every_method(trained, eval_set):
         assert pair.comparison["correlation"] == pytest.approx(1.0)
         assert pair.comparison["top_iou"] == 1.0
         assert not pair.comparison["difference"].any()
+
+
+# --- agreement over many images -----------------------------------------------------------
+
+
+def test_rank_correlation_by_hand_with_ties():
+    from explorer.saliency.compare import average_ranks, rank_correlation
+
+    np.testing.assert_allclose(average_ranks(np.array([10.0, 0.0, 10.0, 5.0])), [3.5, 1, 3.5, 2])
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert rank_correlation(a, a**3) == pytest.approx(1.0)  # same order, other peaks
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    # ranks (1, 2, 3, 4) against (1.5, 1.5, 3, 4): Pearson of those by hand
+    x, y = np.array([1, 2, 3, 4.0]), np.array([1.5, 1.5, 3, 4])
+    expected = ((x - x.mean()) @ (y - y.mean())) / np.sqrt(
+        ((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum()
+    )
+    assert rank_correlation(a, np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(expected)
+
+
+def test_agreement_is_one_for_identical_models_and_drops_when_the_top_unit_goes(
+    trained, eval_set
+):
+    from explorer.paths import decision_path
+    from explorer.saliency.agreement import agreement_curve
+
+    model = trained["lenet300"]
+    images, targets = eval_set.images[:12], eval_set.labels[:12]
+    # the unit that carries image 0's decision most, in the last hidden layer
+    top = decision_path(model, images[:1], int(targets[0]), ["fc2"]).layer("fc2").top[0]
+    cut = load_model("lenet300")
+    with torch.no_grad():
+        cut.fc2.weight[top] = 0
+        cut.fc2.bias[top] = 0
+    progress = []
+    same, without_top = agreement_curve(
+        "gradient", model, {0.0: model, 0.5: cut}, images, targets, progress=progress.append
+    )
+    assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert same.compared == 12
+    assert all(v == pytest.approx(1.0) for v in same.rank_correlations)
+    assert all(v == 1.0 for v in same.overlaps)
+    assert without_top.rank_correlations[0] < 1 and without_top.overlaps[0] < 1
+    assert without_top.mean_rank_correlation < 1
+    assert hooks_of(model) == [] and hooks_of(cut) == []
