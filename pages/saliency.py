@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import streamlit as st
 
 from explorer import ui
 from explorer.evaluation import predict
-from explorer.plots.saliency import agreement_curve_figure
+from explorer.inspection import attention_heads
+from explorer.plots.attention import attention_heads_figure
+from explorer.plots.saliency import agreement_curve_figure, saliency_figure
 from explorer.pruning import METHODS
 from explorer.recovery import balanced_indices
 from explorer.saliency import ATTRIBUTIONS, attributions_for, predict_one
 from explorer.saliency.agreement import agreement_curve
+from explorer.saliency.attention import compare_attention, head_maps, removed_heads
+from explorer.saliency.compare import scaled
+from explorer.saliency.tokens import token_layout
 
 AMOUNT_KEY = "sal_amount"
 HOW_TO_READ = """
@@ -82,6 +88,8 @@ def _saliency_body() -> None:
         )
         st.caption(f"Eval image #{index}{flips}")
     ui.saliency_pair_ui(bench, plan_json, index, target, method, options, "sal")
+    if attention_heads(bench.model) and token_layout(bench.model, data.input_shape):
+        attention_ui(bench, state, index)
     if not any(state.pruned.values()):
         st.info(
             "This plan prunes nothing, so both maps come from the same weights. Move the "
@@ -89,6 +97,78 @@ def _saliency_body() -> None:
         )
     for warning in state.warnings:
         st.warning(warning)
+
+
+def attention_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> None:
+    """A vision transformer's attention for the image: per head and rolled out, dense and
+    pruned, with the heads the plan removed marked."""
+    data = bench.eval_set
+    x = data.images[index : index + 1]
+    pruned = ui.pruned_model(ui.current_model(), state.plan.to_json(indent=None))
+    removed = removed_heads(state.keeps, bench.model)
+    comparison = compare_attention(bench.model, pruned, x, removed, data.input_shape)
+    st.markdown("##### Attention: where the [CLS] token looks")
+    modules = comparison.dense_maps.modules
+    cols = st.columns([2, 1, 1], vertical_alignment="bottom")
+    module = cols[0].selectbox(
+        "Attention module",
+        modules,
+        index=len(modules) - 1,
+        key=f"sal_attention::{ui.subject_tag()}",
+        format_func=lambda m: f"{m} · {int(removed[m].sum())} of {len(removed[m])} heads pruned",
+        help="Each head's attention from the [CLS] token (which the classifier reads) to the "
+        "patches, in this block.",
+    )
+    cols[1].metric(
+        "Heads pruned",
+        f"{sum(int(r.sum()) for r in removed.values())} of {sum(len(r) for r in removed.values())}",
+        help="Over all attention modules, the heads the plan removed.",
+    )
+    cols[2].metric(
+        "Rollout rank correlation",
+        f"{comparison.rank_correlation:+.2f}",
+        help="Spearman correlation of the dense and pruned rollout maps over the patches.",
+    )
+    layout = comparison.layout
+    st.plotly_chart(
+        attention_heads_figure(
+            head_maps(comparison.dense_maps, module, layout),
+            head_maps(comparison.pruned_maps, module, layout),
+            removed[module],
+            module,
+        ),
+        config={"displayModeBar": False},
+        key="sal_heads",
+    )
+    height, width = data.input_shape[-2:]
+    cell = (height // layout.grid[0], width // layout.grid[1])
+
+    def upsampled(grid: np.ndarray) -> np.ndarray:
+        return np.kron(grid, np.ones(cell))[:height, :width]
+
+    label = int(data.labels[index])
+    dense_pred, pruned_pred = predict_one(bench.model, x), predict_one(pruned, x)
+    st.plotly_chart(
+        saliency_figure(
+            data.pixels(index),
+            upsampled(scaled(comparison.dense)),
+            upsampled(scaled(comparison.pruned)),
+            upsampled(comparison.difference),
+            data.classes[label],
+            data.classes[label],
+            (data.classes[dense_pred.label], dense_pred.confidence),
+            (data.classes[pruned_pred.label], pruned_pred.confidence),
+            caption="attention rollout to the [CLS] token",
+        ),
+        config={"displayModeBar": False},
+        key="sal_rollout",
+    )
+    st.caption(
+        "Rollout (Abnar & Zuidema 2020): each block's mean attention over its heads plus the "
+        "residual, multiplied through every block: how much each patch reaches the [CLS] "
+        "token. A pruned head's attention is uniform but passes nothing on (its values are "
+        "zero), so it is left out of its block's mean."
+    )
 
 
 #: Plan amounts the agreement curve is measured at (the current plan's is added).

@@ -62,6 +62,7 @@ def saliency_figure(
     height: int = 330,
     dense_note: str = "",
     pruned_note: str = "",
+    caption: str | None = None,
 ) -> go.Figure:
     """Input, dense map, pruned map and their difference in one row.
 
@@ -77,6 +78,8 @@ def saliency_figure(
             is drawn blank (all zeros, never stretched to a maximum of 1) under "map ≈ 0" and
             this text (e.g. "no evidence for this class at this layer"); the difference panel
             is then blank too. Default "".
+        caption: the line under the figure; default "both maps explain the logit of class
+            ``target``".
     """
     if dense_note:
         dense_map = np.zeros(np.shape(dense_map))
@@ -146,7 +149,7 @@ def saliency_figure(
         )
     if dense_prediction[0] != pruned_prediction[0]:
         fig.layout.annotations[2].font.color = CHANGED_COLOR  # the prediction changed
-    target_note = f"both maps explain the logit of class {target}"
+    target_note = caption or f"both maps explain the logit of class {target}"
     fig.add_annotation(
         text=target_note,
         xref="paper",

@@ -170,3 +170,10 @@ def test_saliency_agreement_curve_is_measured_on_request():
     at.button(key="sal_compute").click().run()
     assert_clean(at)
     assert "Rank correlation" in [m.label for m in at.metric]
+
+
+def test_a_vision_transformer_shows_its_heads_and_rollout():
+    at = start("saliency", model="vit_tiny", method="heads", amount="0.5")
+    assert_clean(at)
+    assert metric(at, "Heads pruned") == "6 of 12"
+    assert float(metric(at, "Rollout rank correlation")) < 1
