@@ -1015,17 +1015,17 @@ def explain_target_ui(
         "pruned": ("Pruned prediction", pruned),
     }
     cols = st.columns([4, 1], vertical_alignment="bottom")
+    # fixed labels: a label that changed with the image would make a new widget each time
     choice = cols[0].radio(
         "Explain class",
         [*choices, "other"],
         key=f"{key}_target",
         horizontal=True,
         help=EXPLAIN_TARGET_HELP,
-        format_func=lambda t: (
-            f"{choices[t][0]} ({classes[choices[t][1]]})" if t in choices else "Another class"
-        ),
+        format_func=lambda t: choices[t][0] if t in choices else "Another class",
     )
     if choice in choices:
+        cols[1].markdown(f"class **{plain(classes[choices[choice][1]])}**")
         return choices[choice][1]
     return cols[1].selectbox(
         "Class",
@@ -1146,7 +1146,12 @@ def saliency_pair_ui(
         if map_.negligible:
             st.caption(f"{name} map ≈ 0, drawn blank: {map_.reason}.")
     detail = attribution.describe(bench.model, data.input_shape, **options)
-    st.caption(f"{detail} Both maps computed in {seconds * 1000:.0f} ms.".strip())
+    timing = (
+        f"Both maps computed in {seconds * 1000:.0f} ms."
+        if seconds >= 0.001
+        else "Both maps from the cache."
+    )
+    st.caption(f"{detail} {timing}".strip())
     return explanation
 
 

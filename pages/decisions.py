@@ -39,20 +39,26 @@ ANY = -1
 CARRIER_SHARE = 0.5
 
 FLIP_COLUMNS = {
-    "image": st.column_config.ImageColumn("Image", width=48),
+    "image": st.column_config.ImageColumn("Image", width=40),
     "index": st.column_config.NumberColumn(
-        "#", help="Position in the eval split.", format="%d", width=52
+        "#", help="Position in the eval split.", format="%d", width=50
     ),
     "kind": st.column_config.TextColumn(
         "Flip",
+        width=58,
         help="broken: dense right, pruned wrong · fixed: the reverse · changed: both "
         "wrong, with different classes.",
     ),
-    "true": st.column_config.TextColumn("True", width=44),
-    "dense": st.column_config.TextColumn("Dense says", help="Class and softmax confidence."),
-    "pruned": st.column_config.TextColumn("Pruned says", help="Class and softmax confidence."),
+    "true": st.column_config.TextColumn("True", width=40),
+    "dense": st.column_config.TextColumn(
+        "Dense says", help="Class and softmax confidence.", width=80
+    ),
+    "pruned": st.column_config.TextColumn(
+        "Pruned says", help="Class and softmax confidence.", width=80
+    ),
     "drop": st.column_config.ProgressColumn(
         "True drop",
+        width=70,
         help="Dense minus pruned softmax probability of the true class (points).",
         format="%+.0f",
         min_value=-100,
@@ -95,7 +101,7 @@ def headline_ui(flips: Flips) -> None:
 
 def filters_ui(classes: tuple[str, ...]) -> tuple[list[str], int, int, str, str, bool]:
     """Which flips to list and in what order."""
-    cols = st.columns([4, 2, 2, 2, 2], vertical_alignment="bottom")
+    cols = st.columns([3.5, 2, 2, 2, 2.5], vertical_alignment="bottom")
     kinds = cols[0].pills(
         "Kinds",
         FLIP_KINDS,

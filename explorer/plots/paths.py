@@ -60,7 +60,12 @@ def _panel(
     xs, ys = _edges(columns)
     fig.add_trace(
         go.Scatter(
-            x=xs, y=ys, mode="lines", line={"color": EDGE_COLOR, "width": 1}, hoverinfo="skip"
+            x=xs,
+            y=ys,
+            mode="lines",
+            line={"color": EDGE_COLOR, "width": 1},
+            hoverinfo="skip",
+            showlegend=False,
         ),
         row=row,
         col=1,
@@ -76,6 +81,7 @@ def _panel(
             textposition=["bottom center", "bottom center"],
             hovertext=["the input image", f"the logit of class {class_name}"],
             hoverinfo="text",
+            showlegend=False,
         ),
         row=row,
         col=1,
