@@ -228,7 +228,7 @@ def class_unit_figure(
     removed: np.ndarray | None = None,
 ) -> go.Figure:
     """Class × unit map of one layer: the share of each class's inputs on whose decision path
-    the unit lies; units the plan removed get a red × above their column.
+    the unit lies; units the plan removed get a red × in a "removed" row under the classes.
 
     Args:
         matrix: float (K, units) in [0, 1] (``paths.class_unit_map``).
@@ -255,28 +255,19 @@ def class_unit_figure(
         )
     )
     if removed is not None and np.any(removed):
+        # a row of its own under the classes: "removed" marks the columns the plan cut
         cut = np.flatnonzero(removed)
         fig.add_trace(
             go.Scatter(
                 x=cut,
-                y=[names[0]] * len(cut),
+                y=["removed"] * len(cut),
                 mode="markers",
                 marker={"symbol": "x", "color": CHANGED_COLOR, "size": 9 if units <= 64 else 6},
-                yaxis="y2",
                 name="removed by the plan",
+                showlegend=False,
                 hovertemplate="unit %{x}: removed by the plan<extra></extra>",
             )
         )
-        fig.update_layout(
-            yaxis2={
-                "overlaying": "y",
-                "range": [0, 1],
-                "visible": False,
-            }
-        )
-        fig.data[-1].y = [1.04] * len(cut)
-        fig.data[-1].cliponaxis = False
     fig.update_xaxes(title=f"unit of {layer}", showgrid=False)
     fig.update_yaxes(title="true class", type="category", autorange="reversed")
-    fig.update_layout(legend={"orientation": "h", "y": 1.12, "yanchor": "bottom", "x": 0})
-    return compact_layout(fig, max(280, 90 + 26 * k))
+    return compact_layout(fig, max(280, 100 + 26 * (k + 1)))
