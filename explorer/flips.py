@@ -219,9 +219,7 @@ def flips_for_state(bench: Workbench, state: PrunedState) -> Flips:
     # compute_flips numbers samples by position; a partial pass covers a subset of the eval set
     samples = pruned.samples.tolist()
     if samples != list(range(len(samples))):
-        flips = replace(
-            flips, flips=tuple(replace(f, index=samples[f.index]) for f in flips.flips)
-        )
+        flips = replace(flips, flips=tuple(replace(f, index=samples[f.index]) for f in flips.flips))
     return flips
 
 
