@@ -4,11 +4,11 @@ For one eval image, per bundled model, the median wall time of:
 
 1. each attribution method that applies (``explain`` of one image, one model), for the dense
    model and a 70%-unstructured pruned copy;
-2. the decision-path view: ``compare_paths`` (both models' paths, what the plan cut) plus
-   building its figure (``path_graph_figure``), under the same plan;
-3. for a vision transformer, the attention view: ``compare_attention`` (both models' heads and
-   rollouts) under a 50% heads plan;
-4. over many images: the class x unit map of the last hidden layer (1,000 images) and the
+2. every view in ``TIMERS`` (the place to add one): the decision-path view,
+   ``compare_paths`` (both models' paths, what the plan cut) plus building its figure
+   (``path_graph_figure``), under the same plan; for a vision transformer, the attention
+   view, ``compare_attention`` (both models' heads and rollouts) under a 50% heads plan;
+3. over many images: the class x unit map of the last hidden layer (1,000 images) and the
    dynamic-pruning curve (2,000 images, 8 keep shares), once each.
 
 The issue's goals on 2 cores, for LeNet-5: Saliency and Grad-CAM <= 30 ms, Integrated
@@ -25,22 +25,39 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch import nn
 
 from explorer.dynamic import dynamic_curve, gate_points
 from explorer.paths import class_unit_map, compare_paths, path_layers
 from explorer.plan import PruningPlan
 from explorer.plots.paths import path_graph_figure
+from explorer.pruning import PrunedState
 from explorer.recovery import balanced_indices
 from explorer.saliency import attributions_for, get_attribution
 from explorer.saliency.attention import compare_attention, removed_heads
-from explorer.workbench import open_workbench
+from explorer.workbench import Workbench, open_workbench
 
 MODELS = ("lenet5", "lenet300", "resnet_mini", "vit_tiny")
 #: The issue's goals for LeNet-5, in ms (method or view -> goal).
 GOALS = {"gradient": 30.0, "gradcam": 30.0, "integrated": 150.0, "path view": 300.0}
+#: Settings each method is timed with (the defaults, spelled out where the goal names them).
+SETTINGS: dict[str, dict[str, object]] = {"integrated": {"steps": 32}}
+
+
+@dataclass(frozen=True)
+class Case:
+    """What every timer of one model gets: the workbench, one eval image and its label, and
+    the 70%-unstructured plan's state and pruned model."""
+
+    bench: Workbench
+    x: torch.Tensor
+    label: int
+    state: PrunedState
+    pruned: nn.Module
 
 
 def median_ms(run: Callable[[], object], repeats: int) -> float:
@@ -59,37 +76,76 @@ def verdict(model: str, name: str, ms: float) -> str:
     return "" if goal is None else f"  goal <= {goal:.0f} ms: {'PASS' if ms <= goal else 'MISS'}"
 
 
+# --- views beyond the attribution maps ------------------------------------------------------
+# HERE: a view to time is one entry of TIMERS: name -> (Case -> the call to time, or None when
+# the view does not apply to this model). Each is printed as one row after the methods, with
+# its goal from GOALS (for LeNet-5) when it has one.
+
+
+def path_view(case: Case) -> Callable[[], object]:
+    """The decision-path view: ``compare_paths`` (both models' paths, what the plan cut) plus
+    building its figure."""
+    structure = case.bench.pruner.structure
+
+    def run() -> None:
+        comparison = compare_paths(
+            case.bench.model, case.pruned, case.state, case.x, case.label, structure
+        )
+        path_graph_figure(comparison, case.bench.eval_set.classes)
+
+    return run
+
+
+def attention_view(case: Case) -> Callable[[], object] | None:
+    """A vision transformer's attention view: ``compare_attention`` under a 50% heads plan."""
+    if not case.bench.pruner.structure.heads:
+        return None
+    heads_state = case.bench.resolve(PruningPlan(method="heads", amount=0.5))
+    heads_model = case.bench.pruner.pruned_model(heads_state)
+    removed = removed_heads(heads_state.keeps, case.bench.model)
+    return partial(compare_attention, case.bench.model, heads_model, case.x, removed)
+
+
+TIMERS: dict[str, Callable[[Case], Callable[[], object] | None]] = {
+    "path view": path_view,
+    "attention view": attention_view,
+}
+
+
 def benchmark_model(name: str, repeats: int) -> None:
     """Print every figure of one bundled model."""
     bench = open_workbench(name, torch.device("cpu"))
     data = bench.eval_set
     x, label = data.images[:1], int(data.labels[0])
     state = bench.resolve(PruningPlan(amount=0.7))
-    pruned = bench.pruner.pruned_model(state)
+    case = Case(bench, x, label, state, bench.pruner.pruned_model(state))
     print(f"\n{name}: one eval image, median of {repeats} (ms)")
-    print(f"  {'method':<16}{'dense':>9}{'pruned 70%':>12}")
+    print(f"  {'method':<24}{'dense':>9}{'pruned 70%':>12}")
     for method in attributions_for(bench.model, data.input_shape):
         explainer = get_attribution(method)
-        dense_ms = median_ms(partial(explainer.explain, bench.model, x, label), repeats)
-        pruned_ms = median_ms(partial(explainer.explain, pruned, x, label), repeats)
+        settings = SETTINGS.get(method, {})
+        dense_ms = median_ms(partial(explainer.explain, bench.model, x, label, **settings), repeats)
+        pruned_ms = median_ms(
+            partial(explainer.explain, case.pruned, x, label, **settings), repeats
+        )
+        shown = method + "".join(f" {k}={v}" for k, v in settings.items())
         print(
-            f"  {method:<16}{dense_ms:>9.1f}{pruned_ms:>12.1f}"
+            f"  {shown:<24}{dense_ms:>9.1f}{pruned_ms:>12.1f}"
             + verdict(name, method, max(dense_ms, pruned_ms))
         )
+    for view, timer in TIMERS.items():
+        run = timer(case)
+        if run is not None:
+            ms = median_ms(run, repeats)
+            print(f"  {view:<24}{ms:>21.1f}" + verdict(name, view, ms))
+    many_images(case)
+
+
+def many_images(case: Case) -> None:
+    """The class x unit map of the last hidden layer (1,000 images) and the dynamic-pruning
+    curve (2,000 images, 8 keep shares), timed once each."""
+    bench, data = case.bench, case.bench.eval_set
     structure = bench.pruner.structure
-
-    def path_view() -> None:
-        comparison = compare_paths(bench.model, pruned, state, x, label, structure)
-        path_graph_figure(comparison, data.classes)
-
-    ms = median_ms(path_view, repeats)
-    print(f"  {'path view':<16}{ms:>21.1f}" + verdict(name, "path view", ms))
-    if structure.heads:
-        heads_state = bench.resolve(PruningPlan(method="heads", amount=0.5))
-        heads_model = bench.pruner.pruned_model(heads_state)
-        removed = removed_heads(heads_state.keeps, bench.model)
-        ms = median_ms(lambda: compare_attention(bench.model, heads_model, x, removed), repeats)
-        print(f"  {'attention view':<16}{ms:>21.1f}")
     layers = path_layers(structure)
     # the Decisions page's default gated layers: attention projections left out
     attention = {layer for heads in structure.heads for layer in (heads.qkv, heads.proj)}

@@ -172,27 +172,34 @@ def saliency_figure(
 
 
 def agreement_curve_figure(
-    points: Sequence[AgreementPoint], current: float | None = None
+    curve: Sequence[AgreementPoint], current: float | None = None, height: int = 340
 ) -> go.Figure:
-    """Mean rank correlation and mean top-10% overlap of dense and pruned maps (y) against
-    the plan's sparsity (x, %), each image's value as a faint dot behind its mean.
+    """Mean rank correlation and mean top-k overlap of dense and pruned maps (y) against the
+    plan's sparsity (x, %), each image's value as a faint dot behind its mean.
 
     Args:
-        points: ``agreement_curve``'s result.
-        current: the current plan's amount, marked with a dotted line (None: no mark).
+        curve: ``agreement_curve``'s result (an ``AgreementCurve``, or any sequence of
+            ``AgreementPoint``); images whose maps could not be compared (nan) are left out
+            of the dots and the means, and the hover says over how many images each mean is.
+        current: the current plan's amount in [0, 1], marked with a dotted line (None: no
+            mark).
+        height: figure height in pixels, default 340.
     """
+    points = list(curve)
+    share = getattr(curve, "fraction", 0.1)
     fig = go.Figure()
     series = (
         ("rank correlation", "rank_correlations", "mean_rank_correlation", "#1f77b4"),
-        ("top-10% overlap", "overlaps", "mean_overlap", "#ff7f0e"),
+        (f"top-{share:.0%} overlap", "overlaps", "mean_overlap", "#ff7f0e"),
     )
+    lowest = 0.0
     for name, each, mean, color in series:
-        xs = [p.amount * 100 for p in points for _ in getattr(p, each)]
-        ys = [v for p in points for v in getattr(p, each)]
+        dots = [(p.amount * 100, v) for p in points for v in getattr(p, each) if np.isfinite(v)]
+        lowest = min([lowest, *(v for _, v in dots)])
         fig.add_trace(
             go.Scatter(
-                x=xs,
-                y=ys,
+                x=[x for x, _ in dots],
+                y=[y for _, y in dots],
                 mode="markers",
                 marker={"color": color, "size": 4, "opacity": 0.25},
                 name=f"{name}, each image",
@@ -207,9 +214,9 @@ def agreement_curve_figure(
                 mode="lines+markers",
                 line={"color": color, "width": 2.5},
                 name=f"mean {name}",
-                customdata=[p.compared for p in points],
-                hovertemplate=f"%{{x:.0f}}%: mean {name} %{{y:.2f}} over %{{customdata}} "
-                "images<extra></extra>",
+                customdata=[[p.compared, len(getattr(p, each))] for p in points],
+                hovertemplate=f"%{{x:.0f}}%: mean {name} %{{y:.2f}} over %{{customdata[0]}} "
+                "of %{customdata[1]} images<extra></extra>",
             )
         )
     if current is not None:
@@ -220,7 +227,9 @@ def agreement_curve_figure(
             annotation_text="this plan",
             annotation_position="bottom right",
         )
+    # rank correlation lives in [-1, 1], the overlap in [0, 1]: show below 0 only when needed
+    bottom = max(-1.05, min(-0.3, lowest - 0.05))
     fig.update_xaxes(title="sparsity of the plan (%)", range=[-2, 100])
-    fig.update_yaxes(title="agreement with the dense maps", range=[-0.3, 1.05])
+    fig.update_yaxes(title="agreement with the dense maps", range=[bottom, 1.05])
     fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
-    return compact_layout(fig, 340)
+    return compact_layout(fig, height)

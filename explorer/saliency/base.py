@@ -132,6 +132,7 @@ class AttributionMethod(ABC):
             accepts exactly these as keyword arguments.
         live: whether one map is cheap enough (one or two passes) to redraw with every slider
             move; an expensive method (many passes per map) runs on request.
+        cost_hint: what one map costs, in passes of the model (one phrase, for the page).
     """
 
     name: ClassVar[str]
@@ -142,6 +143,7 @@ class AttributionMethod(ABC):
     zero_means: ClassVar[str] = "no evidence for this class"
     options: ClassVar[dict[str, Any]] = {}
     live: ClassVar[bool] = True
+    cost_hint: ClassVar[str] = "one forward and one backward pass"
 
     def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """The defaults updated with ``options``; a ValueError for a setting the method lacks."""

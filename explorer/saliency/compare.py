@@ -1,9 +1,11 @@
 """How two attribution maps of the same image agree (dense vs pruned model).
 
-The seed of the agreement metrics: a difference map and two numbers. Both maps are first scaled
-to a maximum of 1 (``scaled``), so that the comparison is about *where* a model looks, not about
-how large its gradients are (pruning often shrinks or inflates them all together). A map that
-is "≈ 0" (``Attribution.negligible``) is not scaled at all: nothing is compared with it.
+The agreement metrics of one image: a difference map and three numbers (Pearson and Spearman
+correlation, top-``fraction`` overlap); ``agreement`` averages them over many images. Both
+maps are first scaled to a maximum of 1 (``scaled``), so that the comparison is about *where*
+a model looks, not about how large its gradients are (pruning often shrinks or inflates them
+all together). A map that is "≈ 0" (``Attribution.negligible``) is not scaled at all: nothing
+is compared with it.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def compare_maps(
             zeros when a map is negligible.
         ``correlation``: Pearson correlation of the two maps in [-1, 1] (1 = same pattern up
             to scale); nan when a map is negligible or flat.
+        ``rank_correlation``: Spearman correlation (``rank_correlation``) in [-1, 1] (1 = the
+            pixels in the same order of importance); nan when a map is negligible or flat.
         ``top_iou``: intersection over union of the two maps' top-``fraction`` pixels in
             [0, 1]; nan when a map is negligible or flat.
         ``top_fraction``: the ``fraction`` used.

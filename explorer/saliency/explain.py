@@ -55,8 +55,9 @@ class PairExplanation:
         dense_attribution, pruned_attribution: each model's map (float32 (H, W), raw,
             non-negative) with its evidence and whether it is "≈ 0" (``negligible``).
         dense, pruned: each model's prediction for the image.
-        comparison: ``compare_maps`` of the two maps (difference, correlation, top_iou,
-            reason); nan agreement with a reason when either map is negligible.
+        comparison: ``compare_maps`` of the two maps (difference, correlation,
+            rank_correlation, top_iou, reason); nan agreement with a reason when either map
+            is negligible.
         seconds: wall time of the two attributions.
     """
 
@@ -97,16 +98,30 @@ def _shown(attribution: Attribution) -> np.ndarray:
 
 
 def explain_pair(
-    method: str, dense: nn.Module, pruned: nn.Module, x: torch.Tensor, target: int
+    method: str,
+    dense: nn.Module,
+    pruned: nn.Module,
+    x: torch.Tensor,
+    target: int,
+    **options: Any,
 ) -> PairExplanation:
     """Attribute class ``target`` of image ``x`` (1, C, H, W) with ``method`` in both models.
 
-    Neither model is modified (see ``AttributionMethod.explain``).
+    Args:
+        method: a registered method's name (``ATTRIBUTIONS``).
+        dense, pruned: the two classifiers; neither is modified (see
+            ``AttributionMethod.explain``).
+        x: float tensor (1, C, H, W), the normalised image.
+        target: the class both maps explain, any index of the logits (not only a
+            prediction); a ValueError when out of range.
+        options: the method's settings (its ``options``, e.g. ``steps=64``); the same for
+            both models. None: the method's defaults.
     """
     attribution = get_attribution(method)
+    settings = attribution.resolve_options(options)  # a bad setting fails before any work
     start = time.perf_counter()
-    dense_attribution = attribution.explain(dense, x, target)
-    pruned_attribution = attribution.explain(pruned, x, target)
+    dense_attribution = attribution.explain(dense, x, target, **settings)
+    pruned_attribution = attribution.explain(pruned, x, target, **settings)
     seconds = time.perf_counter() - start
     comparison = compare_maps(
         dense_attribution.values,

@@ -3,10 +3,21 @@
 The attribution of pixel i is (x_i - x'_i) times the gradient of the logit averaged along the
 straight line from a baseline image x' to x. Its defining property, **completeness**, makes it
 a budget: the attributions sum to logit(x) - logit(x'), up to the error of the integral
-(``integrated_gradients`` returns that error). The baseline is "no ink": every pixel at its
-channel's darkest value in the image, which for MNIST is the black background exactly and for
-a photo a dark image of the same normalisation (the image carries its own normalisation, so
-no mean / std is needed here).
+(``integrated_gradients`` returns that error as captum's convergence delta).
+
+The baseline is "no ink": every pixel at its channel's darkest value in the image
+(``dark_baseline``). What a user expects for MNIST is the all-black *pixel* image, but a model
+takes normalised tensors, and the normalisation (mean / std) is not known here, only the
+normalised image: its zero is the data set's mean grey, not black, so ``torch.zeros_like(x)``
+would be a grey image. The darkest value of the image itself is the black background exactly
+for MNIST (every digit has background pixels), and for a photo a dark image of the same
+normalisation.
+
+The integral is a ``QUADRATURE`` of ``steps`` points, all evaluated in one batch. Measured on
+the trained LeNet-5 (each eval image's label), the completeness error |sum of attributions -
+(logit(x) - logit(x'))| as a share of |logit(x) - logit(x')|, at 32 points: at most 1.8% over
+the first 20 images, 2.3% over the first 100 (median 0.5%); the unit test allows 3%. With
+16 points it reaches 18%, with 64 points 1.3%.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ from torch import nn
 
 from explorer.saliency.base import AttributionMethod, private_copy, register_attribution
 
-#: Quadrature of the path integral: Gauss-Legendre needs far fewer steps than a Riemann sum
-#: for the same completeness error on smooth (e.g. GELU) and piecewise-linear (ReLU) models.
+#: Quadrature of the path integral (a captum ``method``). Gauss-Legendre needs fewer steps than
+#: a Riemann sum for the same completeness error: on the trained LeNet-5 with 32 steps (first
+#: 100 eval images) its worst relative error is 2.3%, against 3.3% for the midpoint rule and
+#: 6.6% for the trapezoid rule.
 QUADRATURE = "gausslegendre"
 
 
@@ -50,14 +63,23 @@ def integrated_gradients(
         (attributions (1, C, H, W) in logit units, delta): delta = sum of the attributions
         minus (logit(x) - logit(baseline)), the integral's error.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
     work = private_copy(model)
     device = next(work.parameters()).device
-    x = x.detach().to(device=device, dtype=torch.float32)
-    reference = dark_baseline(x) if baseline is None else baseline.to(device=device)
+    image = x.detach().to(device=device, dtype=torch.float32)
+    return _integrate(work, image, target, steps, baseline)
+
+
+def _integrate(
+    work: nn.Module, x: torch.Tensor, target: int, steps: int, baseline: torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
+    """``integrated_gradients`` on a model that is already a private copy (``x`` on its
+    device): the method itself, without a second copy."""
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    reference = dark_baseline(x) if baseline is None else baseline.to(x.device, x.dtype)
+    # all the steps in one batch: one forward and one backward pass of ``steps`` images
     attributions, delta = IntegratedGradients(work).attribute(
-        x,
+        x.detach(),
         baselines=reference,
         target=int(target),
         n_steps=int(steps),
@@ -82,6 +104,7 @@ class IntegratedGradientsMethod(AttributionMethod):
     #: steps: points of the path integral; more = a smaller completeness error, slower.
     options: ClassVar[dict[str, Any]] = {"steps": 32}
     live = False
+    cost_hint = "one forward and backward pass per step (32 by default), in one batch"
 
     def describe(self, model: nn.Module, input_shape: tuple[int, ...], **options: Any) -> str:
         steps = options.get("steps", self.options["steps"])
@@ -93,7 +116,7 @@ class IntegratedGradientsMethod(AttributionMethod):
     def _attribute(
         self, model: nn.Module, x: torch.Tensor, target: int, **options: Any
     ) -> tuple[torch.Tensor, float]:
-        attributions, _ = integrated_gradients(model, x.detach(), target, int(options["steps"]))
+        attributions, _ = _integrate(model, x.detach(), target, int(options["steps"]), None)
         # The map shows importance either way: |sum over channels| of the signed attribution.
         importance = attributions.sum(dim=1)[0].abs()
         return importance, float(attributions.abs().sum())

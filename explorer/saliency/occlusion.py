@@ -3,7 +3,14 @@
 A square window of "no ink" (each channel at its darkest value in the image, as for
 Integrated Gradients) slides over the image; each pixel's value is the mean drop of the target
 logit over the windows that cover it. It needs no gradient and reads the model as a black box,
-at the cost of one forward pass per window position: (H / stride)^2 of them.
+at the cost of one forward pass per window position.
+
+Window and stride: the window's side is ``window_for(H, W)``, about a seventh of the shorter
+side (4 px on MNIST's 28 x 28: about a stroke's width, so hiding one square can cut a stroke
+but not hide a digit); the stride is half the window, so every pixel is under up to four
+windows and the map is smoother than the window grid. On 28 x 28 that is 13 x 13 = 169
+positions, evaluated ``WINDOWS_PER_PASS`` at a time. (Where (H - window) is not a multiple of
+the stride, the last rows / columns are under no window and get 0.)
 """
 
 from __future__ import annotations
@@ -36,12 +43,19 @@ class OcclusionMethod(AttributionMethod):
         "no ink), averaged over the squares that cover each pixel. Model-agnostic and "
         "faithful to what hiding does, but coarse and slower: one pass per square."
     )
-    evidence_means = "the largest drop of the logit when one square is hidden"
+    evidence_means = (
+        "the map's largest value: the largest drop of the logit at a pixel, averaged over the "
+        "squares that hide it"
+    )
     zero_means = "hiding any square leaves the logit as it is or raises it"
     #: window: side of the hidden square in pixels (None: ``window_for`` the image); the
     #: stride is half the window.
     options: ClassVar[dict[str, Any]] = {"window": None}
     live = False
+    cost_hint = (
+        "one forward pass per position of the square: 169 on a 28×28 image with the default "
+        "4-px square, in batches of 64"
+    )
 
     def _window(self, input_shape: tuple[int, ...], window: int | None) -> int:
         height, width = input_shape[-2:]
@@ -71,4 +85,5 @@ class OcclusionMethod(AttributionMethod):
         # every channel of a pixel gets the same value (the window spans them): take one;
         # only drops are evidence *for* the class
         evidence = drops[0, 0].clamp(min=0)
+        # in logit units: the map's peak (its sum would grow with the number of squares)
         return evidence, float(evidence.max())

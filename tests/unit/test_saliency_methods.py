@@ -10,7 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.models import lenet5, load_model
-from explorer.saliency import attributions_for, explain_pair, get_attribution
+from explorer.plots.saliency import agreement_curve_figure
+from explorer.saliency import (
+    ATTRIBUTIONS,
+    AgreementCurve,
+    AgreementPoint,
+    agreement_curve,
+    agreement_per_sample,
+    attributions_for,
+    explain_pair,
+    get_attribution,
+    top_k_overlap,
+)
+from explorer.saliency.compare import average_ranks, compare_maps, rank_correlation
 from explorer.saliency.gradcam import UPSAMPLE_MODE, conv_layers
 from explorer.saliency.integrated import dark_baseline, integrated_gradients
 from explorer.saliency.occlusion import window_for
@@ -89,7 +101,8 @@ def test_ig_rejects_no_steps(linear_case):
 def test_occlusion_of_a_linear_model_by_hand(linear_case):
     model, x = linear_case
     target, size, stride = 1, 4, 2
-    got = get_attribution("occlusion").explain(model, x, target, window=size).values
+    result = get_attribution("occlusion").explain(model, x, target, window=size)
+    got = result.values
     # By hand: hiding a window changes the logit by sum over it of w * (x - baseline); each
     # pixel averages the drops of the windows covering it; only drops count.
     contribution = (model.w[target, 0] * (x - dark_baseline(x))[0, 0]).detach()
@@ -102,6 +115,19 @@ def test_occlusion_of_a_linear_model_by_hand(linear_case):
             covers[top : top + size, left : left + size] += 1
     expected = (total / covers.clamp(min=1)).clamp(min=0)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert float(expected.max()) > 0 and (expected == 0).any()  # drops and rises both occur
+    assert result.evidence == pytest.approx(float(expected.max()), rel=1e-5)  # logit units
+
+
+def test_occlusion_drop_is_the_logit_change_of_the_hidden_image(linear_case):
+    """The same oracle without the weights: run the model on the image with a square hidden."""
+    model, x = linear_case
+    target = 0
+    got = get_attribution("occlusion").explain(model, x, target, window=8).values
+    hidden = dark_baseline(x)  # one 8x8 window: the whole image
+    with torch.no_grad():
+        drop = float(model(x)[0, target] - model(hidden)[0, target])
+    np.testing.assert_allclose(got, np.full((8, 8), max(drop, 0.0)), rtol=1e-5, atol=1e-6)
 
 
 def test_occlusion_window_rule_and_bad_windows(linear_case):
@@ -144,8 +170,41 @@ def test_bad_settings_and_targets_are_refused_with_the_choices(linear_case):
         get_attribution("gradcam").explain(model, x, 0, layer="fc1")
     with pytest.raises(ValueError, match="steps"):
         get_attribution("gradient").explain(model, x, 0, steps=3)
-    with pytest.raises(ValueError, match="class index"):
-        get_attribution("gradient").explain(model, x, 10)
+    for target in (10, -1):
+        with pytest.raises(ValueError, match="class index"):
+            get_attribution("gradient").explain(model, x, target)
+    with pytest.raises(ValueError, match="window"):  # before any work on either model
+        explain_pair("integrated", model, model, x, 0, window=4)
+    with pytest.raises(ValueError, match="unknown attribution method"):
+        explain_pair("nonsense", model, model, x, 0)
+
+
+def test_settings_defaults_and_which_methods_run_live():
+    live = {name: method.live for name, method in ATTRIBUTIONS.items()}
+    assert live == {
+        "gradient": True,
+        "gradcam": True,
+        "gradcam_tokens": True,
+        "integrated": False,
+        "occlusion": False,
+    }
+    assert get_attribution("integrated").options == {"steps": 32}
+    assert get_attribution("gradcam").options == {"layer": None}
+    assert get_attribution("occlusion").options == {"window": None}
+    assert get_attribution("gradient").options == {}
+    assert all(method.cost_hint for method in ATTRIBUTIONS.values())
+
+
+def test_explain_pair_passes_the_settings_to_both_models(linear_case):
+    model, x = linear_case
+    other = Linear()
+    with torch.no_grad():
+        other.w.mul_(-1)
+    pair = explain_pair("integrated", model, other, x, 2, steps=4)
+    for net, got in ((model, pair.dense_attribution), (other, pair.pruned_attribution)):
+        expected = ((x - dark_baseline(x)) * net.w[2:3].detach())[0, 0].abs()
+        np.testing.assert_allclose(got.values, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert pair.comparison["rank_correlation"] == pytest.approx(1.0)  # |-w| = |w|
 
 
 # --- every method, on every trained model ---------------------------------------------------
@@ -186,8 +245,6 @@ def test_identical_models_agree_exactly_for_every_method(trained, eval_set):
 
 
 def test_rank_correlation_by_hand_with_ties():
-    from explorer.saliency.compare import average_ranks, rank_correlation
-
     np.testing.assert_allclose(average_ranks(np.array([10.0, 0.0, 10.0, 5.0])), [3.5, 1, 3.5, 2])
     a = np.array([[1.0, 2.0], [3.0, 4.0]])
     assert rank_correlation(a, a**3) == pytest.approx(1.0)  # same order, other peaks
@@ -198,30 +255,92 @@ def test_rank_correlation_by_hand_with_ties():
         ((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum()
     )
     assert rank_correlation(a, np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(expected)
+    assert np.isnan(rank_correlation(a, np.ones((2, 2))))  # a flat map has no order
+    # compare_maps carries it beside the existing keys
+    out = compare_maps(a, np.array([[0.0, 0.0], [3.0, 4.0]]))
+    assert out["rank_correlation"] == pytest.approx(expected)
+    assert {"difference", "correlation", "top_iou", "top_fraction", "reason"} <= set(out)
 
 
-def test_agreement_is_one_for_identical_models_and_drops_when_the_top_unit_goes(
-    trained, eval_set
-):
-    from explorer.paths import decision_path
-    from explorer.saliency.agreement import agreement_curve
+def top_hidden_unit(model: nn.Module, x: torch.Tensor, target: int) -> int:
+    """LeNet-300-100's fc2 unit whose term in logit ``target`` is largest, by hand:
+    relu(fc2(relu(fc1(x)))) times fc3's weight row of ``target``."""
+    with torch.no_grad():
+        hidden = F.relu(model.fc2(F.relu(model.fc1(x.flatten(1)))))[0]  # (100,)
+        return int((hidden * model.fc3.weight[target]).argmax())
 
+
+def test_agreement_is_one_for_identical_models_and_drops_when_the_top_unit_goes(trained, eval_set):
     model = trained["lenet300"]
     images, targets = eval_set.images[:12], eval_set.labels[:12]
-    # the unit that carries image 0's decision most, in the last hidden layer
-    top = decision_path(model, images[:1], int(targets[0]), ["fc2"]).layer("fc2").top[0]
+    top = top_hidden_unit(model, images[:1], int(targets[0]))
     cut = load_model("lenet300")
     with torch.no_grad():
         cut.fc2.weight[top] = 0
         cut.fc2.bias[top] = 0
+    before = snapshot(model)
     progress = []
-    same, without_top = agreement_curve(
-        "gradient", model, {0.0: model, 0.5: cut}, images, targets, progress=progress.append
+    curve = agreement_curve(
+        "gradient", model, {0.5: cut, 0.0: model}, images, targets, progress=progress.append
     )
+    assert isinstance(curve, AgreementCurve) and curve.method == "gradient"
+    assert curve.amounts == (0.0, 0.5) and curve.fraction == 0.1
+    same, without_top = curve  # by increasing amount
     assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert same.compared == 12
+    assert same.compared == 12 and same.excluded == 0
     assert all(v == pytest.approx(1.0) for v in same.rank_correlations)
     assert all(v == 1.0 for v in same.overlaps)
+    assert same.mean_rank_correlation == pytest.approx(1.0)
     assert without_top.rank_correlations[0] < 1 and without_top.overlaps[0] < 1
     assert without_top.mean_rank_correlation < 1
     assert hooks_of(model) == [] and hooks_of(cut) == []
+    assert_unchanged(model, before)
+    # the same image through agreement_per_sample: the same numbers
+    (sample,) = agreement_per_sample("gradient", model, cut, images[:1], targets[:1])
+    assert sample.target == int(targets[0]) and sample.compared and sample.reason == ""
+    assert sample.rank_correlation == pytest.approx(without_top.rank_correlations[0])
+    assert sample.top_overlap == pytest.approx(without_top.overlaps[0])
+
+
+def test_agreement_leaves_out_and_counts_maps_that_are_zero(eval_set):
+    model = seeded(lenet5, seed=3)
+    dead = seeded(lenet5, seed=3)
+    with torch.no_grad():
+        dead.fc3.weight.zero_()  # every logit constant: every gradient map is exactly zero
+    images, targets = eval_set.images[:3], eval_set.labels[:3]
+    samples = agreement_per_sample("gradient", model, dead, images, targets, fraction=0.2)
+    assert [s.compared for s in samples] == [False] * 3
+    assert all(np.isnan(s.rank_correlation) and np.isnan(s.top_overlap) for s in samples)
+    assert all("pruned map is ≈ 0" in s.reason for s in samples)
+    (point,) = agreement_curve("gradient", model, {0.9: dead}, images, targets)
+    assert point.compared == 0 and point.excluded == 3
+    assert np.isnan(point.mean_rank_correlation) and np.isnan(point.mean_overlap)
+
+
+def test_top_k_overlap_by_hand():
+    a = np.arange(10.0).reshape(2, 5)  # top 20% = flat 8, 9
+    b = np.array([[0, 0, 0, 0, 0], [0, 0, 0, 5, 9.0]])  # top 20% = flat 9, 8
+    assert top_k_overlap(a, b, 0.2) == 1.0
+    c = np.array([[9.0, 5, 0, 0, 0], [0, 0, 0, 0, 1]])  # top 20% = flat 0, 1
+    assert top_k_overlap(a, c, 0.2) == 0.0
+    assert top_k_overlap(a, c, 0.3) == pytest.approx(1 / 5)  # {7,8,9} vs {0,1,9}
+    assert np.isnan(top_k_overlap(a, np.ones((2, 5))))
+
+
+def test_agreement_curve_figure_draws_the_means_and_each_image():
+    points = (
+        AgreementPoint(0.3, (1.0, 0.8, float("nan")), (1.0, 0.6, float("nan"))),
+        AgreementPoint(0.9, (0.2, -0.6, 0.1), (0.1, 0.0, 0.2)),
+    )
+    fig = agreement_curve_figure(AgreementCurve("gradient", 0.1, points), current=0.5)
+    means = [t for t in fig.data if t.mode == "lines+markers"]
+    dots = [t for t in fig.data if t.mode == "markers"]
+    assert [t.name for t in means] == ["mean rank correlation", "mean top-10% overlap"]
+    assert list(means[0].x) == [30.0, 90.0]
+    np.testing.assert_allclose(means[0].y, [0.9, -0.1])  # (0.2 - 0.6 + 0.1) / 3
+    np.testing.assert_allclose(means[1].y, [0.8, 0.1])
+    assert len(dots[0].x) == 5  # the nan image is left out of the dots
+    assert fig.layout.yaxis.range[0] <= -0.6 and fig.layout.yaxis.range[1] >= 1
+    assert "of %{customdata[1]} images" in means[0].hovertemplate
+    # a plain list of points draws the same
+    assert len(agreement_curve_figure(list(points)).data) == len(fig.data)
