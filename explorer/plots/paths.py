@@ -5,32 +5,49 @@ Data in (``explorer.paths`` results), ``go.Figure`` out; nothing here runs a mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.paths import DecisionPath, PathComparison
+from explorer.paths import HEADS_SUFFIX, DecisionPath, PathComparison, is_heads_column
 from explorer.plots.common import CHANGED_COLOR, DENSE_COLOR, PLAN_COLOR, compact_layout
 
-EDGE_COLOR = "#c8c8c8"
+EDGE_COLOR = "#d0d0d0"
 ENDPOINT_COLOR = "#7f7f7f"
-#: Marker size of a unit carrying all of its layer's path contribution (smaller ones scale).
-MAX_NODE = 22
-MIN_NODE = 9
+NOTE_COLOR = "#444444"
+#: Marker size of a column's largest path unit (smaller ones scale down to ``MIN_NODE``).
+MAX_NODE = 17
+MIN_NODE = 7
+#: Pixels per unit rank in each panel, and what the titles, ticks and legend take.
+ROW_PX = 22
+FRAME_PX = 150
+
+#: How each kind of node is drawn, and its legend entry.
+NODE_STYLES = {
+    "kept": ({"color": DENSE_COLOR, "symbol": "circle"}, "on the dense path, kept"),
+    "cut": ({"color": CHANGED_COLOR, "symbol": "x"}, "on the dense path, removed by the plan"),
+    "new": ({"color": PLAN_COLOR, "symbol": "diamond"}, "new on the pruned path"),
+    "bias": ({"color": CHANGED_COLOR, "symbol": "x-open"}, "removed, passes its bias only"),
+}
 
 
-def _node_sizes(path_layer_top: Sequence[int], contributions: np.ndarray) -> list[float]:
-    values = np.array([contributions[u] for u in path_layer_top], dtype=float)
+def column_label(name: str) -> str:
+    """The default label of a column: its layer, or "<attention> heads"."""
+    return f"{name.removesuffix(HEADS_SUFFIX)} heads" if is_heads_column(name) else name
+
+
+def _node_sizes(top: Sequence[int], contributions: np.ndarray) -> list[float]:
+    values = np.array([contributions[u] for u in top], dtype=float)
     peak = values.max() if len(values) and values.max() > 0 else 1.0
     return [MIN_NODE + (MAX_NODE - MIN_NODE) * float(v) / peak for v in values]
 
 
 def _edges(columns: list[tuple[int, list[float]]]) -> tuple[list, list]:
     """Line segments joining every node of a column to every node of the next non-empty one
-    (a layer with no path unit is skipped over)."""
+    (a column with no path unit is skipped over)."""
     filled = [(x, ys) for x, ys in columns if ys]
     xs: list[float | None] = []
     ys_out: list[float | None] = []
@@ -42,43 +59,61 @@ def _edges(columns: list[tuple[int, list[float]]]) -> tuple[list, list]:
     return xs, ys_out
 
 
-def _panel(
-    fig: go.Figure,
-    row: int,
-    path: DecisionPath,
-    comparison: PathComparison,
-    class_name: str,
-    dense_panel: bool,
-) -> None:
-    """One model's path: input, the top units of each layer, the target class."""
-    layers = path.layers
-    columns = [(0, [0.0])]
-    columns += [
-        (i, [-float(r) for r in range(len(layer.top))]) for i, layer in enumerate(layers, 1)
+def _kind(comparison: PathComparison, layer: str, unit: int, dense_panel: bool) -> str:
+    removed = bool(comparison.removed[layer][unit])
+    if dense_panel:
+        return "cut" if removed else "kept"
+    if removed:  # a removed unit on the pruned path: its bias, alone, still pushes
+        return "bias"
+    return "kept" if unit in comparison.dense.layer(layer).top else "new"
+
+
+def _hover(comparison: PathComparison, layer: str, unit: int, path: DecisionPath, kind: str):
+    column = path.layer(layer)
+    positive = np.clip(column.contributions, 0, None).sum()
+    share = column.contributions[unit] / positive if positive > 0 else 0.0
+    what = "head" if is_heads_column(layer) else "unit"
+    notes = [
+        f"<b>{column_label(layer)}</b> {what} {unit}",
+        f"contribution {column.contributions[unit]:+.3g} "
+        f"({share:.0%} of the column's positive total)",
+        f"{comparison.weights_pruned[layer][unit]:.0%} of its weights pruned",
     ]
-    columns.append((len(layers) + 1, [0.0]))
+    group = comparison.group_of(layer, unit)
+    if group is not None:
+        notes.append(f"channel {group[1]} of the coupled group {group[0]}: pruned together")
+    if kind == "cut":
+        notes.append("<b>removed by the plan</b>")
+    elif kind == "bias":
+        notes.append("<b>removed by the plan</b>: only its bias is left, and it still pushes")
+    elif kind == "new":
+        notes.append("not on the dense path: the pruned model leans on it instead")
+    return "<br>".join(notes)
+
+
+def _panel(
+    fig: go.Figure, row: int, path: DecisionPath, comparison: PathComparison, class_name: str
+) -> None:
+    """One model's path: input, the top units of each column, the target class."""
+    dense_panel = row == 1
+    layers = path.layers
+    end = len(layers) + 1
+    columns = [(0, [0.0])]
+    columns += [(i, [-float(r) for r in range(len(c.top))]) for i, c in enumerate(layers, 1)]
+    columns.append((end, [0.0]))
     xs, ys = _edges(columns)
+    line = {"color": EDGE_COLOR, "width": 1}
     fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            mode="lines",
-            line={"color": EDGE_COLOR, "width": 1},
-            hoverinfo="skip",
-            showlegend=False,
-        ),
+        go.Scatter(x=xs, y=ys, mode="lines", line=line, hoverinfo="skip", showlegend=False),
         row=row,
         col=1,
     )
-    end = len(layers) + 1
     fig.add_trace(
         go.Scatter(
             x=[0, end],
             y=[0, 0],
-            mode="markers+text",
-            marker={"color": ENDPOINT_COLOR, "size": 14, "symbol": "square"},
-            text=["input", f"class {class_name}"],
-            textposition=["bottom center", "bottom center"],
+            mode="markers",
+            marker={"color": ENDPOINT_COLOR, "size": 12, "symbol": "square"},
             hovertext=["the input image", f"the logit of class {class_name}"],
             hoverinfo="text",
             showlegend=False,
@@ -86,85 +121,103 @@ def _panel(
         row=row,
         col=1,
     )
-    dense_top = {layer.name: set(layer.top) for layer in comparison.dense.layers}
-    groups = comparison.groups
-    for kind in ("kept", "cut", "new"):
-        x, y, size, text, hover = [], [], [], [], []
-        for column, layer in enumerate(layers, start=1):
-            removed = comparison.removed[layer.name]
-            shares = comparison.weights_pruned[layer.name]
-            positive = np.clip(layer.contributions, 0, None).sum()
-            sizes = _node_sizes(layer.top, layer.contributions)
-            for rank, unit in enumerate(layer.top):
-                if dense_panel:
-                    this = "cut" if removed[unit] else "kept"
-                else:
-                    this = "kept" if unit in dense_top[layer.name] else "new"
-                if this != kind:
-                    continue
-                group = f" (channel group {groups[layer.name]})" if layer.name in groups else ""
-                share = layer.contributions[unit] / positive if positive > 0 else 0.0
-                notes = [
-                    f"<b>{layer.name}</b> unit {unit}{group}",
-                    f"contribution {layer.contributions[unit]:+.3g} "
-                    f"({share:.0%} of the layer's positive total)",
-                    f"{shares[unit]:.0%} of its weights pruned",
-                ]
-                if this == "cut":
-                    notes.append("<b>removed by the plan</b>")
-                if this == "new":
-                    notes.append("not on the dense path: the pruned model leans on it instead")
-                x.append(column)
-                y.append(-rank)
-                size.append(sizes[rank])
-                text.append(str(unit))
-                hover.append("<br>".join(notes))
-        style = {
-            "kept": {"color": DENSE_COLOR, "symbol": "circle"},
-            "cut": {"color": CHANGED_COLOR, "symbol": "x"},
-            "new": {"color": PLAN_COLOR, "symbol": "diamond"},
-        }[kind]
+    nodes: dict[str, dict[str, list]] = {kind: {} for kind in NODE_STYLES}
+    for column, layer in enumerate(layers, start=1):
+        sizes = _node_sizes(layer.top, layer.contributions)
+        for rank, unit in enumerate(layer.top):
+            kind = _kind(comparison, layer.name, unit, dense_panel)
+            values = nodes[kind]
+            for key, value in (
+                ("x", column),
+                ("y", -rank),
+                ("size", sizes[rank]),
+                ("text", f"h{unit}" if is_heads_column(layer.name) else str(unit)),
+                ("hover", _hover(comparison, layer.name, unit, path, kind)),
+            ):
+                values.setdefault(key, []).append(value)
+    for kind, values in nodes.items():
+        if not values:
+            continue
+        style, label = NODE_STYLES[kind]
         fig.add_trace(
             go.Scatter(
-                x=x,
-                y=y,
+                x=values["x"],
+                y=values["y"],
                 mode="markers+text",
-                marker={**style, "size": size, "line": {"width": 1, "color": "#ffffff"}},
-                text=text,
+                marker={**style, "size": values["size"], "line": {"width": 1, "color": "#fff"}},
+                text=values["text"],
                 textposition="middle right",
-                textfont={"size": 10},
-                hovertext=hover,
+                textfont={"size": 9},
+                hovertext=values["hover"],
                 hoverinfo="text",
-                name={
-                    "kept": "on the dense path, kept",
-                    "cut": "on the dense path, removed by the plan",
-                    "new": "new on the pruned path",
-                }[kind],
+                name=label,
                 legendgroup=kind,
-                showlegend=bool(x) and (dense_panel or kind == "new"),
+                showlegend=dense_panel or kind in ("new", "bias"),
             ),
             row=row,
             col=1,
         )
+    if dense_panel:
+        _coupled(fig, comparison)
+
+
+def _coupled(fig: go.Figure, comparison: PathComparison) -> None:
+    """A removed channel of a coupled group on the path in several columns is one unit of
+    removal: its × marks are joined by a dashed red line, labelled by group and channel."""
+    index = {name: i for i, name in enumerate(comparison.layers, start=1)}
+    shown = False
+    for group in comparison.removed_groups:
+        if len(group.layers) < 2:
+            continue
+        xs, ys = [], []
+        for layer in group.layers:
+            channels = comparison.group_channels[layer]
+            top = comparison.dense.layer(layer).top
+            rank = next(r for r, u in enumerate(top) if channels[u] == group.channel)
+            xs.append(index[layer])
+            ys.append(-rank)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={"color": CHANGED_COLOR, "width": 1.5, "dash": "dash"},
+                name="one coupled channel, removed once",
+                legendgroup="coupled",
+                showlegend=not shown,
+                hovertext=f"{group.label}: removed once, on the path in {', '.join(group.layers)}",
+                hoverinfo="text",
+            ),
+            row=1,
+            col=1,
+        )
+        shown = True
 
 
 def path_graph_figure(
     comparison: PathComparison,
     class_names: Sequence[str] | None = None,
+    layer_labels: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """The decision path of one input in the dense (top) and the pruned model (bottom).
 
-    Columns run from the input through every hidden layer to the explained class; each
-    layer's column holds its path units, largest contribution on top, sized by contribution
-    and labelled with their index. In the dense panel, units the plan removed are red ×; in
-    the pruned panel, units that were not on the dense path are orange diamonds. Every unit
-    of a column is joined to every unit of the next: a path is a set of units per layer, not a
-    chain of single neurons. Above each dense column: how many of its path units the plan
-    kept; above each pruned column: how many of the dense path's units are still on the path.
+    Columns run from the input through every path column (layers, attention heads) to the
+    explained class; each holds its path units, largest contribution on top, sized by
+    contribution and labelled with their index (``h3``: head 3). In the dense panel, units the
+    plan removed are red ×; a removed channel of a coupled group that sits on the path in
+    several columns (a residual stream's channel) is joined by a dashed red line: one unit of
+    removal. In the pruned panel, units that were not on the dense path are orange diamonds.
+    Every unit of a column is joined to every unit of the next, uniformly: a path is a set of
+    units per column, not a chain of single neurons. Above each dense column: how many of its
+    path units the plan kept (hover: the share of their contribution); above each pruned
+    column: how many of the dense path's units are still on the path.
+
+    The panels share their columns; the column names are written under the bottom one.
 
     Args:
-        comparison: ``compare_paths``'s result.
+        comparison: ``paths.compare_paths``'s result.
         class_names: class names (default the indices).
+        layer_labels: column name -> tick label (default ``column_label``).
     """
     target = comparison.dense.target
     name = class_names[target] if class_names is not None else str(target)
@@ -172,52 +225,69 @@ def path_graph_figure(
         rows=2,
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.14,
+        vertical_spacing=0.12,
         subplot_titles=(
-            f"Dense model: path to class {name}, "
-            f"{comparison.total_survival:.0%} of its units kept by the plan",
+            f"Dense model → class {name}: {comparison.total_survival:.0%} of its path units "
+            f"kept, carrying {comparison.total_weighted_survival:.0%} of the contribution",
             f"Pruned model: {comparison.total_still_on_path:.0%} of the dense path's units "
             "still on its path",
         ),
     )
-    _panel(fig, 1, comparison.dense, comparison, name, dense_panel=True)
-    _panel(fig, 2, comparison.pruned, comparison, name, dense_panel=False)
-    layers = comparison.layers
-    deepest = max([len(layer.top) for layer in comparison.dense.layers] + [1])
-    for column, layer in enumerate(layers, start=1):
-        path = comparison.dense.layer(layer)
-        kept = len(path.top) - len(comparison.cut(layer))
-        still = len(set(path.top) & set(comparison.pruned.layer(layer).top))
-        for row, text in ((1, f"{kept}/{len(path.top)} kept"), (2, f"{still}/{len(path.top)}")):
+    _panel(fig, 1, comparison.dense, comparison, name)
+    _panel(fig, 2, comparison.pruned, comparison, name)
+    for column, layer in enumerate(comparison.layers, start=1):
+        top = comparison.dense.layer(layer).top
+        kept = len(top) - len(comparison.cut(layer))
+        still = len(set(top) & set(comparison.pruned.layer(layer).top))
+        notes = (
+            (
+                f"{kept}/{len(top)}",
+                f"{column_label(layer)}: {kept} of the dense path's {len(top)} units kept, "
+                f"carrying {comparison.weighted_survival(layer):.0%} of their contribution",
+            ),
+            (
+                f"{still}/{len(top)}",
+                f"{column_label(layer)}: {still} of the dense path's {len(top)} units are "
+                "on the pruned path too",
+            ),
+        )
+        for row, (text, hover) in enumerate(notes, start=1):
             fig.add_annotation(
                 x=column,
-                y=0.55,
+                y=0.45,
                 text=text,
+                hovertext=hover,
                 showarrow=False,
-                font={"size": 11, "color": "#444444"},
+                font={
+                    "size": 10,
+                    "color": CHANGED_COLOR if row == 1 and kept < len(top) else NOTE_COLOR,
+                },
                 yanchor="bottom",
                 row=row,
                 col=1,
             )
-    ticks = ["input", *layers, "output"]
+    labels = dict(layer_labels or {})
+    ticks = ["input", *(labels.get(n, column_label(n)) for n in comparison.layers), name]
+    deepest = max([len(layer.top) for layer in comparison.dense.layers] + [1])
     fig.update_xaxes(
         tickvals=list(range(len(ticks))),
         ticktext=ticks,
-        range=[-0.5, len(ticks) - 0.4],
+        tickfont={"size": 10},
+        range=[-0.4, len(ticks) - 0.5],
         showgrid=False,
         zeroline=False,
     )
-    fig.update_xaxes(showticklabels=True, row=1, col=1)
     fig.update_yaxes(
-        range=[-(deepest - 1) - 0.7, 1.3], showticklabels=False, showgrid=False, zeroline=False
+        range=[-(deepest - 1) - 0.6, 1.2], showticklabels=False, showgrid=False, zeroline=False
     )
+    fig.update_annotations(font_size=12, selector={"xref": "paper"})  # the panel titles
     fig.update_layout(
         plot_bgcolor="#ffffff",
-        legend={"orientation": "h", "y": -0.08, "yanchor": "top", "x": 0},
+        legend={"orientation": "h", "y": -0.1, "yanchor": "top", "x": 0, "font": {"size": 10}},
         hoverlabel={"align": "left"},
     )
-    fig = compact_layout(fig, 230 + 2 * 38 * deepest)
-    fig.update_layout(margin={"t": 36})  # room for the panel titles
+    fig = compact_layout(fig, FRAME_PX + 2 * ROW_PX * (deepest + 1))
+    fig.update_layout(margin={"t": 28, "b": 10})  # room for the panel titles
     return fig
 
 
@@ -226,23 +296,27 @@ def class_unit_figure(
     class_names: Sequence[str],
     layer: str,
     removed: np.ndarray | None = None,
+    unit_labels: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Class × unit map of one layer: the share of each class's inputs on whose decision path
-    the unit lies; units the plan removed get a red × in a "removed" row under the classes.
+    """Class × unit map of one column: the share of each class's inputs on whose decision
+    path the unit lies; units the plan removed get a red × in a "removed" row under the
+    classes.
 
     Args:
         matrix: float (K, units) in [0, 1] (``paths.class_unit_map``).
         class_names: the K class names.
-        layer: the layer's name, for the title.
+        layer: the column's name, for the axis title.
         removed: bool (units,), units the plan removed (None: none).
+        unit_labels: a label per unit (default its index).
     """
     matrix = np.asarray(matrix, dtype=float)
     k, units = matrix.shape
     names = [str(c) for c in class_names]
+    x = [str(u) for u in unit_labels] if unit_labels is not None else list(range(units))
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
-            x=list(range(units)),
+            x=x,
             y=names,
             zmin=0,
             zmax=1,
@@ -259,7 +333,7 @@ def class_unit_figure(
         cut = np.flatnonzero(removed)
         fig.add_trace(
             go.Scatter(
-                x=cut,
+                x=[x[u] for u in cut],
                 y=["removed"] * len(cut),
                 mode="markers",
                 marker={"symbol": "x", "color": CHANGED_COLOR, "size": 9 if units <= 64 else 6},
@@ -268,6 +342,7 @@ def class_unit_figure(
                 hovertemplate="unit %{x}: removed by the plan<extra></extra>",
             )
         )
-    fig.update_xaxes(title=f"unit of {layer}", showgrid=False)
+    axis = {"type": "category"} if unit_labels is not None else {}
+    fig.update_xaxes(title=f"unit of {column_label(layer)}", showgrid=False, **axis)
     fig.update_yaxes(title="true class", type="category", autorange="reversed")
     return compact_layout(fig, max(280, 100 + 26 * (k + 1)))

@@ -53,12 +53,12 @@ def test_a_flipped_image_opens_with_both_maps_and_both_paths():
                     page.mouse.click(box["x"] + 16, box["y"] + ROW + ROW + ROW // 2)
                     page.get_by_text(f"Eval image #{second.index}").wait_for(timeout=60_000)
                     wait_until_idle(page)
-                    charts = chart_text_with(page, f"pathtoclass{second.dense_prediction}")
+                    charts = chart_text_with(page, f"Densemodel→class{second.dense_prediction}")
                     # both saliency maps, titled with each model's prediction
                     assert f"Densepredicts{second.dense_prediction}" in charts
                     assert f"Prunedpredicts{second.pruned_prediction}" in charts
                     # both decision paths
-                    assert "Densemodel:pathtoclass" in charts
+                    assert f"Densemodel→class{second.dense_prediction}" in charts
                     assert "Prunedmodel:" in charts
                     assert "Dense path units kept" in page.inner_text("body")
                     assert clipped_tables(page) == []
