@@ -10,10 +10,14 @@ import plotly.graph_objects as go
 
 from explorer.dynamic import DynamicPoint
 from explorer.plots.common import PLAN_COLOR, PRUNED_COLOR, add_dense_line, compact_layout
+from explorer.plots.prune import SERIES_COLORS, CurveSeries
 
 
 def dynamic_curve_figure(
-    points: Sequence[DynamicPoint], dense_accuracy: float, current: float | None = None
+    points: Sequence[DynamicPoint],
+    dense_accuracy: float,
+    current: float | None = None,
+    static: Sequence[CurveSeries] = (),
 ) -> go.Figure:
     """Accuracy (%) against the share of units computed per input (%), the dense accuracy as
     a dotted line and the current ``keep`` marked with a star.
@@ -22,10 +26,28 @@ def dynamic_curve_figure(
         points: ``dynamic_curve``'s result (any order).
         dense_accuracy: in [0, 1], on the same images.
         current: the keep share to mark (one of the points'), or None.
+        static: static-pruning sweeps to compare with, dashed: each ``CurveSeries``'s
+            ``sparsity`` is the share removed for every input (of the units for a structured
+            method, of the weights for an unstructured one: its label should say which), drawn
+            at ``1 - sparsity``; accuracies in [0, 1], on the same images if it is to compare.
     """
     ordered = sorted(points, key=lambda p: p.units_computed)
     fig = go.Figure()
     add_dense_line(fig, dense_accuracy)
+    for i, series in enumerate(static):
+        pairs = sorted(zip(series.sparsity, series.accuracy, strict=True), reverse=True)
+        fig.add_trace(
+            go.Scatter(
+                x=[(1 - s) * 100 for s, _ in pairs],
+                y=[a * 100 for _, a in pairs],
+                mode="lines+markers",
+                line={"color": SERIES_COLORS[i % len(SERIES_COLORS)], "dash": "dash"},
+                marker={"size": 5},
+                name=f"static: {series.label}",
+                hovertemplate=f"static {series.label}: %{{x:.0f}}% kept for every input, "
+                "accuracy %{y:.2f}%<extra></extra>",
+            )
+        )
     fig.add_trace(
         go.Scatter(
             x=[p.units_computed * 100 for p in ordered],
@@ -51,7 +73,8 @@ def dynamic_curve_figure(
                 hoverinfo="skip",
             )
         )
-    fig.update_xaxes(title="units computed per input (%)", range=[0, 102])
+    title = "units computed per input (%)" if not static else "share kept per input (%)"
+    fig.update_xaxes(title=title, range=[0, 102])
     fig.update_yaxes(title="eval accuracy (%)")
     fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
     return compact_layout(fig, 340)
@@ -77,8 +100,7 @@ def class_usage_figure(usage: np.ndarray, class_names: Sequence[str], layer: str
             zmax=1,
             colorscale="Greens",
             colorbar={"title": "kept for", "tickformat": ".0%"},
-            hovertemplate="class %{y}, unit %{x}: kept for %{z:.0%} of its inputs"
-            "<extra></extra>",
+            hovertemplate="class %{y}, unit %{x}: kept for %{z:.0%} of its inputs<extra></extra>",
             xgap=1 if units <= 64 else 0,
             ygap=1,
         )
