@@ -51,9 +51,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.activations import unit_axis
+from explorer import inspection
+from explorer.activations import pruned_outputs, unit_axis
 from explorer.inspection import PRUNABLE_TYPES, execution_order, layer_flops
+from explorer.methods import get_method
+from explorer.plan import PruningPlan
 from explorer.saliency.base import private_copy
+from explorer.structure import ModelStructure
 
 #: What the page says next to the results.
 HONEST_NOTE = (
@@ -386,3 +390,95 @@ def dynamic_curve(
             DynamicPoint(keep, result.accuracy, result.units_computed, result.flops_computed)
         )
     return curve
+
+
+# --- the static counterpart: the same share of units, but the same units for every input ------
+
+
+def static_plan(
+    layers: Sequence[str], keep: float, structure: ModelStructure | None = None
+) -> PruningPlan:
+    """The static counterpart of gating ``layers`` at ``keep``: every input loses the same
+    units, each layer's ``1 - keep`` share of neurons / filters with the smallest L1 norm
+    (the ``filters`` method, layer by layer, as the Prune page would do it); the other layers
+    stay dense.
+
+    With the model's ``structure``, the amounts are set where the method takes them: coupled
+    layers (e.g. the convolutions feeding one residual sum) on their channel group, which is
+    then pruned as a whole; a layer that cannot lose output channels (e.g. one a LayerNorm
+    reads) stays dense, and ``static_point`` counts its units as computed.
+    """
+    kept_units(keep, 1)  # validates keep
+    names = list(layers)
+    if structure is not None:
+        method = get_method("filters")
+        wanted = set(layers)
+        names = [u.name for u in method.units(structure) if wanted & set(method.scored_layers(u))]
+    return PruningPlan(
+        method="filters",
+        criterion="magnitude",
+        scope="layer",
+        amount=0.0,
+        layer_amounts=tuple((name, 1.0 - keep) for name in names),
+    )
+
+
+def static_dense_layers(layers: Sequence[str], structure: ModelStructure) -> list[str]:
+    """The ``layers`` that ``static_plan`` leaves dense: no channel group lets them lose
+    output units (e.g. a ViT's MLP output, which a LayerNorm reads whole)."""
+    method = get_method("filters")
+    covered = {name for unit in method.units(structure) for name in method.scored_layers(unit)}
+    return [name for name in layers if name not in covered]
+
+
+def static_point(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    parameters: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    keep: float,
+    layers: Sequence[str],
+    layer_flops: Mapping[str, int] | None = None,
+    total_flops: int | None = None,
+    batch_size: int = DYNAMIC_BATCH,
+) -> DynamicPoint:
+    """A statically pruned model on the same axes as ``dynamic_curve``: its accuracy on
+    ``images`` and the share of ``layers``' units (and of the FLOPs, counted as for the gated
+    model) it computes for every input.
+
+    Args:
+        model: the dense classifier, read only (a private copy runs with ``parameters``).
+        parameters, masks: the pruned state's (``PrunedState.parameters`` / ``.masks``, e.g.
+            of ``static_plan(layers, keep)`` resolved); a unit is removed when its mask zeroed
+            every weight that produces it.
+        keep: the share asked for (the point's ``keep``); layers: the layers counted.
+        layer_flops, total_flops: as for ``dynamic_predict``.
+    """
+    work = private_copy(model)
+    input_shape = tuple(images.shape[1:])
+    modules = dict(work.named_modules())
+    unknown = [name for name in layers if not isinstance(modules.get(name), PRUNABLE_TYPES)]
+    if unknown or not layers:
+        raise ValueError(f"not Linear / Conv2d layers of the model: {unknown or 'none given'}")
+    if layer_flops is None or total_flops is None or any(n not in layer_flops for n in layers):
+        counted = inspection.layer_flops(work, input_shape)
+        layer_flops = {**counted, **(layer_flops or {})}
+        total_flops = total_flops or counted.get("", 0)
+    sizes = {name: int(modules[name].weight.shape[0]) for name in layers}
+    kept = {name: int((~pruned_outputs(masks, name, sizes[name])).sum()) for name in layers}
+    device = next(work.parameters()).device
+    params = {name: value.to(device) for name, value in parameters.items()}
+    with torch.inference_mode():
+        logits = torch.cat(
+            [
+                torch.func.functional_call(
+                    work, params, (images[start : start + batch_size].to(device),)
+                ).cpu()
+                for start in range(0, len(images), batch_size)
+            ]
+        )
+    accuracy = float((logits.argmax(1) == labels.cpu()).double().mean())
+    saved = sum(layer_flops.get(n, 0) * (1 - kept[n] / sizes[n]) for n in layers)
+    flops = 1 - saved / total_flops if total_flops else math.nan
+    return DynamicPoint(keep, accuracy, sum(kept.values()) / sum(sizes.values()), flops)

@@ -31,7 +31,14 @@ from torch import nn
 from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.cli import add_data_options, data_spec_from_args
 from explorer.data import ImageDataset
-from explorer.dynamic import DynamicPoint, DynamicResult, dynamic_predict, gate_points
+from explorer.dynamic import (
+    DynamicPoint,
+    DynamicResult,
+    dynamic_predict,
+    gate_points,
+    static_plan,
+    static_point,
+)
 from explorer.evaluation import IncrementalResult
 from explorer.flips import Flips, flips_for_plan
 from explorer.models import ZOO, load_card, weights_path
@@ -229,6 +236,37 @@ def dynamic_points(subject_json: str, layers: tuple[str, ...]) -> list[DynamicPo
         for keep in DYNAMIC_KEEPS
         for r in [dynamic_result(subject_json, layers, keep)]
     ]
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def static_points(subject_json: str, layers: tuple[str, ...]) -> list[DynamicPoint] | str:
+    """The static counterpart of ``dynamic_points`` on the same images: at every
+    ``DYNAMIC_KEEPS`` share, the same units removed for every input (``dynamic.static_plan``);
+    or why the model has none (a one-line reason)."""
+    bench = get_workbench(subject_json)
+    chosen = _dynamic_images(bench)
+    structure = bench.pruner.structure
+    points = []
+    with bench.borrowed_model() as model:
+        for keep in DYNAMIC_KEEPS:
+            try:
+                state = bench.resolve(static_plan(layers, keep, structure))
+            except ValueError as error:
+                return str(error)
+            points.append(
+                static_point(
+                    model,
+                    bench.eval_set.images[chosen],
+                    bench.eval_set.labels[chosen],
+                    state.parameters,
+                    state.masks,
+                    keep,
+                    layers,
+                    {layer.name: layer.flops for layer in structure.layers},
+                    bench.dense_flops,
+                )
+            )
+    return points
 
 
 #: Timing of the int8 section: batches 1 and 32, a fraction of a second per model and batch.

@@ -9,12 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from explorer import ui
-from explorer.dynamic import HONEST_NOTE, DynamicPoint
+from explorer.dynamic import HONEST_NOTE, DynamicPoint, static_dense_layers
 from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
 from explorer.paths import TOP_K, PathComparison, path_layers, removed_units
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from explorer.plots.paths import class_unit_figure, path_graph_figure
+from explorer.plots.prune import CurveSeries
 from explorer.saliency import predict_one
 
 CHART = {"displayModeBar": False}
@@ -451,6 +452,7 @@ def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> No
     with st.spinner("Running the eval images with per-input gates…"):
         points = ui.dynamic_points(ui.current_model(), layers_key)
         result = ui.dynamic_result(ui.current_model(), layers_key, keep / 100)
+        static = ui.static_points(ui.current_model(), layers_key)
     full = next(p for p in points if p.keep == 1.0)
     if all(p.keep != result.keep for p in points):
         points.append(
@@ -485,10 +487,26 @@ def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> No
     left, right = st.columns(2, gap="medium")
     with left:
         st.plotly_chart(
-            dynamic_curve_figure(points, full.accuracy, result.keep),
+            dynamic_curve_figure(points, full.accuracy, result.keep, static_series(static)),
             config=CHART,
             key="dec_dyn_curve",
         )
+        if isinstance(static, str):
+            st.caption(f"No static line: {static}")
+        else:
+            dense = static_dense_layers(layers_key, structure)
+            stays = "it stays" if len(dense) == 1 else "they stay"
+            st.caption(
+                "Dashed: the same share of units removed for **every** input (the smallest "
+                "L1-norm filters / neurons of each gated layer, no fine-tuning), on the same "
+                "images. Where it lies below the solid line, choosing units per input pays."
+                + (
+                    f" {', '.join(dense)} cannot lose output units, so {stays} "
+                    "dense in it: the dashed line computes more than its share."
+                    if dense
+                    else ""
+                )
+            )
     with right:
         layer = st.selectbox(
             "Which units each class keeps, at",
@@ -502,6 +520,20 @@ def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> No
             key="dec_dyn_usage",
         )
     st.info(HONEST_NOTE)
+
+
+def static_series(static: list[DynamicPoint] | str) -> tuple[CurveSeries, ...]:
+    """The static counterpart as a dashed line of the dynamic curve (none when it has none)."""
+    if isinstance(static, str):
+        return ()
+    ordered = sorted(static, key=lambda p: p.units_computed)
+    return (
+        CurveSeries(
+            "same units for every input",
+            [1 - p.units_computed for p in ordered],
+            [p.accuracy for p in ordered],
+        ),
+    )
 
 
 FLIPS_VIEW = "Flipped inputs"

@@ -155,6 +155,8 @@ def test_dynamic_pruning_reports_what_explorer_measures():
     assert metric(at, "Units computed") == "25%"
     assert metric(at, "Faster here") == "no"
     assert any("Nothing here runs faster" in i.value for i in at.info)
+    # beside it, the same share of units removed for every input
+    assert any(c.value.startswith("Dashed: the same share of units") for c in at.caption)
 
 
 def test_saliency_agreement_curve_is_measured_on_request():

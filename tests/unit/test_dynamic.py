@@ -3,6 +3,8 @@ counts and FLOPs by hand; and the side effects (no hook left, the model untouche
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,9 @@ from explorer.dynamic import (
     dynamic_predict,
     gate_points,
     kept_units,
+    static_dense_layers,
+    static_plan,
+    static_point,
 )
 from explorer.paths import path_layers
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
@@ -274,3 +279,68 @@ def test_the_figures_draw_what_they_are_given(benches):
 def test_the_note_says_nothing_runs_faster():
     assert "Nothing here runs faster" in HONEST_NOTE
     assert "batch" in HONEST_NOTE and "Lin et al., 2017" in HONEST_NOTE
+
+
+# --- the static counterpart: torch.nn.utils.prune is the oracle ----------------------------------
+
+
+def test_the_static_counterpart_is_ln_structured_pruning_of_each_gated_layer(benches):
+    from torch.nn.utils import prune as torch_prune
+
+    bench = benches["lenet300"]
+    images, labels = bench.eval_set.images[:1000], bench.eval_set.labels[:1000]
+    layers = ["fc1", "fc2"]
+    before = snapshot(bench.model)
+    state = bench.resolve(static_plan(layers, 0.5, bench.pruner.structure))
+    point = static_point(bench.model, images, labels, state.parameters, state.masks, 0.5, layers)
+    # oracle: half of each layer's rows with the smallest L1 norm, their bias too (a removed
+    # neuron passes nothing on, not relu(bias))
+    oracle = copy.deepcopy(bench.model)
+    for name in layers:
+        layer = oracle.get_submodule(name)
+        torch_prune.ln_structured(layer, "weight", amount=0.5, n=1, dim=0)
+        with torch.no_grad():
+            layer.bias[layer.weight_mask[:, 0] == 0] = 0
+    expected = _dense_logits(oracle, images).argmax(1)
+    assert point.accuracy == float((expected == labels).double().mean())
+    assert point.units_computed == (150 + 50) / (300 + 100)
+    flops = {layer.name: layer.flops for layer in bench.pruner.structure.layers}
+    saved = (flops["fc1"] + flops["fc2"]) / 2
+    assert point.flops_computed == pytest.approx(1 - saved / bench.dense_flops)
+    assert point.accuracy < bench.dense.accuracy  # the same half for every input costs accuracy
+    assert_unchanged(bench.model, before)
+
+
+def test_the_static_counterpart_prunes_coupled_channels_together_and_skips_what_cannot_go(
+    benches,
+):
+    resnet = benches["resnet_mini"]
+    layers = path_layers(resnet.pruner.structure)
+    plan = static_plan(layers, 0.5, resnet.pruner.structure)
+    state = resnet.resolve(plan)  # without the structure, a coupled layer is refused
+    with pytest.raises(ValueError, match="coupled"):
+        resnet.resolve(static_plan(layers, 0.5))
+    images, labels = resnet.eval_set.images[:64], resnet.eval_set.labels[:64]
+    point = static_point(resnet.model, images, labels, state.parameters, state.masks, 0.5, layers)
+    assert point.units_computed == pytest.approx(0.5, abs=0.02)
+    # a ViT's fc2 feeds a LayerNorm: it cannot lose outputs, stays dense and counts as computed
+    vit = benches["vit_tiny"]
+    layers = ["block1.fc1", "block1.fc2"]
+    state = vit.resolve(static_plan(layers, 0.5, vit.pruner.structure))
+    images, labels = vit.eval_set.images[:64], vit.eval_set.labels[:64]
+    point = static_point(vit.model, images, labels, state.parameters, state.masks, 0.5, layers)
+    fc1 = vit.model.get_submodule("block1.fc1").out_features
+    fc2 = vit.model.get_submodule("block1.fc2").out_features
+    assert point.units_computed == pytest.approx((fc1 / 2 + fc2) / (fc1 + fc2))
+    assert static_dense_layers(layers, vit.pruner.structure) == ["block1.fc2"]
+    assert static_dense_layers(path_layers(resnet.pruner.structure), resnet.pruner.structure) == []
+
+
+def test_static_point_refuses_a_layer_that_is_not_linear_or_conv(benches):
+    bench = benches["lenet300"]
+    state = bench.resolve(static_plan(["fc1"], 0.5))
+    images, labels = bench.eval_set.images[:8], bench.eval_set.labels[:8]
+    with pytest.raises(ValueError, match="not Linear / Conv2d"):
+        static_point(bench.model, images, labels, state.parameters, state.masks, 0.5, ["nope"])
+    with pytest.raises(ValueError, match="keep"):
+        static_plan(["fc1"], 0.0)
