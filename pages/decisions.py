@@ -11,7 +11,7 @@ import streamlit as st
 from explorer import ui
 from explorer.dynamic import HONEST_NOTE, DynamicPoint, static_dense_layers
 from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
-from explorer.paths import TOP_K, PathComparison, path_layers, removed_units
+from explorer.paths import TOP_K, PathComparison, heads_column, path_layers, removed_units
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from explorer.plots.paths import class_unit_figure, path_graph_figure
@@ -362,16 +362,20 @@ def flips_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None
 def class_units_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> None:
     """Which units lie on the decision paths of which classes, and which the plan cut."""
     structure = bench.pruner.structure
-    layers = path_layers(structure)
-    sizes = {layer.name: layer for layer in structure.layers}
+    layers = path_layers(structure, heads=True)
+    labels = {
+        layer.name: f"{layer.name} · {layer.kind} {layer.shape_text}" for layer in structure.layers
+    }
+    labels |= {heads_column(h): f"{h.name} · {h.num_heads} heads" for h in structure.heads}
     cols = st.columns([3, 2, 2], vertical_alignment="bottom")
     layer = cols[0].selectbox(
         "Layer",
         layers,
         index=len(layers) - 1,
         key=f"dec_cu_layer::{ui.subject_tag()}",
-        format_func=lambda n: f"{n} · {sizes[n].kind} {sizes[n].shape_text}",
-        help="A hidden layer: its units are the columns of the map.",
+        format_func=lambda n: labels.get(n, n),
+        help="A hidden layer (or an attention module's heads): its units are the columns of "
+        "the map.",
     )
     model_choice = cols[1].radio(
         "Paths of the",
@@ -387,7 +391,7 @@ def class_units_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -
         matrix, count = ui.class_units(
             ui.current_model(), None if model_choice == "dense model" else plan_json, layer, top_k
         )
-    removed = removed_units(state, {layer: matrix.shape[1]})[layer]
+    removed = removed_units(state, {layer: matrix.shape[1]}, structure.heads)[layer]
     classes = bench.eval_set.classes
     st.plotly_chart(
         class_unit_figure(matrix, classes, layer, removed), config=CHART, key="dec_cu_map"

@@ -312,6 +312,7 @@ def class_unit_figure(
     matrix = np.asarray(matrix, dtype=float)
     k, units = matrix.shape
     names = [str(c) for c in class_names]
+    what = "head" if is_heads_column(layer) else "unit"
     x = [str(u) for u in unit_labels] if unit_labels is not None else list(range(units))
     fig = go.Figure(
         go.Heatmap(
@@ -322,8 +323,8 @@ def class_unit_figure(
             zmax=1,
             colorscale="Blues",
             colorbar={"title": "share of<br>the class", "tickformat": ".0%"},
-            hovertemplate="class %{y}, unit %{x}: on the path of %{z:.0%} of its inputs"
-            "<extra></extra>",
+            hovertemplate=f"class %{{y}}, {what} %{{x}}: on the path of %{{z:.0%}} of its "
+            "inputs<extra></extra>",
             xgap=1 if units <= 64 else 0,
             ygap=1,
         )
@@ -339,10 +340,10 @@ def class_unit_figure(
                 marker={"symbol": "x", "color": CHANGED_COLOR, "size": 9 if units <= 64 else 6},
                 name="removed by the plan",
                 showlegend=False,
-                hovertemplate="unit %{x}: removed by the plan<extra></extra>",
+                hovertemplate=f"{what} %{{x}}: removed by the plan<extra></extra>",
             )
         )
     axis = {"type": "category"} if unit_labels is not None else {}
-    fig.update_xaxes(title=f"unit of {column_label(layer)}", showgrid=False, **axis)
+    fig.update_xaxes(title=f"{what} of {layer.removesuffix(HEADS_SUFFIX)}", showgrid=False, **axis)
     fig.update_yaxes(title="true class", type="category", autorange="reversed")
     return compact_layout(fig, max(280, 100 + 26 * (k + 1)))

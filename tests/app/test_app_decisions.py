@@ -179,3 +179,73 @@ def test_a_vision_transformer_shows_its_heads_and_rollout():
     assert_clean(at)
     assert metric(at, "Heads pruned") == "6 of 12"
     assert float(metric(at, "Rollout rank correlation")) < 1
+
+
+def test_units_by_class_counts_a_vits_heads_and_the_heads_the_plan_removed():
+    import numpy as np
+
+    from explorer.paths import class_unit_map, removed_units
+    from explorer.recovery import balanced_indices
+    from explorer.workbench import open_workbench
+
+    bench = open_workbench("vit_tiny")
+    at = start("decisions", model="vit_tiny", method="heads", amount="0.5")
+    at.segmented_control(key="dec_view").set_value("Units × classes").run()
+    column = "block2.attn:heads"
+    layer_box = next(s for s in at.selectbox if s.label == "Layer")
+    assert "block2.attn · 4 heads" in layer_box.options
+    layer_box.set_value(column).run()
+    at.slider(key="dec_cu_top_k").set_value(1).run()
+    assert_clean(at)
+    rows = at.dataframe[0].value
+    chosen = balanced_indices(bench.eval_set.labels, 1000)
+    data = bench.eval_set
+    matrix = class_unit_map(bench.model, data.images[chosen], data.labels[chosen], column, 10, 1)
+    state = bench.resolve(PruningPlan(method="heads", amount=0.5))
+    removed = removed_units(state, {column: 4}, bench.pruner.structure.heads)[column]
+    assert removed.sum() >= 1  # the plan takes heads out of this block
+    for c in range(10):
+        carriers = np.flatnonzero(matrix[c] >= 0.5)
+        cut = [u for u in carriers if removed[u]]
+        assert rows["carried by"][c] == (", ".join(map(str, carriers)) or "—")
+        assert rows["cut by the plan"][c] == (", ".join(map(str, cut)) or "—")
+
+
+def test_a_users_torchvision_model_and_images_get_every_decisions_view(tmp_path, monkeypatch):
+    """A torchvision ResNet-18 (4 classes) and the user's own RGB images, from the command
+    line: the flips are explorer's for that subject, a flip opens with both paths, and the
+    other views run on it."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    from explorer import ui
+    from explorer.workbench import open_workbench
+    from tests.app.test_app import started_with
+
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=4).state_dict(), weights)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "photos.npz"
+    images = rng.integers(0, 255, (80, 32, 32, 3), dtype=np.uint8)
+    np.savez(data, images=images, labels=np.arange(80) % 4)
+    argv = ("--model", "torchvision:resnet18", "--weights", str(weights), "--data", str(data))
+    with started_with(monkeypatch, *argv):
+        subject = ui.app_settings().subject
+        at = start("decisions", method="filters", amount="0.5")
+        assert_clean(at)
+        assert not at.error, [e.value for e in at.error]
+        flips = flips_for_plan(open_workbench(subject), PruningPlan(method="filters", amount=0.5))
+        assert metric(at, "Predictions flipped") == f"{len(flips.flips):,}"
+        assert flips.flips  # half the filters of a random network change some predictions
+        assert at.dataframe[0].value["index"].tolist()[0] == sort_flips(flips.flips)[0].index
+        # the first flip is open: both maps and both paths, for a residual network's units
+        assert "Dense path units kept" in [m.label for m in at.metric]
+        assert "Rank correlation" in [m.label for m in at.metric]
+        for view in ("Units × classes", "Dynamic pruning"):
+            at.segmented_control(key="dec_view").set_value(view).run()
+            assert_clean(at)
+            assert not at.error, [e.value for e in at.error]
+        assert metric(at, "Faster here") == "no"
