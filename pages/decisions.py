@@ -11,7 +11,15 @@ import streamlit as st
 from explorer import ui
 from explorer.dynamic import HONEST_NOTE, DynamicPoint, static_dense_layers
 from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
-from explorer.paths import TOP_K, PathComparison, heads_column, path_layers, removed_units
+from explorer.paths import (
+    HEADS_SUFFIX,
+    TOP_K,
+    PathComparison,
+    heads_column,
+    is_heads_column,
+    path_layers,
+    removed_units,
+)
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from explorer.plots.paths import class_unit_figure, path_graph_figure
@@ -396,10 +404,11 @@ def class_units_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -
     st.plotly_chart(
         class_unit_figure(matrix, classes, layer, removed), config=CHART, key="dec_cu_map"
     )
+    what = "head" if is_heads_column(layer) else "unit"
     st.caption(
         f"Each cell: the share of a class's eval images (of {count:,}, balanced over the "
-        f"classes) whose decision path in the {model_choice} has this unit among its {top_k} "
-        f"at `{layer}`. Red ×: units the plan removed."
+        f"classes) whose decision path in the {model_choice} has this {what} among its "
+        f"{top_k} at `{layer.removesuffix(HEADS_SUFFIX)}`. Red ×: {what}s the plan removed."
     )
     carriers = [
         (classes[c], [u for u in np.flatnonzero(matrix[c] >= CARRIER_SHARE)])

@@ -343,7 +343,10 @@ def class_unit_figure(
                 hovertemplate=f"{what} %{{x}}: removed by the plan<extra></extra>",
             )
         )
-    axis = {"type": "category"} if unit_labels is not None else {}
+    # integer ticks: a handful of heads or neurons must not get ticks at half a unit
+    axis = (
+        {"type": "category"} if unit_labels is not None else {"dtick": 1 if units <= 16 else None}
+    )
     fig.update_xaxes(title=f"{what} of {layer.removesuffix(HEADS_SUFFIX)}", showgrid=False, **axis)
     fig.update_yaxes(title="true class", type="category", autorange="reversed")
     return compact_layout(fig, max(280, 100 + 26 * (k + 1)))
