@@ -972,27 +972,26 @@ def attribution_method_ui(
     if st.session_state.get(method_key) not in names:
         st.session_state[method_key] = names[0]
     cols = st.columns([3, 2], vertical_alignment="bottom")
+    # the methods that do not apply are named in the help, not on the page: it is the
+    # question "where is Grad-CAM?" that looks for them
+    missing = [m for name, m in ATTRIBUTIONS.items() if name not in names]
+    absent = "".join(
+        f" · Not for this model: {m.title}, which needs {m.requires or 'another architecture'}."
+        for m in missing
+    )
     method = cols[0].selectbox(
         "Attribution method",
         names,
         key=method_key,
         format_func=lambda n: ATTRIBUTIONS[n].title + ("" if ATTRIBUTIONS[n].live else " ⏱"),
         help=" · ".join(f"{ATTRIBUTIONS[n].title}: {ATTRIBUTIONS[n].help}" for n in names)
-        + " · ⏱ = many passes per map: computed on request.",
+        + " · ⏱ = many passes per map: computed on request."
+        + absent,
     )
     options = {}
     with cols[1]:
         for name in ATTRIBUTIONS[method].options:
             options[name] = ATTRIBUTION_SETTINGS[name](model, input_shape, f"{key}_{name}")
-    missing = [m for name, m in ATTRIBUTIONS.items() if name not in names]
-    if missing:
-        st.caption(
-            "Not for this model: "
-            + "; ".join(
-                f"{m.title}, which needs {m.requires or 'another architecture'}" for m in missing
-            )
-            + "."
-        )
     return method, options
 
 
@@ -1052,13 +1051,13 @@ def explain_target_ui(
         "label": ("True label", label),
         "pruned": ("Pruned prediction", pruned),
     }
-    cols = st.columns([4, 1], vertical_alignment="bottom")
-    # fixed labels: a label that changed with the image would make a new widget each time
-    choice = cols[0].radio(
+    cols = st.columns([3, 2], vertical_alignment="bottom")
+    # fixed labels: a label that changed with the image would make a new widget each time; a
+    # select box, not a radio: one line in a narrow column
+    choice = cols[0].selectbox(
         "Explain class",
         [*choices, "other"],
         key=f"{key}_target",
-        horizontal=True,
         help=EXPLAIN_TARGET_HELP,
         format_func=lambda t: choices[t][0] if t in choices else "Another class",
     )

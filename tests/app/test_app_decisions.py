@@ -100,7 +100,7 @@ def test_the_selected_flip_shows_both_maps_and_both_paths(flips_at_80, lenet5_be
     assert_clean(at)
     assert "Rank correlation" in [m.label for m in at.metric]
     # any class can be explained
-    at.radio(key="dec_target").set_value("other").run()
+    at.selectbox(key="dec_target").set_value("other").run()
     at.selectbox(key="dec_target_class").set_value(3).run()
     assert_clean(at)
 
