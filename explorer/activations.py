@@ -25,6 +25,21 @@ def _output_tensor(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
+def named_modules_checked(
+    model: nn.Module, names: Sequence[str], what: str = "module"
+) -> dict[str, nn.Module]:
+    """``model``'s modules by name; a ValueError naming some of its prunable layers when one
+    of ``names`` is not among them (a typo in a layer name gets a list to choose from)."""
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(
+            f"unknown {what}(s) {unknown}; the model has e.g. "
+            f"{[n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]}"
+        )
+    return modules
+
+
 def forward_with_activations(
     model: nn.Module,
     x: torch.Tensor,
@@ -45,13 +60,7 @@ def forward_with_activations(
         CPU. Hooks only record calls made from this thread, so a concurrent forward of the
         shared model in another session cannot leak into the result.
     """
-    modules = dict(model.named_modules())
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise ValueError(
-            f"unknown module(s) {unknown}; the model has e.g. "
-            f"{[n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]}"
-        )
+    modules = named_modules_checked(model, names)
     captured: dict[str, torch.Tensor] = {}
     owner = threading.get_ident()
 

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from explorer import inspection
-from explorer.activations import pruned_outputs, unit_axis
+from explorer.activations import named_modules_checked, pruned_outputs, unit_axis
 from explorer.inspection import PRUNABLE_TYPES, execution_order, layer_flops
 from explorer.methods import get_method
 from explorer.plan import PruningPlan
@@ -229,13 +229,7 @@ def _setup(
     layers = default_layers(work, input_shape) if layers is None else list(dict.fromkeys(layers))
     if not layers:
         raise ValueError("no layer to gate: give at least one Linear / Conv2d")
-    modules = dict(work.named_modules())
-    unknown = [name for name in layers if name not in modules]
-    if unknown:
-        raise ValueError(
-            f"unknown layer(s) {unknown}; the model has e.g. "
-            f"{[n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]}"
-        )
+    modules = named_modules_checked(work, layers, "layer")
     if points is None:
         points = gate_points(work, layers, input_shape)
     points = {name: points.get(name, name) for name in layers}

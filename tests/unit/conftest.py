@@ -79,6 +79,17 @@ def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
         assert param.grad is None, f"{name} of the dense model got a gradient"
 
 
+def hooks_of(model: nn.Module) -> list[tuple[str, str]]:
+    """(module name, hook kind) for every hook registered anywhere in ``model``."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return [
+        (name, kind)
+        for name, module in model.named_modules()
+        for kind in kinds
+        if getattr(module, kind, None)
+    ]
+
+
 def trained_weights_exist(name: str) -> bool:
     return weights_path(name).exists()
 

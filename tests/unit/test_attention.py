@@ -19,8 +19,7 @@ from explorer.saliency.attention import (
     removed_heads,
 )
 from explorer.workbench import open_workbench
-from tests.unit.conftest import assert_unchanged, require_trained, snapshot
-from tests.unit.test_saliency import hooks_of
+from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, snapshot
 
 
 @pytest.fixture(scope="module")

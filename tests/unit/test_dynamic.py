@@ -25,8 +25,13 @@ from explorer.paths import path_layers
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.prune import CurveSeries
 from explorer.workbench import open_workbench
-from tests.unit.conftest import assert_unchanged, randomize_batchnorm, require_trained, snapshot
-from tests.unit.test_saliency import hooks_of
+from tests.unit.conftest import (
+    assert_unchanged,
+    hooks_of,
+    randomize_batchnorm,
+    require_trained,
+    snapshot,
+)
 
 MODELS = ("lenet300", "lenet5", "resnet_mini", "vit_tiny")
 

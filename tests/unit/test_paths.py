@@ -24,20 +24,9 @@ from explorer.plan import PruningPlan
 from explorer.plots.paths import class_unit_figure, path_graph_figure
 from explorer.pruning import PrunedState
 from explorer.workbench import open_workbench
-from tests.unit.conftest import assert_unchanged, require_trained, snapshot
+from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, snapshot
 
 MODELS = ("lenet5", "lenet300", "resnet_mini", "vit_tiny")
-
-
-def hooks_of(model: nn.Module) -> list[tuple[str, str]]:
-    """(module name, hook kind) for every hook registered anywhere in ``model``."""
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return [
-        (name, kind)
-        for name, module in model.named_modules()
-        for kind in kinds
-        if getattr(module, kind, None)
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from explorer.saliency.tokens import TokenLayout, token_layout
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,
+    hooks_of,
     prunable,
     randomize_batchnorm,
     require_trained,
@@ -60,17 +61,6 @@ def models() -> dict[str, nn.Module]:
 def image(eval_set) -> torch.Tensor:
     """One real eval image, (1, 1, 28, 28)."""
     return eval_set.images[7:8].clone()
-
-
-def hooks_of(model: nn.Module) -> list[tuple[str, str]]:
-    """(module name, hook kind) for every hook registered anywhere in ``model``."""
-    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return [
-        (name, kind)
-        for name, module in model.named_modules()
-        for kind in kinds
-        if getattr(module, kind, None)
-    ]
 
 
 # --- oracles ------------------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from explorer.saliency.compare import average_ranks, compare_maps, rank_correlat
 from explorer.saliency.gradcam import UPSAMPLE_MODE, conv_layers
 from explorer.saliency.integrated import dark_baseline, integrated_gradients
 from explorer.saliency.occlusion import window_for
-from tests.unit.conftest import assert_unchanged, require_trained, seeded, snapshot
-from tests.unit.test_saliency import hooks_of
+from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, seeded, snapshot
 
 INPUT_SHAPE = (1, 28, 28)
 #: Completeness of Integrated Gradients with 32 Gauss-Legendre steps, measured on the first
