@@ -120,3 +120,17 @@ def calibration(fit_set: ImageDataset) -> ImageDataset:
 def eval_images(eval_set: ImageDataset) -> torch.Tensor:
     """A handful of real eval images for output comparisons."""
     return eval_set.images[:16].clone()
+
+
+#: The bundled models, smallest first.
+BUNDLED = ("lenet300", "lenet5", "resnet_mini", "vit_tiny")
+
+
+@pytest.fixture(scope="module")
+def benches():
+    """A CPU workbench of every bundled model (their trained weights required)."""
+    from explorer.workbench import open_workbench
+
+    for name in BUNDLED:
+        require_trained(name)
+    return {name: open_workbench(name, torch.device("cpu")) for name in BUNDLED}

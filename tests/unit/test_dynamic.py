@@ -24,23 +24,15 @@ from explorer.dynamic import (
 from explorer.paths import path_layers
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.prune import CurveSeries
-from explorer.workbench import open_workbench
 from tests.unit.conftest import (
+    BUNDLED,
     assert_unchanged,
     hooks_of,
     randomize_batchnorm,
-    require_trained,
     snapshot,
 )
 
-MODELS = ("lenet300", "lenet5", "resnet_mini", "vit_tiny")
-
-
-@pytest.fixture(scope="module")
-def benches():
-    for name in MODELS:
-        require_trained(name)
-    return {name: open_workbench(name, torch.device("cpu")) for name in MODELS}
+MODELS = BUNDLED
 
 
 def _dense_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -23,17 +23,9 @@ from explorer.paths import (
 from explorer.plan import PruningPlan
 from explorer.plots.paths import class_unit_figure, path_graph_figure
 from explorer.pruning import PrunedState
-from explorer.workbench import open_workbench
-from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, snapshot
+from tests.unit.conftest import BUNDLED, assert_unchanged, hooks_of, snapshot
 
-MODELS = ("lenet5", "lenet300", "resnet_mini", "vit_tiny")
-
-
-@pytest.fixture(scope="module")
-def benches():
-    for name in MODELS:
-        require_trained(name)
-    return {name: open_workbench(name, torch.device("cpu")) for name in MODELS}
+MODELS = BUNDLED
 
 
 def by_hand_state(masks: dict[str, torch.Tensor]) -> PrunedState:
