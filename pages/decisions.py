@@ -437,7 +437,8 @@ def dynamic_view(bench: ui.Workbench, state: ui.PrunedState, flips: Flips) -> No
     st.write(
         "Static pruning removes the same units for every input. **Dynamic** pruning keeps, "
         "for each input, only the units that matter for *it*: here, at every gated layer, "
-        "the units with the largest mean positive output for this input."
+        "the units with the largest mean positive output for this input. It gates the "
+        "**dense** model: the plan above plays no part here."
     )
     cols = st.columns([3, 2], vertical_alignment="bottom")
     gated = cols[0].multiselect(
