@@ -247,25 +247,25 @@ def static_points(subject_json: str, layers: tuple[str, ...]) -> list[DynamicPoi
     chosen = _dynamic_images(bench)
     structure = bench.pruner.structure
     points = []
-    with bench.borrowed_model() as model:
-        for keep in DYNAMIC_KEEPS:
-            try:
-                state = bench.resolve(static_plan(layers, keep, structure))
-            except ValueError as error:
-                return str(error)
-            points.append(
-                static_point(
-                    model,
-                    bench.eval_set.images[chosen],
-                    bench.eval_set.labels[chosen],
-                    state.parameters,
-                    state.masks,
-                    keep,
-                    layers,
-                    {layer.name: layer.flops for layer in structure.layers},
-                    bench.dense_flops,
-                )
+    for keep in DYNAMIC_KEEPS:
+        try:
+            state = bench.resolve(static_plan(layers, keep, structure))
+        except ValueError as error:
+            return str(error)
+        # static_point runs its own private copy: the shared model is only read
+        points.append(
+            static_point(
+                bench.model,
+                bench.eval_set.images[chosen],
+                bench.eval_set.labels[chosen],
+                state.parameters,
+                state.masks,
+                keep,
+                layers,
+                {layer.name: layer.flops for layer in structure.layers},
+                bench.dense_flops,
             )
+        )
     return points
 
 
