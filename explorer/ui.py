@@ -54,10 +54,9 @@ from explorer.saliency import (
     Attribution,
     PairExplanation,
     attributions_for,
-    compare_maps,
     get_attribution,
-    predict_one,
 )
+from explorer.saliency.explain import pair_of_maps
 from explorer.saliency.gradcam import conv_layers
 from explorer.saliency.occlusion import window_for
 from explorer.store import default_store
@@ -1125,7 +1124,7 @@ def saliency_pair_ui(
     subject_json, data = current_model(), bench.eval_set
     request = (subject_json, plan_json, index, method, target, options_json)
     requested = st.session_state.setdefault(f"{key}_requested", set())
-    if not getattr(attribution, "live", True) and request not in requested:
+    if not attribution.live and request not in requested:
         cols = st.columns([1, 3], vertical_alignment="center")
         if not cols[0].button(f"Compute {attribution.title}", key=f"{key}_compute"):
             cols[1].caption(
@@ -1142,19 +1141,9 @@ def saliency_pair_ui(
     pruned_map = attribution_of(subject_json, plan_json, index, method, target, options_json)
     seconds = time.perf_counter() - start
     progress.empty()
-    explanation = PairExplanation(
-        method,
-        target,
-        dense_map,
-        pruned_map,
-        predict_one(bench.model, x),
-        predict_one(pruned_model(subject_json, plan_json), x),
-        compare_maps(
-            dense_map.values,
-            pruned_map.values,
-            negligible=(dense_map.negligible, pruned_map.negligible),
-        ),
-        seconds,
+    pruned = pruned_model(subject_json, plan_json)
+    explanation = pair_of_maps(
+        method, target, dense_map, pruned_map, bench.model, pruned, x, seconds
     )
     classes, label = data.classes, int(data.labels[index])
     maps = {"Dense": dense_map, "Pruned": pruned_map}

@@ -14,7 +14,7 @@ from explorer.plots.attention import attention_heads_figure
 from explorer.plots.saliency import agreement_curve_figure, saliency_figure
 from explorer.pruning import METHODS
 from explorer.recovery import balanced_indices
-from explorer.saliency import ATTRIBUTIONS, attributions_for, predict_one
+from explorer.saliency import ATTRIBUTIONS, Prediction, attributions_for, predict_one
 from explorer.saliency.agreement import agreement_curve
 from explorer.saliency.attention import compare_attention, head_maps, removed_heads
 from explorer.saliency.compare import scaled
@@ -89,7 +89,7 @@ def _saliency_body() -> None:
         st.caption(f"Eval image #{index}{flips}")
     ui.saliency_pair_ui(bench, plan_json, index, target, method, options, "sal")
     if attention_heads(bench.model) and token_layout(bench.model, data.input_shape):
-        attention_ui(bench, state, index)
+        attention_ui(bench, state, index, (dense_pred, pruned_pred))
     if not any(state.pruned.values()):
         st.info(
             "This plan prunes nothing, so both maps come from the same weights. Move the "
@@ -99,9 +99,15 @@ def _saliency_body() -> None:
         st.warning(warning)
 
 
-def attention_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> None:
+def attention_ui(
+    bench: ui.Workbench,
+    state: ui.PrunedState,
+    index: int,
+    predictions: tuple[Prediction, Prediction],
+) -> None:
     """A vision transformer's attention for the image: per head and rolled out, dense and
-    pruned, with the heads the plan removed marked."""
+    pruned (``predictions``: each model's, for the titles), with the heads the plan removed
+    marked."""
     data = bench.eval_set
     x = data.images[index : index + 1]
     pruned = ui.pruned_model(ui.current_model(), state.plan.to_json(indent=None))
@@ -147,7 +153,7 @@ def attention_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> None
         return np.kron(grid, np.ones(cell))[:height, :width]
 
     label = int(data.labels[index])
-    dense_pred, pruned_pred = predict_one(bench.model, x), predict_one(pruned, x)
+    dense_pred, pruned_pred = predictions
     st.plotly_chart(
         saliency_figure(
             data.pixels(index),

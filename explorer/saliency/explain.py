@@ -123,6 +123,23 @@ def explain_pair(
     dense_attribution = attribution.explain(dense, x, target, **settings)
     pruned_attribution = attribution.explain(pruned, x, target, **settings)
     seconds = time.perf_counter() - start
+    return pair_of_maps(
+        method, target, dense_attribution, pruned_attribution, dense, pruned, x, seconds
+    )
+
+
+def pair_of_maps(
+    method: str,
+    target: int,
+    dense_attribution: Attribution,
+    pruned_attribution: Attribution,
+    dense: nn.Module,
+    pruned: nn.Module,
+    x: torch.Tensor,
+    seconds: float,
+) -> PairExplanation:
+    """A ``PairExplanation`` of two maps already computed (e.g. each cached on its own, so
+    that the dense map serves every plan): both predictions and the comparison added."""
     comparison = compare_maps(
         dense_attribution.values,
         pruned_attribution.values,
