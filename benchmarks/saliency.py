@@ -9,7 +9,7 @@ For one eval image, per bundled model, the median wall time of:
    (``path_graph_figure``), under the same plan; for a vision transformer, the attention
    view, ``compare_attention`` (both models' heads and rollouts) under a 50% heads plan;
 3. over many images: the class x unit map of the last hidden layer (1,000 images) and the
-   dynamic-pruning curve (2,000 images, 8 keep shares), once each.
+   dynamic-pruning curve (2,000 images, 8 keep shares) and its static line, once each.
 
 The issue's goals on 2 cores, for LeNet-5: Saliency and Grad-CAM <= 30 ms, Integrated
 Gradients with 32 steps <= 150 ms, the decision-path view <= 300 ms (PASS / MISS printed).
@@ -31,7 +31,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from explorer.dynamic import dynamic_curve, gate_points
+from explorer.dynamic import dynamic_curve, gate_points, static_plan, static_point
 from explorer.paths import class_unit_map, compare_paths, path_layers
 from explorer.plan import PruningPlan
 from explorer.plots.paths import path_graph_figure
@@ -142,8 +142,8 @@ def benchmark_model(name: str, repeats: int) -> None:
 
 
 def many_images(case: Case) -> None:
-    """The class x unit map of the last hidden layer (1,000 images) and the dynamic-pruning
-    curve (2,000 images, 8 keep shares), timed once each."""
+    """The class x unit map of the last hidden layer (1,000 images), the dynamic-pruning
+    curve (2,000 images, 8 keep shares) and its static line, timed once each."""
     bench, data = case.bench, case.bench.eval_set
     structure = bench.pruner.structure
     layers = path_layers(structure)
@@ -155,12 +155,13 @@ def many_images(case: Case) -> None:
     class_unit_map(bench.model, data.images[chosen], data.labels[chosen], layers[-1], 10)
     print(f"  class x unit map, {layers[-1]}, 1,000 images: {time.perf_counter() - start:.2f} s")
     chosen = balanced_indices(data.labels, 2000)
+    keeps = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05)
     start = time.perf_counter()
     points = dynamic_curve(
         bench.model,
         data.images[chosen],
         data.labels[chosen],
-        (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05),
+        keeps,
         gated,
         10,
         points=gate_points(bench.model, gated, data.input_shape),
@@ -171,6 +172,28 @@ def many_images(case: Case) -> None:
     print(
         f"  dynamic curve, 2,000 images x 8 shares: {time.perf_counter() - start:.2f} s ({shares})"
     )
+    # its static counterpart, as the page draws it: one plan resolved and run per share
+    start = time.perf_counter()
+    static = []
+    for keep in keeps:
+        state = bench.resolve(static_plan(gated, keep, structure))
+        static.append(
+            static_point(
+                bench.model,
+                data.images[chosen],
+                data.labels[chosen],
+                state.parameters,
+                state.masks,
+                keep,
+                gated,
+            )
+        )
+    shares = ", ".join(
+        f"{p.units_computed:.0%} kept: {p.accuracy:.2%}"
+        for p in static
+        if p.keep in (1.0, 0.5, 0.25, 0.1)
+    )
+    print(f"  static line, 8 shares: {time.perf_counter() - start:.2f} s ({shares})")
 
 
 def main() -> None:
