@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
@@ -15,6 +14,7 @@ from torch import nn
 
 from explorer.data import ImageDataset
 from explorer.limits import activation_cache_bytes
+from explorer.speed_tricks import PROBE_SAMPLES, checked_copy
 from explorer.stages import split_stages
 
 EVAL_BATCH = 1000
@@ -92,11 +92,6 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = EVAL_BAT
 
 
 # --- incremental re-evaluation ------------------------------------------------------------------
-
-
-def uses_channels_last(model: nn.Module) -> bool:
-    """Whether ``model`` has 4D (convolution) weights: oneDNN runs those faster in channels_last."""
-    return any(p.dim() == 4 for p in model.parameters())
 
 
 def chunk_layout(labels: torch.Tensor, batch_size: int, first: int) -> list[torch.Tensor]:
@@ -199,8 +194,9 @@ class IncrementalEvaluator:
     consistent, so nothing is lost but the work not done. The stored inputs stay within
     ``activation_budget`` bytes: fewer stage boundaries are kept when they would not fit.
 
-    Convolution models run in channels_last (about 1.2-2x faster on CPU); their logits then
-    differ from ``predict``'s by float rounding (~1e-6), never in a prediction on the sample models.
+    Convolution models run in channels_last (about 1.2-2x faster on CPU) where a probe batch
+    shows that it changes nothing but float rounding (~1e-6); ``tricks.notes`` says why a model
+    runs without it.
 
     A model too slow for a whole batch in ``first_chunk_s`` (a torchvision network at 224 px)
     gets a small first chunk instead, sized from a timed probe, and chunks that double from
@@ -230,12 +226,14 @@ class IncrementalEvaluator:
     ) -> None:
         # A private copy: functional_call swaps parameters in place while it runs, which other
         # threads (app sessions) using the shared model must never see.
-        self.model = copy.deepcopy(model)
-        self.channels_last = uses_channels_last(self.model)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # channels_last only where the probe shows it changes nothing (a model that flattens
+        # with x.view after a conv cannot run in it): see explorer.speed_tricks.
+        self.device = next(model.parameters()).device
+        self.model, self.tricks = checked_copy(
+            model, dataset.images[:PROBE_SAMPLES].to(self.device), fold=False
+        )
+        self.channels_last = self.tricks.channels_last
         self.dataset = dataset
-        self.device = next(self.model.parameters()).device
         budget = activation_cache_bytes() if activation_budget is None else activation_budget
         example = self._to_device(dataset.images[: min(2, len(dataset))])
         self.stages = split_stages(self.model, example, budget / max(1, len(dataset)))

@@ -7,7 +7,6 @@ model: it is not faster. Only a physically smaller (compacted) model is.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,18 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from explorer.inspection import example_input, has_conv2d
-
-try:  # torch's own conv+BatchNorm folding for eval-mode models
-    from torch.fx.experimental.optimization import fuse as _fuse_conv_bn
-except ImportError:  # pragma: no cover - very old torch
-    _fuse_conv_bn = None
+from explorer.inspection import example_input
+from explorer.speed_tricks import PROBE_SAMPLES, Tricks, checked_copy
 
 HONEST_NOTE = (
     "Masked sparsity is multiplied through dense kernels, so a masked model runs as "
     "fast as the dense one; only the compacted (physically smaller) model can be "
     "faster. Every model is timed as deployed: BatchNorm folded into the convolutions, "
-    "channels_last memory for conv nets."
+    "channels_last memory for conv nets (each only where it leaves the outputs unchanged)."
 )
 
 
@@ -46,6 +41,8 @@ class Latency:
     #: Every timed run in ms, in round order: run i of two models in one measurement was
     #: timed in the same round, so their ratio is a paired sample (drift cancels out).
     samples_ms: tuple[float, ...] = ()
+    #: Speed tricks this model was timed without, and why (``explorer.speed_tricks``).
+    notes: tuple[str, ...] = ()
 
     @property
     def spread_ms(self) -> float:
@@ -123,21 +120,19 @@ def same_architecture(a: nn.Module, b: nn.Module) -> bool:
     return shapes[0] == shapes[1]
 
 
-def deployable(model: nn.Module) -> nn.Module:
+def deployable(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, Tricks]:
     """A copy of ``model`` as one would ship it for inference: BatchNorm folded into the
-    preceding convolutions (``torch.fx`` fuse; models it cannot trace are copied as they are)
-    and, for conv nets, ``channels_last`` memory, which oneDNN's CPU kernels prefer.
+    preceding convolutions and, for conv nets, ``channels_last`` memory, which oneDNN's CPU
+    kernels prefer; each trick only where a probe shows it leaves the outputs as they were
+    (``explorer.speed_tricks``), and the ``Tricks`` say which were used.
 
     Applied alike to every model that is timed, so dense, masked and compacted stay comparable.
     The original is not modified.
     """
-    try:
-        deployed = _fuse_conv_bn(model, inplace=False) if _fuse_conv_bn else copy.deepcopy(model)
-    except Exception:  # untraceable models (dynamic shapes) are timed unfused
-        deployed = copy.deepcopy(model)
-    if has_conv2d(deployed):
-        deployed = deployed.to(memory_format=torch.channels_last)
-    return deployed.eval()
+    device = next(model.parameters()).device
+    probe = example_input(input_shape, PROBE_SAMPLES).to(device)
+    probe.normal_(generator=torch.Generator(device).manual_seed(0))
+    return checked_copy(model, probe)
 
 
 @contextmanager
@@ -185,19 +180,20 @@ def measure_latency(
         between: called between timed rounds (not inside one), e.g. so an interactive caller
             can abandon the measurement when its user moves on.
     """
+    tricks = {name: Tricks() for name in models}
     if deploy:
-        models = {name: deployable(model) for name, model in models.items()}
-    conv_net = has_conv2d(next(iter(models.values())))
+        deployed = {name: deployable(model, input_shape) for name, model in models.items()}
+        models = {name: copied for name, (copied, _) in deployed.items()}
+        tricks = {name: used for name, (_, used) in deployed.items()}
     results = []
     device = next(next(iter(models.values())).parameters()).device
     with fixed_threads(threads) as used_threads:
         for batch in batch_sizes:
-            x = example_input(input_shape, batch).to(device).normal_()
-            if deploy and conv_net and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for model in models.values():
+            plain = example_input(input_shape, batch).to(device).normal_()
+            inputs = {name: tricks[name].prepare_input(plain) for name in models}
+            for name, model in models.items():
                 for _ in range(warmup):
-                    model(x)
+                    model(inputs[name])
                 if between is not None:
                     between()
             times: dict[str, list[float]] = {name: [] for name in models}
@@ -209,7 +205,7 @@ def measure_latency(
                 for name, model in order if repeat % 2 == 0 else reversed(order):
                     _synchronize(device)
                     began = time.perf_counter()
-                    model(x)
+                    model(inputs[name])
                     _synchronize(device)
                     times[name].append((time.perf_counter() - began) * 1000)
                 if between is not None:
@@ -228,6 +224,7 @@ def measure_latency(
                         len(samples),
                         used_threads,
                         tuple(samples),
+                        tricks[name].notes,
                     )
                 )
     return results

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import io
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,14 +61,11 @@ from explorer.export import (
     export_program,
     register_format,
 )
+from explorer.inspection import example_input
 from explorer.latency import Latency, compare_speed, measure_latency
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState
-
-try:  # torch's conv+BatchNorm folding for eval-mode models (the one latency.deployable uses)
-    from torch.fx.experimental.optimization import fuse as _fuse_conv_bn
-except ImportError:  # pragma: no cover - very old torch
-    _fuse_conv_bn = None
+from explorer.speed_tricks import PROBE_SAMPLES, checked_copy, fold_batchnorm
 
 if TYPE_CHECKING:
     from explorer.workbench import Workbench
@@ -243,22 +239,27 @@ class QuantizedModel:
         return sum(layer.params for layer in self.left_fp32)
 
 
-def _fold_batchnorm(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
+def _fold_batchnorm(
+    model: nn.Module, input_shape: tuple[int, ...] | None = None
+) -> tuple[nn.Module, tuple[str, ...]]:
     """An eval-mode copy of ``model`` with BatchNorm folded into the layer before it where
-    ``torch.fx`` can trace the model, and the names of the BatchNorm layers folded."""
-    copied = copy.deepcopy(model).eval()
+    ``torch.fx`` can trace the model, and the names of the BatchNorm layers folded. With
+    ``input_shape``, the folded copy is kept only if a probe batch gives the model's outputs
+    (``explorer.speed_tricks``)."""
     norms = {
         name
-        for name, module in copied.named_modules()
+        for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
     }
-    if not norms or _fuse_conv_bn is None:
-        return copied, ()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fused = _fuse_conv_bn(copied, inplace=True)
-    except Exception:  # untraceable models (dynamic control flow, len(x)): BatchNorm stays
+    if input_shape is None:
+        fused = fold_batchnorm(model)
+    else:
+        device = next(model.parameters()).device
+        probe = example_input(input_shape, PROBE_SAMPLES).to(device)
+        probe.normal_(generator=torch.Generator(device).manual_seed(0))
+        fused, tricks = checked_copy(model, probe, channels_last=False)
+        fused = fused if tricks.folded else None
+    if fused is None:
         return copy.deepcopy(model).eval(), ()
     left = {name for name, _ in fused.named_modules()}
     return fused.eval(), tuple(sorted(norms - left))
@@ -326,14 +327,19 @@ def _quantizable(module: nn.Module) -> bool:
     return kind is nn.Linear or (kind is nn.Conv2d and module.padding_mode == "zeros")
 
 
-def quantize_int8(model: nn.Module) -> QuantizedModel:
+def quantize_int8(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> QuantizedModel:
     """An int8 copy of ``model`` (weight-only, per-channel; see the module docstring).
 
     BatchNorm is folded into the layer before it first (where ``torch.fx`` can trace the model);
     then every plain ``nn.Linear`` and zero-padded ``nn.Conv2d`` whose weight is not shared with
     another module gets an int8 weight. ``model`` itself is not modified.
+
+    Args:
+        model: the fp32 model, in eval mode.
+        input_shape: one sample's shape; given, the folding is checked on a probe batch and
+            left out where it would change the outputs.
     """
-    folded_model, folded = _fold_batchnorm(model)
+    folded_model, folded = _fold_batchnorm(model, input_shape)
     # Parameter -> the modules holding it (a module reachable under two names counts once).
     owners: dict[int, dict[int, str]] = {}
     for name, module in folded_model.named_modules(remove_duplicate=False):
@@ -454,7 +460,7 @@ class Int8Program(ExportFormat):
     )
 
     def build(self, job: _Job) -> _Built:
-        quantized = quantize_int8(job.deployable)
+        quantized = quantize_int8(job.deployable, job.input_shape)
         program = export_program(quantized.model, job.input_shape)
         left = ", ".join(layer.name for layer in quantized.left_fp32) or "none"
         return _Built(
@@ -621,7 +627,7 @@ def int8_report(
     timed in the same interleaved rounds. Nothing of ``bench`` is modified."""
     state = bench.pruner.state_for(plan)
     fp32, form = pruned_fp32(bench, state)
-    quantized = quantize_int8(fp32)
+    quantized = quantize_int8(fp32, bench.eval_set.input_shape)
     fp32_result = evaluate(fp32, bench.eval_set)
     int8_result = evaluate(quantized.model, bench.eval_set)
     fp32_state = cpu_state_dict(fp32)

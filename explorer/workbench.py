@@ -94,7 +94,7 @@ class Workbench:
     ) -> None:
         self.subject = Subject.of(subject)
         self.name = self.subject.label
-        self.notes = tuple(notes)
+        self._notes = tuple(notes)
         self.model = model.eval()
         self.eval_set = eval_set
         self.card = card or {}
@@ -122,6 +122,13 @@ class Workbench:
     @cached_property
     def evaluator(self) -> IncrementalEvaluator:
         return IncrementalEvaluator(self.model, self.eval_set)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the user should know: the loaders' notes, and the speed tricks this model runs
+        without (once it has been evaluated)."""
+        evaluator = self.__dict__.get("evaluator")
+        return self._notes + (evaluator.tricks.notes if evaluator is not None else ())
 
     @property
     def dense(self) -> EvalResult:
