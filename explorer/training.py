@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.data import ImageDataset
+from explorer.outputs import logits_of
 from explorer.subject import Subject
 
 log = logging.getLogger(__name__)
@@ -610,11 +611,11 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 3. forward, loss (with the teacher's soft targets when distilling), backward
-        logits = student(images)
+        logits = logits_of(student(images))  # a model may add aux outputs in training
         soft = None
         if teacher is not None:
             with torch.no_grad():
-                soft = teacher(images)
+                soft = logits_of(teacher(images))
         loss = distillation_loss(
             logits, soft, labels, recipe.temperature, recipe.alpha if soft is not None else 0
         )

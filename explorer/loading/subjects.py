@@ -18,6 +18,7 @@ from torch import nn
 from explorer.loading.data import LoadedData, load_data
 from explorer.loading.errors import LoadError
 from explorer.loading.models import LoadedModel, load_model
+from explorer.outputs import OutputError, adapt_classifier
 from explorer.store import default_store
 from explorer.subject import Subject
 
@@ -65,14 +66,16 @@ def load_subject(
     )
     data = load_data(subject.data, resolve=resolve, preprocessing=loaded.preprocessing)
     classes = len(data.eval.classes)
-    outputs = _probe(loaded.model, data.eval.images[:PROBE_BATCH], subject)
+    probe = data.eval.images[:PROBE_BATCH]
+    output_notes = _adapt_output(loaded.model, probe, subject)
+    outputs = _probe(loaded.model, probe, subject)
     if outputs < classes:
         raise LoadError(
             f"the model has {outputs} outputs but the data has {classes} classes "
             f"({', '.join(data.eval.classes[:5])}{'…' if classes > 5 else ''}): "
             "a classifier needs one output per class"
         )
-    notes = list(loaded.notes) + list(data.notes)
+    notes = list(loaded.notes) + list(data.notes) + output_notes
     if outputs > classes:
         notes.append(
             f"The model has {outputs} outputs and the data {classes} classes: outputs "
@@ -90,6 +93,17 @@ def load_subject(
         "eval_samples": len(data.eval),
     }
     return LoadedSubject(subject, loaded.model, data, loaded, card, tuple(notes))
+
+
+def _adapt_output(model: nn.Module, images: torch.Tensor, subject: Subject) -> list[str]:
+    """Make ``model`` return class scores (``explorer.outputs``); notes on what it returns."""
+    try:
+        _, notes = adapt_classifier(model, images)
+    except OutputError as err:
+        raise LoadError(f"{subject.model}: {err}") from None
+    except Exception:  # the forward pass itself failed: _probe says how, with the shapes
+        return []
+    return notes
 
 
 def _probe(model: nn.Module, images: torch.Tensor, subject: Subject) -> int:
