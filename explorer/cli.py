@@ -337,8 +337,9 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
 MODEL_HELP = (
     "a model source: a bundled name ("
     + ", ".join(ZOO)
-    + "), torchvision:ARCH, path/to/model.py:ClassName (runs that file), a .pt2 / .onnx / .ts "
-    "file, torchscript:FILE, or pickle:FILE (with --trust-pickle)"
+    + "), torchvision:ARCH, timm:NAME (pip install -e '.[timm]'), path/to/model.py:ClassName "
+    "(runs that file), a .pt2 / .onnx / .ts file, torchscript:FILE, or pickle:FILE (with "
+    "--trust-pickle)"
 )
 
 
@@ -381,7 +382,8 @@ def _add_subject_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-args",
         metavar="JSON",
-        help="constructor arguments of a .py or torchvision model, e.g. '{\"num_classes\": 10}'",
+        help="constructor arguments of a .py, torchvision or timm model, e.g. "
+        "'{\"num_classes\": 10}'",
     )
     group.add_argument(
         "--trust-pickle",
@@ -439,7 +441,7 @@ def subject_from_args(args: argparse.Namespace) -> Subject:
         raise CliError(
             f"unknown model {source.ref!r}"
             + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; bundled models: {', '.join(ZOO)}; or give torchvision:ARCH, "
+            + f"; bundled models: {', '.join(ZOO)}; or give torchvision:ARCH, timm:NAME, "
             "path/to/model.py:ClassName, or a .pt2 / .onnx / .ts file"
         )
     weights = None

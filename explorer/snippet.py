@@ -449,6 +449,14 @@ def _builder(subject: Subject | None) -> list[str]:
             f"    model = torchvision.models.{source.ref}({args})",
         ]
         return lines + (load_weights if weights else [])
+    if source is not None and source.kind == "timm":
+        extra = f", {args}" if args else ""
+        lines = [
+            "    import timm",
+            "",
+            f"    model = timm.create_model({_q(source.ref)}, pretrained=False{extra})",
+        ]
+        return lines + (load_weights if weights else [])
     if source is not None and source.kind == "python" and STORE_PREFIX not in source.ref:
         path, _, name = source.ref.rpartition(":")
         file = Path(path)

@@ -8,9 +8,10 @@ for one is reused for another. The bundled models are subjects like any other.
 
 Text forms, the same in the CLI, the URL and the app:
 
-- model source: ``lenet5`` (bundled), ``torchvision:resnet18``, ``path/to/model.py:ClassName``,
-  ``model.pt2`` (torch.export), ``model.onnx``, ``torchscript:model.pt`` or ``model.ts``,
-  ``pickle:model.pt`` (a whole pickled module: only with the operator's explicit opt-in);
+- model source: ``lenet5`` (bundled), ``torchvision:resnet18``, ``timm:resnet18``,
+  ``path/to/model.py:ClassName``, ``model.pt2`` (torch.export), ``model.onnx``,
+  ``torchscript:model.pt`` or ``model.ts``, ``pickle:model.pt`` (a whole pickled module: only
+  with the operator's explicit opt-in);
   a file kept in the content-addressed store is written ``store:<sha256>.<suffix>``;
 - weights: ``sha256:<hex>`` (None: the source's own, e.g. a bundled model's committed ones);
 - data: ``mnist`` (bundled) or a path (``.npz``, an ImageFolder tree or ``.zip``, a CIFAR-10 or
@@ -35,9 +36,11 @@ MODEL_FILE_KINDS = {
     ".torchscript": "torchscript",
 }
 #: Explicit prefixes ``kind:ref``.
-MODEL_PREFIXES = ("torchvision", "torchscript", "pickle", "export", "onnx")
+MODEL_PREFIXES = ("torchvision", "timm", "torchscript", "pickle", "export", "onnx")
 #: Every kind of model source: where an architecture (and maybe its weights) comes from.
-MODEL_KINDS = ("zoo", "torchvision", "python", "export", "onnx", "torchscript", "pickle")
+MODEL_KINDS = ("zoo", "torchvision", "timm", "python", "export", "onnx", "torchscript", "pickle")
+#: Kinds built by calling a constructor, which takes keyword arguments.
+ARGS_KINDS = ("python", "torchvision", "timm")
 STORE_PREFIX = "store:"
 HASH_PREFIX = "sha256:"
 
@@ -52,9 +55,10 @@ class ModelSource:
 
     Attributes:
         kind: one of ``MODEL_KINDS``.
-        ref: the bundled name, the torchvision architecture, ``path.py:ClassName``, or a file.
+        ref: the bundled name, the torchvision or timm architecture, ``path.py:ClassName``, or
+            a file.
         args: constructor keyword arguments as canonical JSON (``"{}"`` when none), for
-            ``python`` and ``torchvision`` sources, e.g. ``{"num_classes": 10}``.
+            ``python``, ``torchvision`` and ``timm`` sources, e.g. ``{"num_classes": 10}``.
     """
 
     kind: str
@@ -74,7 +78,7 @@ class ModelSource:
             ) from None
         if not isinstance(args, dict):
             raise ValueError(f"model arguments must be a JSON object, got {self.args!r}")
-        if args and self.kind not in ("python", "torchvision"):
+        if args and self.kind not in ARGS_KINDS:
             raise ValueError(f"a {self.kind} model takes no constructor arguments")
         object.__setattr__(self, "args", _canonical_json(args))
         if self.kind == "python":
@@ -106,8 +110,8 @@ class ModelSource:
         if "/" in text or "\\" in text or Path(text).suffix:
             raise ValueError(
                 f"{text!r} is not a model source this tool knows: give a bundled name, "
-                "torchvision:ARCH, path/to/model.py:ClassName, a .pt2, .onnx or .ts file, "
-                "torchscript:FILE or pickle:FILE"
+                "torchvision:ARCH, timm:NAME, path/to/model.py:ClassName, a .pt2, .onnx or .ts "
+                "file, torchscript:FILE or pickle:FILE"
             )
         return cls("zoo", text, payload)
 
@@ -126,13 +130,14 @@ class ModelSource:
     def runs_user_code(self) -> bool:
         """Whether loading it can run code that came with it: a .py file is imported, a pickle
         unpickled; a TorchScript file is a program, and torch.export.load evaluates parts of a
-        .pt2 (shape expressions through sympy, pickled constants). ONNX and weights are data."""
+        .pt2 (shape expressions through sympy, pickled constants). ONNX and weights are data;
+        torchvision and timm architectures are our dependencies' code."""
         return self.kind in ("python", "pickle", "export", "torchscript")
 
     @property
     def file(self) -> str | None:
         """The file this source reads (a path or a ``store:`` reference), if any."""
-        if self.kind in ("zoo", "torchvision"):
+        if self.kind in ("zoo", "torchvision", "timm"):
             return None
         return self.ref.rpartition(":")[0] if self.kind == "python" else self.ref
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from explorer.subject import DataSpec, ModelSource, Subject
 
 SOURCES = {
     "torchvision": "torchvision architecture + weights",
+    "timm": "timm architecture + weights",
     "file": "a model file (.pt2, .onnx, TorchScript .ts)",
     "python": "my own class (.py) + weights",
     "bundled": "a bundled architecture + other weights",
@@ -71,6 +73,33 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
         )
         source = ModelSource("torchvision", arch)
         upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_tv_weights", weights_help)
+        weights = default_store().digest(_stored(upload)) if upload else None
+    elif kind == "timm":
+        if importlib.util.find_spec("timm") is None:
+            st.info(
+                "timm is not installed here: it is an optional extra. Install it with "
+                "`pip install -e '.[timm]'` and restart the app."
+            )
+            return None, None
+        cols = st.columns(2)
+        name = cols[0].text_input(
+            "Architecture",
+            "resnet18",
+            key="byo_timm_name",
+            help="A name of timm.list_models(), e.g. resnet18 or efficientnet_b0. Built by timm "
+            "with pretrained=False: nothing is downloaded; the class count is read from your "
+            "weights file.",
+        )
+        args = cols[1].text_input(
+            "Constructor arguments (JSON)",
+            "{}",
+            key="byo_timm_args",
+            help='e.g. {"img_size": 32} for a ViT on small images',
+        )
+        upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_timm_weights", weights_help)
+        name = name.strip().removeprefix("timm:")
+        if name:
+            source = ModelSource.parse(f"timm:{name}", args)
         weights = default_store().digest(_stored(upload)) if upload else None
     elif kind == "file":
         # ONNX is a graph (data); a .pt2 or TorchScript file can run code when loaded.

@@ -25,7 +25,9 @@ What can run code from a file, and what guards it:
   source unescaped (``getattr(self, "<name>")``), so a crafted name runs code on the first
   forward pass; node names are therefore rewritten to plain identifiers before converting (they
   carry no meaning). External-data files must sit next to the model under a plain file name.
-- ``zoo`` and ``torchvision``: our own code; torchvision never downloads (``weights=None``).
+- ``zoo``, ``torchvision`` and ``timm``: our own code and our dependencies'; nothing is ever
+  downloaded (torchvision ``weights=None``, timm ``pretrained=False``; timm arguments that name
+  a checkpoint, a URL or a hub repository are refused). timm is an optional extra.
 
 The CLI passes ``trust_code=True`` (a user's own local files); an app serving uploads opts in
 with ``--trust-code`` / ``PRUNING_EXPLORER_TRUST_CODE=1`` and ``--trust-pickle``.
@@ -42,7 +44,9 @@ import re
 import sys
 import threading
 import types
+import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +79,8 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 #: The ONNX opset models are lowered to when onnx2torch lacks a converter for a newer one.
 ONNX_FALLBACK_OPSET = 17
+#: State-dict prefix of the training-only auxiliary classifiers (GoogLeNet, Inception v3).
+AUX_PREFIX = "aux"
 #: How many names an error message lists before "and N more".
 LISTED = 5
 
@@ -88,10 +94,12 @@ class LoadedModel:
         source: where it came from.
         weights: ``"sha256:<hex>"`` of the weights file applied; None = the source's own.
         input_shape: one sample's (C, H, W) when the source fixes it (a bundled card, a
-            torchvision architecture's crop size, an ONNX / export graph input), else None.
+            torchvision architecture's crop size, a timm model's input size, an ONNX / export
+            graph input), else None.
         num_classes: outputs of the final layer (or the graph's output) when known.
         preprocessing: ``{"size": (h, w), "mean": (...), "std": (...)}`` when the model
-            declares it (torchvision: its default weights' transforms), else None.
+            declares it (torchvision: its default weights' transforms; timm: its pretrained
+            config), else None.
         supports_hooks: False when per-layer Python hooks never fire (TorchScript, a
             torch.export graph); pages that need them say so.
         notes: what the user should know, one sentence each.
@@ -137,7 +145,7 @@ class _Built:
     preprocessing: dict[str, Any] | None = None
     supports_hooks: bool = True
     notes: list[str] = field(default_factory=list)
-    #: the loader applied the request's weights itself (zoo, torchvision)
+    #: the loader applied the request's weights itself (zoo, torchvision, timm)
     weights_applied: bool = False
 
 
@@ -304,9 +312,14 @@ def apply_weights(model: nn.Module, state: Mapping[str, torch.Tensor], what: str
     if problems:
         raise LoadError(f"{what} does not fit the model: {'; '.join(problems)}")
     _check_finite(state.items(), what)
+    # Modules read versions from the state_dict's _metadata (torchvision's MNASNet refuses a
+    # state without one): the file's own, else this architecture's (as torch.save would write).
+    ordered = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    ordered._metadata = metadata if metadata is not None else expected._metadata  # type: ignore[attr-defined]
     try:
         with torch.no_grad():
-            model.load_state_dict(dict(state), strict=True)
+            model.load_state_dict(ordered, strict=True)
     except Exception as err:  # e.g. a dtype that cannot be copied into the parameter
         raise LoadError(f"{what} could not be loaded into the model: {_first_line(err)}") from None
 
@@ -377,10 +390,19 @@ def _as_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
             f"weights file {name} is not a state_dict: {_few(odd or list(map(str, obj)))} "
             "are not named tensors"
         )
-    state = dict(obj)
+    state = OrderedDict(obj)
+    metadata = getattr(obj, "_metadata", None)
     for prefix in WRAPPER_PREFIXES:
         if all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
+            state = OrderedDict((key[len(prefix) :], value) for key, value in state.items())
+            if metadata is not None:
+                metadata = {
+                    key[len(prefix) :] if key.startswith(prefix) else "": value
+                    for key, value in metadata.items()
+                    if key.startswith(prefix) or key == prefix.rstrip(".")
+                }
+    if metadata is not None:
+        state._metadata = metadata  # type: ignore[attr-defined]
     return state
 
 
@@ -433,7 +455,18 @@ def _load_torchvision(request: _Request) -> _Built:
     state = None
     if request.weights is not None:
         state = load_weights(request.weights, request.max_bytes)
-        head = _classifier_name(_build_torchvision(arch, args, meta=True))
+        skeleton = _build_torchvision(arch, args, meta=True)
+        aux = [key for key in skeleton.state_dict() if key.lower().startswith(AUX_PREFIX)]
+        has_aux = any(key.lower().startswith(AUX_PREFIX) for key in state)
+        if aux and "aux_logits" not in args and not has_aux:
+            # GoogLeNet / Inception v3 saved without their training-only aux heads.
+            args = {**args, "aux_logits": False}
+            notes.append(
+                "The weights have no auxiliary heads: built with aux_logits=False "
+                '(model arguments {"aux_logits": false}).'
+            )
+            skeleton = _build_torchvision(arch, args, meta=True)
+        head = _classifier_name(skeleton)
         rows = state.get(f"{head}.weight") if head else None
         if rows is not None and rows.ndim >= 1:
             given = args.get("num_classes")
@@ -466,6 +499,56 @@ def _load_torchvision(request: _Request) -> _Built:
         model,
         input_shape=input_shape,
         num_classes=_final_linear_outputs(model),
+        preprocessing=preprocessing,
+        notes=notes,
+        weights_applied=True,
+    )
+
+
+def _load_timm(request: _Request) -> _Built:
+    """A timm model (``timm.create_model(name, pretrained=False, **args)``), never downloading.
+
+    As for torchvision, the class count comes from the weights file (the rows of the weight of
+    ``model.get_classifier()``), the input size and normalisation from the model's pretrained
+    config (its numbers only: nothing is fetched), ``img_size`` in the arguments winning.
+    """
+    timm = _import_timm()
+    name = request.source.ref
+    args = request.source.constructor_args
+    _check_timm_args(args)
+    _check_timm_name(timm, name)
+    notes = []
+    state = None
+    if request.weights is not None:
+        state = load_weights(request.weights, request.max_bytes)
+        head = _timm_classifier_name(_build_timm(timm, name, args, meta=True))
+        rows = state.get(f"{head}.weight") if head else None
+        if rows is not None and rows.ndim >= 1:
+            given = args.get("num_classes")
+            if given is not None and given != rows.shape[0]:
+                raise LoadError(
+                    f"--model-args say num_classes={given} but {head}.weight in "
+                    f"{request.weights.name} has {rows.shape[0]} rows"
+                )
+            args = {**args, "num_classes": int(rows.shape[0])}
+    model = _build_timm(timm, name, args)
+    if state is not None:
+        apply_weights(model, state, f"weights file {request.weights.name}")
+    else:
+        classes = args.get("num_classes")
+        count = (
+            f"{classes} classes"
+            if classes is not None
+            else f"{getattr(model, 'num_classes', 1000)} classes (the default; set e.g. "
+            "--model-args '{\"num_classes\": 10}')"
+        )
+        notes.append(f"Random initialisation: no weights given for timm:{name}, {count}.")
+    preprocessing = _timm_preprocessing(model, args)
+    classes = getattr(model, "num_classes", None)
+    return _Built(
+        model,
+        input_shape=(preprocessing["channels"], *preprocessing["size"]),
+        num_classes=classes if isinstance(classes, int) and classes > 0 else None,
         preprocessing=preprocessing,
         notes=notes,
         weights_applied=True,
@@ -671,6 +754,7 @@ def _load_pickle(request: _Request) -> _Built:
 LOADERS: dict[str, Callable[[_Request], _Built]] = {
     "zoo": _load_zoo,
     "torchvision": _load_torchvision,
+    "timm": _load_timm,
     "python": _load_python,
     "export": _load_export,
     "onnx": _load_onnx,
@@ -786,13 +870,17 @@ def _build_torchvision(arch: str, args: dict[str, Any], meta: bool = False) -> n
     import torchvision
 
     try:
-        if meta:
-            try:
-                with torch.device("meta"):
-                    return torchvision.models.get_model(arch, weights=None, **args)
-            except (NotImplementedError, RuntimeError):
-                pass  # an initialiser without a meta kernel: build for real
-        return torchvision.models.get_model(arch, weights=None, **args)
+        # GoogLeNet / Inception warn that their default initialisation will change: noise here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            if meta:
+                try:
+                    with torch.device("meta"):
+                        return torchvision.models.get_model(arch, weights=None, **args)
+                except (NotImplementedError, RuntimeError):
+                    pass  # an initialiser without a meta kernel: build for real
+            return torchvision.models.get_model(arch, weights=None, **args)
     except TypeError as err:
         raise LoadError(
             f"torchvision:{arch} does not take the arguments {args}: {_first_line(err)}"
@@ -831,6 +919,128 @@ def _torchvision_preprocessing(torchvision: Any, arch: str) -> dict[str, Any] | 
         }
     except Exception:  # an architecture without a weights enum: no declared preprocessing
         return None
+
+
+# --- timm ---------------------------------------------------------------------------------------
+
+#: ``timm.create_model`` arguments that would read a checkpoint or fetch weights.
+TIMM_FETCHING_ARGS = ("pretrained", "checkpoint_path", "cache_dir")
+#: Arguments that replace or amend the pretrained config (its numbers may be changed).
+TIMM_CONFIG_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay")
+#: Fields of a pretrained config that say where weights come from.
+TIMM_SOURCE_FIELDS = ("file", "url", "hf_hub_id", "hf_hub_filename", "state_dict")
+#: Names an unknown timm model's message offers as examples.
+TIMM_EXAMPLES = ("resnet18", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
+TIMM_NO_DOWNLOAD = "timm weights are never downloaded here: give a weights file with --weights"
+
+
+def _import_timm() -> Any:
+    """The ``timm`` module, or a ``LoadError`` saying how to install the optional extra."""
+    try:
+        import timm
+    except ImportError:
+        raise LoadError("timm is an optional extra: pip install -e '.[timm]'") from None
+    return timm
+
+
+def _check_timm_args(args: Mapping[str, Any]) -> None:
+    """Refuse arguments that load or download weights (or a config naming them)."""
+    for key in TIMM_FETCHING_ARGS:
+        if key in args and args[key] not in (False, None):
+            raise LoadError(f"timm argument {key}={args[key]!r}: {TIMM_NO_DOWNLOAD}")
+    for key in TIMM_CONFIG_ARGS:
+        config = args.get(key)
+        if config is None or (key == "pretrained_cfg" and isinstance(config, str)):
+            continue  # pretrained_cfg may name one of the model's own tags
+        if not isinstance(config, Mapping):
+            raise LoadError(f"timm argument {key} must be an object, got {config!r}")
+        named = [field for field in TIMM_SOURCE_FIELDS if field in config]
+        if named:
+            raise LoadError(f"timm argument {key} names {', '.join(named)}: {TIMM_NO_DOWNLOAD}")
+
+
+def _check_timm_name(timm: Any, name: str) -> None:
+    """A ``LoadError`` unless timm has a model ``name`` (``NAME`` or ``NAME.TAG``)."""
+    if ":" in name or "/" in name:  # hf-hub:owner/repo, local-dir:path: a config from elsewhere
+        raise LoadError(
+            f"timm:{name} names a hub repository or a folder; only timm's own architectures "
+            f"are built here (timm.list_models()). {TIMM_NO_DOWNLOAD}"
+        )
+    architecture = name.partition(".")[0]
+    if architecture and timm.is_model(architecture):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(architecture, names, n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    examples = [n for n in TIMM_EXAMPLES if n in names] or names[:4]
+    raise LoadError(
+        f"timm has no model {name!r}.{hint} Any of timm.list_models() is supported "
+        f"({len(names)}, e.g. {', '.join(examples)})."
+    )
+
+
+def _build_timm(timm: Any, name: str, args: dict[str, Any], meta: bool = False) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **args)``; on the meta device when only the
+    layer names and shapes are needed."""
+    args = {key: value for key, value in args.items() if key != "pretrained"}
+    try:
+        if meta:
+            try:
+                with torch.device("meta"):
+                    return timm.create_model(name, pretrained=False, **args)
+            except (NotImplementedError, RuntimeError):
+                pass  # an initialiser without a meta kernel: build for real
+        return timm.create_model(name, pretrained=False, **args)
+    except TypeError as err:
+        raise LoadError(
+            f"timm:{name} does not take the arguments {args}: {_first_line(err)}"
+        ) from None
+    except Exception as err:
+        raise LoadError(
+            f"timm:{name} with {args} failed: {type(err).__name__}: {_first_line(err)}"
+        ) from None
+
+
+def _timm_classifier_name(model: nn.Module) -> str | None:
+    """The module name of ``model.get_classifier()`` (the first head of a distilled model),
+    else the last Linear (or Conv2d) as for torchvision."""
+    try:
+        head = model.get_classifier()
+    except Exception:  # a model without timm's classifier interface
+        head = None
+    if isinstance(head, list | tuple):
+        head = head[0] if head else None
+    if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+        for module_name, module in model.named_modules():
+            if module is head:
+                return module_name
+    return _classifier_name(model)
+
+
+def _timm_preprocessing(model: nn.Module, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Size, channels, mean and std: ``args["img_size"]`` and ``in_chans`` if given, else the
+    model's pretrained config (timm's defaults: 3×224×224, ImageNet mean and std)."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    channels, *size = cfg.get("input_size") or (3, 224, 224)
+    img_size = args.get("img_size")
+    if isinstance(img_size, int):
+        size = [img_size, img_size]
+    elif isinstance(img_size, list | tuple) and len(img_size) == 2:
+        size = list(img_size)
+    in_chans = args.get("in_chans")
+    channels = in_chans if isinstance(in_chans, int) else channels
+    mean = tuple(float(v) for v in cfg.get("mean") or (0.485, 0.456, 0.406))
+    std = tuple(float(v) for v in cfg.get("std") or (0.229, 0.224, 0.225))
+    if len(mean) != channels:  # e.g. in_chans=1 on an RGB config: one value for all
+        mean = (sum(mean) / len(mean),)
+    if len(std) != channels:
+        std = (sum(std) / len(std),)
+    return {
+        "size": (int(size[0]), int(size[-1])),
+        "channels": int(channels),
+        "mean": mean,
+        "std": std,
+    }
 
 
 # --- torch.export -------------------------------------------------------------------------------
