@@ -31,3 +31,24 @@ def activation_cache_bytes() -> int:
 
 def mask_cache_bytes() -> int:
     return env_megabytes(MASK_CACHE_ENV, DEFAULT_MASK_CACHE_MB)
+
+
+#: Memory (MB) and time (s) that analysing an unfamiliar model's channel coupling may take
+#: (torch-pruning's dependency graph); past either, structured methods are refused for it
+#: with the reason, and the process and the other sessions carry on. 0 s: no guard.
+ANALYSIS_MB_ENV = "PRUNING_EXPLORER_ANALYSIS_MB"
+DEFAULT_ANALYSIS_MB = 2048
+ANALYSIS_S_ENV = "PRUNING_EXPLORER_ANALYSIS_S"
+DEFAULT_ANALYSIS_S = 120
+
+
+def analysis_budget() -> tuple[int, float]:
+    """(megabytes, seconds) of the channel analysis budget, from the environment."""
+    megabytes = env_megabytes(ANALYSIS_MB_ENV, DEFAULT_ANALYSIS_MB) // 2**20
+    try:
+        seconds = float(os.environ.get(ANALYSIS_S_ENV, DEFAULT_ANALYSIS_S))
+    except ValueError:
+        raise ValueError(f"{ANALYSIS_S_ENV} must be a number of seconds") from None
+    if seconds < 0:
+        raise ValueError(f"{ANALYSIS_S_ENV} must be 0 or more")
+    return megabytes, seconds

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -23,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from explorer.blocks import BlockStage, find_block_stages
+from explorer.budget import BudgetExceeded, StepFailed, within_budget
 from explorer.inspection import (
     PRUNABLE_TYPES,
     HeadGroup,
@@ -41,6 +44,61 @@ __all__ = [
     "ParamSlice",
     "unpack_multihead_attention",
 ]
+
+
+# --- a bound on torch-pruning's index lists ------------------------------------------------------
+
+#: Why a layer's coupling was given up when its index lists ran away.
+RUNAWAY_REASON = (
+    "torch-pruning's map of how its channels are coupled grows without bound through a "
+    "reshape it misreads (a channels-last tensor, as in Swin's windows, read as channels-first)"
+)
+#: Why a group through a reshape was given up when its consumers read other channels.
+RESHAPE_REASON = (
+    "they pass through a reshape that reorders channels (e.g. a channel shuffle), which "
+    "torch-pruning's map of the coupling does not follow"
+)
+_INDEX_BOUND: ContextVar[int | None] = ContextVar("index_bound", default=None)
+
+
+class _IndexBlowUp(Exception):
+    """A flatten index mapping produced more indices than any layer of the model has."""
+
+
+def _bounded_flatten_call(self: object, idxs: object) -> object:
+    result = _FLATTEN_CALL(self, idxs)
+    bound = _INDEX_BOUND.get()
+    if bound is not None and len(result) > bound:
+        raise _IndexBlowUp
+    return result
+
+
+def _tolerant_reshape_mapping(graph: object, node: object) -> None:
+    # torch-pruning divides by an inferred channel count that is 0 on some reshapes
+    # (ShuffleNetV2's channel shuffle); such a reshape keeps its identity mapping, and the
+    # groups through it are checked (ModelStructure._consumers_read_their_channels).
+    try:
+        _RESHAPE_MAPPING(graph, node)
+    except ZeroDivisionError:
+        return
+
+
+_RESHAPE_MAPPING = tp.dependency.index_mapping.update_reshape_index_mapping
+tp.dependency.index_mapping.update_reshape_index_mapping = _tolerant_reshape_mapping
+_FLATTEN = tp.dependency.index_mapping._FlattenIndexMapping
+_FLATTEN_CALL = _FLATTEN.__call__
+_FLATTEN.__call__ = _bounded_flatten_call  # a no-op outside _bounded_index_lists
+
+
+@contextmanager
+def _bounded_index_lists(bound: int) -> Iterator[None]:
+    """Within: a flatten mapping of more than ``bound`` indices raises ``_IndexBlowUp``. A
+    legitimate flatten (conv channels into a Linear) maps to at most in_features indices."""
+    token = _INDEX_BOUND.set(bound)
+    try:
+        yield
+    finally:
+        _INDEX_BOUND.reset(token)
 
 
 # --- which parameter entries a channel owns, by kind of module -----------------------------------
@@ -475,7 +533,20 @@ class ModelStructure:
 
     @cached_property
     def _analysis(self) -> tuple[list[ChannelGroup], dict[str, str], dict[str, str]]:
-        """The supported groups, and per layer why its output / input channels are not."""
+        """The supported groups, and per layer why its output / input channels are not.
+
+        Computed within the operator's memory and time budget (``explorer.budget``): on some
+        architectures torch-pruning's index lists grow without bound, and past the budget no
+        channel is prunable, with the reason, instead of the process being killed."""
+        device = next(self.model.parameters()).device
+        what = f"channel analysis (torch-pruning's dependency graph) of {type(self.model).__name__}"
+        try:
+            return within_budget(self._analyse, what=what, device=device)
+        except (BudgetExceeded, StepFailed) as error:
+            reason = f"{error}; structured methods cannot be used on this model"
+            return [], {layer.name: reason for layer in self.layers}, {}
+
+    def _analyse(self) -> tuple[list[ChannelGroup], dict[str, str], dict[str, str]]:
         try:
             graph = self.dependency_graph
         except Exception as error:  # e.g. a reshape its index mapping cannot follow
@@ -491,14 +562,42 @@ class ModelStructure:
         groups: list[ChannelGroup] = []
         no_outputs: dict[str, str] = {}
         no_inputs: dict[str, str] = {}
-        for probe in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
-            root_module = probe[0].dep.target.module
-            size = (
-                root_module.out_channels
-                if isinstance(root_module, nn.Conv2d)
-                else root_module.out_features
+        # One group per root layer, as graph.get_all_groups forms them, but each under a bound
+        # on its index lists, so that one runaway coupling refuses its layers, not the model.
+        bound = 4 * max(max(param.shape, default=1) for param in self.parameters.values())
+        visited: set[nn.Module] = set()
+        for root_module in list(graph.module2node):
+            if not isinstance(root_module, nn.Conv2d | nn.Linear) or root_module in visited:
+                continue
+            if root_module in graph.IGNORED_LAYERS_IN_TRACING:
+                continue
+            pruner = graph.get_pruner_of_module(root_module)
+            size = pruner.get_out_channels(root_module) if pruner is not None else None
+            if size is None:
+                continue
+            try:
+                with _bounded_index_lists(bound), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "Maximum recursive depth reached!"
+                    group = graph.get_pruning_group(
+                        root_module, pruner.prune_out_channels, list(range(size))
+                    )
+            except _IndexBlowUp:
+                if root_module in names:
+                    no_outputs.setdefault(names[root_module], RUNAWAY_REASON)
+                continue
+            except Exception as error:  # its index mapping of a split or reshape failed
+                if root_module in names:
+                    no_outputs.setdefault(
+                        names[root_module],
+                        "torch-pruning cannot follow how its channels are coupled "
+                        f"({type(error).__name__}: {error})",
+                    )
+                continue
+            visited.update(
+                dep.target.module
+                for dep, _ in group
+                if graph.is_out_channel_pruning_fn(dep.handler)
             )
-            group = graph.get_pruning_group(root_module, probe[0].dep.handler, list(range(size)))
             members = self._members(group, names)
             if members is None:
                 continue
@@ -513,11 +612,51 @@ class ModelStructure:
             consumers = sorted(set(members.consumers), key=order.__getitem__)
             root = names[group.items[0].dep.target.module]
             slices = tuple(members.slices)
-            groups.append(
-                ChannelGroup(producers[0], size, tuple(producers), tuple(consumers), slices, root)
+            channel_group = ChannelGroup(
+                producers[0], size, tuple(producers), tuple(consumers), slices, root
             )
+            reshaped = any(dep.target.type == tp.ops.OPTYPE.RESHAPE for dep, _ in group)
+            if reshaped and not self._consumers_read_their_channels(channel_group):
+                for layer in producers:
+                    no_outputs.setdefault(layer, RESHAPE_REASON)
+                for layer in consumers:
+                    no_inputs.setdefault(layer, RESHAPE_REASON)
+                continue
+            groups.append(channel_group)
         groups.sort(key=lambda g: order[g.name])
         return groups, no_outputs, no_inputs
+
+    def _consumers_read_their_channels(self, group: ChannelGroup) -> bool:
+        """Whether the entries the group gives each consumer read exactly its channel: with a
+        channel silenced at every producer, changing those consumer entries must change
+        nothing. A reshape that reorders channels (a channel shuffle) fails this."""
+        params = {name: p.detach() for name, p in self.model.named_parameters()}
+        device = next(iter(params.values())).device
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn(2, *self.input_shape, generator=generator).to(device)
+        for channel in sorted({0, group.size // 2, group.size - 1}):
+            silenced, changed = dict(params), {}
+            for piece in group.slices:
+                index = torch.nonzero(piece.channel_of == channel).flatten().to(device)
+                value = silenced[piece.param].clone()
+                if piece.role == "consumer":
+                    noise = torch.randn(
+                        value.index_select(piece.dim, index).shape, generator=generator
+                    )
+                    changed[piece.param] = (piece.dim, index, noise.to(device))
+                else:
+                    value.index_fill_(piece.dim, index, 0.0)
+                silenced[piece.param] = value
+            other = dict(silenced)
+            for name, (dim, index, noise) in changed.items():
+                other[name] = other[name].clone().index_copy_(dim, index, noise)
+            with torch.no_grad():
+                expected = torch.func.functional_call(self.model, silenced, (probe,))
+                got = torch.func.functional_call(self.model, other, (probe,))
+            scale = max(float(expected.abs().max()), 1e-6)
+            if float((got - expected).abs().max()) > 1e-4 * scale:
+                return False
+        return True
 
     def _members(self, group: tp.Group, names: dict[object, str]) -> _Members | None:
         """The layers and parameter entries of a torch-pruning group, and what stops it (in
