@@ -20,6 +20,7 @@ Text forms, the same in the CLI, the URL and the app:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -59,11 +60,16 @@ class ModelSource:
             a file.
         args: constructor keyword arguments as canonical JSON (``"{}"`` when none), for
             ``python``, ``torchvision`` and ``timm`` sources, e.g. ``{"num_classes": 10}``.
+        digest: ``"sha256:<hex>"`` of a local file source's bytes (read when the source is
+            made, if the file is there), so that a file changed at the same path is another
+            source and nothing cached for the old content is reused; None for the bundled,
+            torchvision and timm sources and ``store:`` files (their name is their hash).
     """
 
     kind: str
     ref: str
     args: str = "{}"
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -81,6 +87,11 @@ class ModelSource:
         if args and self.kind not in ARGS_KINDS:
             raise ValueError(f"a {self.kind} model takes no constructor arguments")
         object.__setattr__(self, "args", _canonical_json(args))
+        if self.digest is not None and not _is_digest(self.digest):
+            raise ValueError(f"a file's content hash is sha256:<64 hex>; got {self.digest!r}")
+        local = self.local_file
+        if self.digest is None and local is not None and Path(local).is_file():
+            object.__setattr__(self, "digest", cached_file_digest(local))
         if self.kind == "python":
             path, sep, name = self.ref.rpartition(":")
             if not sep or not path.endswith(".py") or not name.isidentifier():
@@ -89,19 +100,22 @@ class ModelSource:
                 )
 
     @classmethod
-    def parse(cls, text: str, args: Mapping[str, Any] | str | None = None) -> ModelSource:
-        """A source from its text form (see the module docstring)."""
+    def parse(
+        cls, text: str, args: Mapping[str, Any] | str | None = None, digest: str | None = None
+    ) -> ModelSource:
+        """A source from its text form (see the module docstring); ``digest``: a local file's
+        content hash as recorded before (None: read it from the file now)."""
         text = text.strip()
         payload = _canonical_json(dict(args)) if isinstance(args, Mapping) else (args or "{}")
         prefix, sep, rest = text.partition(":")
         if sep and prefix in MODEL_PREFIXES:
-            return cls(prefix, rest, payload)
+            return cls(prefix, rest, payload, digest)
         if ".py:" in text:  # before the store: an uploaded class is store:<hex>.py:Name
-            return cls("python", text, payload)
+            return cls("python", text, payload, digest)
         if text.startswith(STORE_PREFIX):
-            return cls(_kind_of_file(text), text, payload)
+            return cls(_kind_of_file(text), text, payload, digest)
         if Path(text).suffix.lower() in MODEL_FILE_KINDS:
-            return cls(_kind_of_file(text), text, payload)
+            return cls(_kind_of_file(text), text, payload, digest)
         if Path(text).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors"):
             raise ValueError(
                 f"{text!r} may hold weights, a TorchScript or a pickled model: give the "
@@ -113,7 +127,7 @@ class ModelSource:
                 "torchvision:ARCH, timm:NAME, path/to/model.py:ClassName, a .pt2, .onnx or .ts "
                 "file, torchscript:FILE or pickle:FILE"
             )
-        return cls("zoo", text, payload)
+        return cls("zoo", text, payload, digest)
 
     def __str__(self) -> str:
         if self.kind in ("zoo", "python") or (
@@ -140,6 +154,21 @@ class ModelSource:
         if self.kind in ("zoo", "torchvision", "timm"):
             return None
         return self.ref.rpartition(":")[0] if self.kind == "python" else self.ref
+
+    @property
+    def local_file(self) -> str | None:
+        """The local path this source reads, if any (not a ``store:`` file)."""
+        file = self.file
+        return None if file is None or file.startswith(STORE_PREFIX) else file
+
+
+def _is_digest(text: str) -> bool:
+    hexdigits = text[len(HASH_PREFIX) :]
+    return (
+        text.startswith(HASH_PREFIX)
+        and len(hexdigits) == 64
+        and all(c in "0123456789abcdef" for c in hexdigits)
+    )
 
 
 def _kind_of_file(text: str) -> str:
@@ -249,11 +278,7 @@ class Subject:
     data: DataSpec = field(default_factory=DataSpec)
 
     def __post_init__(self) -> None:
-        if self.weights is not None and not (
-            self.weights.startswith(HASH_PREFIX)
-            and len(self.weights) == len(HASH_PREFIX) + 64
-            and all(c in "0123456789abcdef" for c in self.weights[len(HASH_PREFIX) :])
-        ):
+        if self.weights is not None and not _is_digest(self.weights):
             raise ValueError(
                 f"weights are named by their hash, sha256:<64 hex>; got {self.weights!r}"
             )
@@ -278,19 +303,24 @@ class Subject:
         return Subject(self.model, digest, self.data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        plain = {
             "model": str(self.model),
             "model_args": json.loads(self.model.args),
             "weights": self.weights,
             "data": self.data.to_dict(),
         }
+        if self.model.digest is not None:  # left out otherwise: older keys stay as they were
+            plain["model_digest"] = self.model.digest
+        return plain
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Subject:
         if not isinstance(data, Mapping) or "model" not in data:
             raise ValueError("a subject is an object with at least a 'model' field")
         return cls(
-            ModelSource.parse(str(data["model"]), data.get("model_args") or None),
+            ModelSource.parse(
+                str(data["model"]), data.get("model_args") or None, data.get("model_digest")
+            ),
             data.get("weights"),
             DataSpec.from_dict(data.get("data") or {}),
         )
@@ -333,6 +363,17 @@ def _short(ref: str, word: str) -> str:
     name, _, rest = tail.partition(":")  # a python source: store:<hex>.py:ClassName
     digest, _, suffix = name.partition(".")
     return f"{head}{word} .{suffix} {digest[:6]}" + (f":{rest}" if rest else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_of_version(path: str, modified_ns: int, size: int) -> str:
+    return file_digest(path)
+
+
+def cached_file_digest(path: str | Path) -> str:
+    """``file_digest``, read again only when the file's modification time or size changed."""
+    stat = Path(path).stat()
+    return _digest_of_version(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -60,7 +60,7 @@ from explorer.loading.archives import MAX_TOTAL_BYTES, check_members
 from explorer.loading.errors import LoadError, check_file
 from explorer.store import default_store
 from explorer.structure import unpack_multihead_attention
-from explorer.subject import STORE_PREFIX, ModelSource, file_digest
+from explorer.subject import STORE_PREFIX, ModelSource, cached_file_digest, file_digest
 
 #: How an operator lets the app import or deserialise code-carrying model files.
 TRUST_CODE_HINT = (
@@ -228,6 +228,18 @@ def load_model(
                 raise LoadError(f"weights file {weights}: {_first_line(err)}") from None
         weights_path = check_file(weights_path, "weights file", max_bytes)
         digest = file_digest(weights_path)
+    local = source.local_file
+    changed = (
+        source.digest is not None
+        and local is not None
+        and Path(local).is_file()
+        and cached_file_digest(local) != source.digest
+    )
+    if changed:
+        raise LoadError(
+            f"{Path(local).name} has changed since this model was opened (its content differs "
+            "from the version the figures were computed on): open it again to use the new version"
+        )
     request = _Request(source, weights_path, trust_code, trust_pickle, resolve, max_bytes)
     built = LOADERS[source.kind](request)
     if weights_path is not None and not built.weights_applied:
