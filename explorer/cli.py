@@ -39,7 +39,7 @@ from typing import IO, Any, NoReturn
 
 import torch
 
-from explorer.compaction import can_compact, compact
+from explorer.compaction import CompactionError, can_compact, compact
 from explorer.experiments import (
     Experiment,
     ExperimentNotFound,
@@ -682,7 +682,7 @@ def cmd_prune(args: argparse.Namespace) -> Any:
     if "--compact-out" in paths:
         try:
             program = export_program(compact(bench.pruner, plan), bench.eval_set.input_shape)
-        except ExportError as err:
+        except (ExportError, CompactionError) as err:
             raise CliError(f"--compact-out: {err}; --out writes the masked weights") from None
         # A file object: torch.export.save warns about names that do not end in .pt2.
         writers["--compact-out"] = lambda file: torch.export.save(program, file)

@@ -163,8 +163,23 @@ def can_compact(method: str) -> bool:
     return method in COMPACTORS
 
 
+class CompactionError(ValueError):
+    """A plan whose masked model cannot be made physically smaller with the same outputs (a
+    user-facing message: the masked numbers stand, the compacted ones do not exist)."""
+
+
+#: Largest difference between the compacted and the masked model's outputs, relative to the
+#: largest output: float rounding of shorter sums, nothing more.
+COMPACTED_TOLERANCE = 1e-4
+
+
 def compact(pruner: Pruner, plan_or_state: object) -> nn.Module:
     """A new, physically smaller model equal in outputs to the masked one (structured plans).
+
+    The result is checked on a probe batch against the masked model: a model whose forward
+    hard-codes a width (``x.view(-1, 16 * 4 * 4)``, a reshape to the input's channel count)
+    cannot lose channels or heads, and gets a ``CompactionError`` saying so instead of a model
+    that crashes or computes something else.
 
     Raises ValueError for unstructured and N:M plans: their zeros are scattered inside dense
     tensors, so nothing can be removed (they need sparse kernels or sparse hardware instead).
@@ -177,5 +192,34 @@ def compact(pruner: Pruner, plan_or_state: object) -> nn.Module:
             f"weight tensors. Choose one of {sorted(COMPACTORS)} for a smaller, faster model"
         )
     model = pruner.pruned_model(state)
-    COMPACTORS[method.name](model, pruner, state)
+    device = next(model.parameters()).device
+    probe = torch.randn(
+        2, *pruner.structure.input_shape, generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    with torch.no_grad():
+        expected = model(probe)
+    what = f"this {method.name} plan cannot be made physically smaller"
+    try:
+        COMPACTORS[method.name](model, pruner, state)
+        with torch.no_grad():
+            got = model(probe)
+    except CompactionError:
+        raise
+    except Exception as err:  # the user's forward hard-codes a width, or torch-pruning failed
+        lines = str(err).strip().splitlines()
+        raise CompactionError(
+            f"{what}: the compacted model fails ({type(err).__name__}: "
+            f"{lines[0] if lines else ''}), most likely because the model's code fixes a width "
+            "that the plan changes; the masked model's numbers stand"
+        ) from None
+    scale = max(float(expected.abs().max()), 1e-6)
+    error = (
+        float((got.float() - expected.float()).abs().max()) if got.shape == expected.shape else None
+    )
+    if error is None or error > COMPACTED_TOLERANCE * scale:
+        differ = f"by {error:.2g}" if error is not None else f"in shape {tuple(got.shape)}"
+        raise CompactionError(
+            f"{what}: the compacted model's outputs differ from the masked model's {differ} "
+            "(the model's code reads a width the plan changes); the masked model's numbers stand"
+        )
     return model.eval()

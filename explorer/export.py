@@ -24,7 +24,6 @@ folder and renamed, so a failed export leaves no partial file.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -41,9 +40,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from explorer.compaction import can_compact, compact
+from explorer.compaction import CompactionError, can_compact, compact
 from explorer.cost import model_cost
-from explorer.inspection import example_input
+from explorer.inspection import copy_model, example_input
 from explorer.methods import get_method, plan_label
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState, Pruner
@@ -211,7 +210,10 @@ class _Job:
     def deployable(self) -> nn.Module:
         """The compacted model for a structured plan, else the masked one; on the CPU."""
         if self.structured:
-            return compact(self.pruner, self.state).cpu().eval()
+            try:
+                return compact(self.pruner, self.state).cpu().eval()
+            except CompactionError as err:
+                raise ExportError(str(err)) from None
         return self.pruner.pruned_model(self.state).cpu().eval()
 
     @cached_property
@@ -302,7 +304,7 @@ def formats_for(method: str) -> list[str]:
 def _needs_model(model: nn.Module | None, fmt: str) -> nn.Module:
     if model is None:
         raise ExportError(f"reloading a {fmt} file needs the original (dense) model to load into")
-    return copy.deepcopy(model).cpu().eval()
+    return copy_model(model).cpu().eval()
 
 
 @contextlib.contextmanager

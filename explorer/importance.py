@@ -22,6 +22,7 @@ from torch import nn
 
 from explorer.blocks import BlockStage, removal_changes, removal_losses
 from explorer.data import ImageDataset
+from explorer.inspection import copy_model
 from explorer.structure import (
     ChannelGroup,
     HeadGroup,
@@ -82,7 +83,7 @@ class ScoringContext:
 
     def _private_model(self) -> nn.Module:
         """A throwaway deep copy of the model, for measurements that need gradients or hooks."""
-        return copy.deepcopy(self.model)
+        return copy_model(self.model)
 
     @property
     def taylor_squares(self) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,24 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+def copy_model(model: nn.Module, memo: dict[int, object] | None = None) -> nn.Module:
+    """``copy.deepcopy(model)``, also for models that cache tensors computed in a forward
+    pass (timm's LeViT and TinyViT keep an attention-bias cache): such a tensor is not a graph
+    leaf, which deepcopy refuses, so the copy gets a detached clone of it instead."""
+    memo = {} if memo is None else memo
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            items = value.values() if isinstance(value, dict) else (value,)
+            if isinstance(value, list | tuple):
+                items = value
+            for item in items:
+                if isinstance(item, torch.Tensor) and not item.is_leaf and id(item) not in memo:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def has_conv2d(model: nn.Module) -> bool:

@@ -9,6 +9,7 @@ This is the *selection* layer of the pruning engine (``explorer.pruning``): scor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -71,6 +72,10 @@ class Method(ABC):
     unit_heading: ClassVar[str] = "Per layer"
     #: Why a model may have no unit of this method, for the message that says so.
     absent_because: ClassVar[str] = ""
+
+    def why_absent(self, structure: ModelStructure) -> str:
+        """Why this model has no unit of this method, in a few words ("" when unknown)."""
+        return self.absent_because
 
     @abstractmethod
     def units(self, structure: ModelStructure) -> list[Unit]:
@@ -257,6 +262,20 @@ class _ChannelMethod(Method):
         padded = torch.cat([keep, torch.ones(1, dtype=torch.bool)])  # index -1 -> kept
         keep_along = padded[piece.channel_of]
         return _broadcast_keep(keep_along, structure.parameters[piece.param].shape, piece.dim)
+
+    def why_absent(self, structure: ModelStructure) -> str:
+        reasons = (
+            structure.unsupported_channel_layers
+            if self.score_role == "producer"
+            else structure.unsupported_input_layers
+        )
+        common = Counter(
+            reason for layer, reason in reasons.items() if layer != structure.output_layer
+        ).most_common(1)
+        if not common:
+            return self.absent_because
+        reason, count = common[0]
+        return f"{count} of its layers cannot lose channels because {reason}"
 
     def reason_unavailable(self, structure: ModelStructure, layer: str) -> str | None:
         for unit in self.units(structure):

@@ -14,7 +14,6 @@ is pruned by exactly that amount and leaves the global ranking; dense layers are
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -26,6 +25,7 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer.data import ImageDataset
 from explorer.importance import ScoringContext, criteria_for, get_criterion
+from explorer.inspection import copy_model
 from explorer.limits import mask_cache_bytes
 from explorer.methods import METHODS, Method, Unit, get_method, plan_label
 from explorer.plan import PruningPlan
@@ -166,9 +166,10 @@ class Pruner:
         criterion = get_criterion(plan.criterion)
         units = {u.name: u for u in self.units(plan.method)}
         if not units:
+            why = method.why_absent(self.structure)
             raise ValueError(
                 f"this model has nothing that {method.title!r} can prune"
-                + (f" ({method.absent_because})" if method.absent_because else "")
+                + (f" ({why})" if why else "")
             )
         if method.unit_kind not in criterion.unit_kinds:
             usable = sorted(criteria_for(method.unit_kind))
@@ -355,7 +356,7 @@ class Pruner:
     def pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
         """A new model (deep copy) whose pruned weights are permanent zeros."""
         state = self.state_for(plan_or_state)
-        model = copy.deepcopy(self.model)
+        model = copy_model(self.model)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in state.parameters.items():
@@ -365,7 +366,7 @@ class Pruner:
     def torch_pruned_model(self, plan_or_state: PruningPlan | PrunedState) -> nn.Module:
         """A deep copy pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``)."""
         state = self.state_for(plan_or_state)
-        model = copy.deepcopy(self.model)
+        model = copy_model(self.model)
         modules = dict(model.named_modules())
         for name, mask in state.masks.items():
             module_name, _, param = name.rpartition(".")

@@ -41,7 +41,6 @@ the model they are given, the pruner's model or the dense model.
 
 from __future__ import annotations
 
-import copy
 import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.compaction import can_compact, compact
 from explorer.cost import sparse_encoding
 from explorer.evaluation import evaluate
 from explorer.export import (
@@ -61,7 +59,7 @@ from explorer.export import (
     export_program,
     register_format,
 )
-from explorer.inspection import example_input
+from explorer.inspection import copy_model, example_input
 from explorer.latency import Latency, compare_speed, measure_latency
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState
@@ -260,7 +258,7 @@ def _fold_batchnorm(
         fused, tricks = checked_copy(model, probe, channels_last=False)
         fused = fused if tricks.folded else None
     if fused is None:
-        return copy.deepcopy(model).eval(), ()
+        return copy_model(model).eval(), ()
     left = {name for name, _ in fused.named_modules()}
     return fused.eval(), tuple(sorted(norms - left))
 
@@ -586,8 +584,9 @@ def pruned_fp32(bench: Workbench, plan: PruningPlan | PrunedState) -> tuple[nn.M
     """The deployable fp32 pruned model (a new object) and its form: compacted for structured
     plans, masked otherwise."""
     state = bench.pruner.state_for(plan)
-    if can_compact(state.plan.method):
-        return compact(bench.pruner, state).eval(), "compacted"
+    compacted, _ = bench.compacted(state)  # None where the model cannot be compacted
+    if compacted is not None:
+        return compacted.eval(), "compacted"
     return bench.pruner.pruned_model(state).eval(), "masked"
 
 

@@ -44,7 +44,6 @@ data for one chart.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -56,6 +55,7 @@ from torch import nn
 
 from explorer.data import ImageDataset
 from explorer.evaluation import evaluate
+from explorer.inspection import copy_model
 from explorer.methods import get_method
 from explorer.plan import PruningPlan, check_amount
 from explorer.pruning import Pruner
@@ -379,7 +379,7 @@ def source_fit(source: Workbench | Pruner, fit: ImageDataset | None) -> ImageDat
 
 def with_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """A deep copy of ``model`` holding ``state_dict``, in eval mode (``model`` is untouched)."""
-    copied = copy.deepcopy(model)
+    copied = copy_model(model)
     copied.load_state_dict(state_dict)
     return copied.eval()
 
@@ -561,7 +561,7 @@ def gradual_prune(
 @torch.no_grad()
 def _masked_copy(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """A deep copy of ``model`` (eval mode) with every masked parameter multiplied by its mask."""
-    copied = copy.deepcopy(model).eval()
+    copied = copy_model(model).eval()
     params = dict(copied.named_parameters())
     for name, mask in masks.items():
         params[name].mul_(mask.to(params[name].device, params[name].dtype))

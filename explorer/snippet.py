@@ -16,7 +16,6 @@ differently) falls back to the saved masks, so the file never silently prunes so
 
 from __future__ import annotations
 
-import copy
 import json
 import runpy
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from explorer.inspection import copy_model
 from explorer.methods import get_method, plan_label
 from explorer.pruning import PrunedState, Pruner, Unit
 from explorer.structure import ChannelGroup, ModelStructure, source_names
@@ -610,7 +610,7 @@ def _check(
         file.write_text(code, encoding="utf-8")
         if saved is not None:
             torch.save({k: dict(v) for k, v in saved.items()}, Path(folder) / masks_name)
-        model = copy.deepcopy(pruner.model).cpu()
+        model = copy_model(pruner.model).cpu()
         run_snippet(file, model)
     return mask_differences(torch_prune_masks(model), state.masks)
 

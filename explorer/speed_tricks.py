@@ -14,14 +14,13 @@ rounding. Otherwise it steps back (fewer tricks, down to a plain copy) and says 
 
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from explorer.inspection import has_conv2d
+from explorer.inspection import copy_model, has_conv2d
 
 try:  # torch's own conv+BatchNorm folding for eval-mode models
     from torch.fx.experimental.optimization import fuse as _fuse_conv_bn
@@ -67,7 +66,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _fuse_conv_bn(copy.deepcopy(model).eval(), inplace=True).eval()
+            return _fuse_conv_bn(copy_model(model).eval(), inplace=True).eval()
     except Exception:  # untraceable: the model keeps its BatchNorm
         return None
 
@@ -128,7 +127,7 @@ def checked_copy(
             if not use_fold and not use_cl:
                 continue  # the plain copy needs no check
             tricks = Tricks(use_fold, use_cl)
-            candidate = copy.deepcopy(folded if use_fold else model).eval()
+            candidate = copy_model(folded if use_fold else model).eval()
             if use_cl:
                 candidate = candidate.to(memory_format=torch.channels_last)
             try:
@@ -142,7 +141,7 @@ def checked_copy(
         if chosen is not None:
             break
     if chosen is None:
-        chosen = copy.deepcopy(model).eval(), Tricks()
+        chosen = copy_model(model).eval(), Tricks()
     copied, tricks = chosen
     notes = []
     if channels_last and not tricks.channels_last:

@@ -598,7 +598,15 @@ class ModelStructure:
                 for dep, _ in group
                 if graph.is_out_channel_pruning_fn(dep.handler)
             )
-            members = self._members(group, names)
+            try:
+                members = self._members(group, names)
+            except IndexError as error:  # its index mapping points past a parameter's size
+                if root_module in names:
+                    no_outputs.setdefault(
+                        names[root_module],
+                        f"torch-pruning maps its channels to entries that do not exist ({error})",
+                    )
+                continue
             if members is None:
                 continue
             if members.reasons:

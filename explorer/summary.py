@@ -113,11 +113,14 @@ class Footprint:
         compacted: the physically smaller model of a structured plan, else None.
         sizes: bytes of ``torch.save`` for the dense, sparse-encoded and compacted forms.
         same_kernels: the deployable form runs the dense kernels (``runs_dense_kernels``).
+        not_compacted: why a structured plan has no compacted model (its forward fixes a
+            width the plan changes), else None.
     """
 
     compacted: nn.Module | None
     sizes: SizeReport
     same_kernels: bool
+    not_compacted: str | None = None
 
     @property
     def deployed_bytes(self) -> int:

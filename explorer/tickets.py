@@ -36,7 +36,6 @@ curves, the best step and the first-epoch accuracy are read off it; nothing is s
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -48,7 +47,7 @@ from torch import nn
 
 from explorer.data import ImageDataset, calibration_batch
 from explorer.evaluation import evaluate
-from explorer.inspection import prunable_layers
+from explorer.inspection import copy_model, prunable_layers
 from explorer.models import get_spec, weights_path
 from explorer.plan import PruningPlan, check_amount
 from explorer.pruning import Pruner
@@ -124,7 +123,7 @@ def fresh_initialization(model: nn.Module, seed: int = 0) -> InitialWeights:
         model: the architecture (its weights are not read, except where nothing resets them).
         seed: the seed; the same seed gives the same weights.
     """
-    fresh = copy.deepcopy(model).cpu()
+    fresh = copy_model(model).cpu()
     params = dict(fresh.named_parameters())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         # NaN first: whatever is still NaN afterwards, no reset touched
@@ -389,7 +388,7 @@ def snip_scores(
         raise ValueError(f"SNIP scores use the fit split only, got the {fit.split!r} split")
     if batch_size < 1 or batches < 1:
         raise ValueError(f"batch_size and batches must be >= 1, got {batch_size}, {batches}")
-    private = copy.deepcopy(model)
+    private = copy_model(model)
     layers = prunable_layers(private, fit.input_shape)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     private.to(device).train()

@@ -48,7 +48,6 @@ from torch's global generator (the zoo models have none).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -62,6 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.data import ImageDataset
+from explorer.inspection import copy_model
 from explorer.outputs import logits_of
 from explorer.subject import Subject
 
@@ -352,7 +352,7 @@ class TrainingResult:
 
     def load_into(self, model: nn.Module) -> nn.Module:
         """A deep copy of ``model`` (the same architecture) with these weights, in eval mode."""
-        trained = copy.deepcopy(model)
+        trained = copy_model(model)
         trained.load_state_dict(self.state_dict)
         return trained.eval()
 
@@ -537,8 +537,8 @@ def fine_tune(
     """
     recipe = recipe or Recipe()
     check_fit(fit)
-    student = copy.deepcopy(model)
-    teacher = copy.deepcopy(model) if recipe.distills else None
+    student = copy_model(model)
+    teacher = copy_model(model) if recipe.distills else None
     return _train(
         student,
         teacher,
@@ -812,8 +812,8 @@ class TrainingJob(BackgroundJob[TrainingResult]):
         self.recipe = recipe or Recipe()
         self.fit = fit
         self._masks = dict(masks)
-        self._student: nn.Module | None = copy.deepcopy(model)
-        self._teacher = copy.deepcopy(model) if self.recipe.distills else None
+        self._student: nn.Module | None = copy_model(model)
+        self._teacher = copy_model(model) if self.recipe.distills else None
         self._evaluate = evaluate
         self._eval_every = eval_every
         self._device = device

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.compaction import can_compact, compact
+from explorer.compaction import CompactionError, can_compact, compact
 from explorer.cost import LayerCost, model_cost, size_report
 from explorer.data import ImageDataset, calibration_batch, load_dataset
 from explorer.evaluation import EvalResult, IncrementalEvaluator
-from explorer.inspection import model_flops
+from explorer.inspection import copy_model, model_flops
 from explorer.latency import HONEST_NOTE, Latency, measure_latency
 from explorer.models import get_spec, load_card, load_model
 from explorer.plan import PruningPlan
@@ -147,7 +146,7 @@ class Workbench:
         """
         with self._scratch_lock:
             if self._scratch is None:
-                self._scratch = copy.deepcopy(self.model)
+                self._scratch = copy_model(self.model)
             yield self._scratch
 
     def changed_samples(self, state: PrunedState) -> list[int]:
@@ -215,7 +214,8 @@ class Workbench:
             size_compacted=sizes.compacted,
             layers=[_layer_row(layer) for layer in cost.layers],
             units=units,
-            warnings=list(state.warnings),
+            warnings=list(state.warnings)
+            + ([footprint.not_compacted] if footprint.not_compacted else []),
             seconds=time.perf_counter() - start,
             resumed_from_stage=resumed,
         )
@@ -230,12 +230,23 @@ class Workbench:
         Compaction and ``torch.save`` take a second on a big model: the app asks for this only
         once the first accuracy numbers are on screen.
         """
-        compacted = compact(self.pruner, state) if can_compact(state.plan.method) else None
+        compacted, problem = self.compacted(state)
         return Footprint(
             compacted,
             size_report(self.model, state, compacted),
             runs_dense_kernels(compacted, self.model),
+            problem,
         )
+
+    def compacted(self, state: PrunedState) -> tuple[nn.Module | None, str | None]:
+        """The physically smaller model of a structured plan (None for other methods), or None
+        and the reason when this model's code cannot lose those channels or heads."""
+        if not can_compact(state.plan.method):
+            return None, None
+        try:
+            return compact(self.pruner, state), None
+        except CompactionError as err:
+            return None, str(err)
 
     def latency(
         self,
@@ -248,8 +259,8 @@ class Workbench:
         between: Callable[[], None] | None = None,
     ) -> list[Latency]:
         """Dense, masked and (structured plans) compacted latency, timed side by side."""
-        if compacted is None and can_compact(state.plan.method):
-            compacted = compact(self.pruner, state)
+        if compacted is None:
+            compacted, _ = self.compacted(state)
         models = {"dense": self.model, "masked": self.pruner.pruned_model(state)}
         if compacted is not None:
             models["compacted"] = compacted
@@ -274,8 +285,8 @@ class Workbench:
         disturbed timing (another process took the cores: a wide spread) is kept too, but timed
         again on the next calls, up to ``RETIME_ATTEMPTS`` times, keeping the steadiest.
         """
-        if compacted is None and can_compact(state.plan.method):
-            compacted = compact(self.pruner, state)
+        if compacted is None:
+            compacted, _ = self.compacted(state)
         key = (
             ("dense kernels",)
             if compacted is None

@@ -45,7 +45,6 @@ stopped reacting to its input.
 
 from __future__ import annotations
 
-import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
@@ -55,6 +54,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+
+from explorer.inspection import copy_model
 
 #: A map whose evidence is at most this share of the logit range is "≈ 0" (see module doc).
 NEGLIGIBLE_SHARE = 1e-3
@@ -255,7 +256,7 @@ def private_copy(model: nn.Module) -> nn.Module:
         memo[id(param)] = nn.Parameter(param.detach(), requires_grad=False)
     for buffer in model.buffers():
         memo[id(buffer)] = buffer
-    return copy.deepcopy(model, memo).eval()
+    return copy_model(model, memo).eval()
 
 
 def architecture_key(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Hashable, ...]:
