@@ -200,7 +200,9 @@ def compact(pruner: Pruner, plan_or_state: object) -> nn.Module:
         expected = model(probe)
     what = f"this {method.name} plan cannot be made physically smaller"
     try:
-        COMPACTORS[method.name](model, pruner, state)
+        # torch-pruning traces through autograd: a caller's no_grad must not stop it.
+        with torch.inference_mode(False), torch.enable_grad():
+            COMPACTORS[method.name](model, pruner, state)
         with torch.no_grad():
             got = model(probe)
     except CompactionError:

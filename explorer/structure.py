@@ -31,6 +31,7 @@ from explorer.inspection import (
     HeadGroup,
     LayerInfo,
     attention_heads,
+    copy_model,
     example_input,
     model_flops,
     prunable_layers,
@@ -53,6 +54,21 @@ RUNAWAY_REASON = (
     "torch-pruning's map of how its channels are coupled grows without bound through a "
     "reshape it misreads (a channels-last tensor, as in Swin's windows, read as channels-first)"
 )
+#: Why a flattened group was given up when the model cannot run with fewer of its channels.
+FIXED_WIDTH_REASON = (
+    "the model's code fixes the width these channels are flattened into (e.g. "
+    "x.view(-1, 16 * 4 * 4)), so a smaller model would not run"
+)
+
+
+def _flattens(group: ChannelGroup) -> bool:
+    """Whether a consumer reads the group's channels flattened (several entries a channel)."""
+    return any(
+        piece.role == "consumer" and int((piece.channel_of >= 0).sum()) > group.size
+        for piece in group.slices
+    )
+
+
 #: Why a group through a reshape was given up when its consumers read other channels.
 RESHAPE_REASON = (
     "they pass through a reshape that reorders channels (e.g. a channel shuffle), which "
@@ -541,7 +557,8 @@ class ModelStructure:
         device = next(self.model.parameters()).device
         what = f"channel analysis (torch-pruning's dependency graph) of {type(self.model).__name__}"
         try:
-            return within_budget(self._analyse, what=what, device=device)
+            with torch.inference_mode(False), torch.enable_grad():  # torch-pruning traces autograd
+                return within_budget(self._analyse, what=what, device=device)
         except (BudgetExceeded, StepFailed) as error:
             reason = f"{error}; structured methods cannot be used on this model"
             return [], {layer.name: reason for layer in self.layers}, {}
@@ -623,6 +640,12 @@ class ModelStructure:
             channel_group = ChannelGroup(
                 producers[0], size, tuple(producers), tuple(consumers), slices, root
             )
+            if _flattens(channel_group) and not self._removes_physically(channel_group):
+                for layer in producers:
+                    no_outputs.setdefault(layer, FIXED_WIDTH_REASON)
+                for layer in consumers:
+                    no_inputs.setdefault(layer, FIXED_WIDTH_REASON)
+                continue
             reshaped = any(dep.target.type == tp.ops.OPTYPE.RESHAPE for dep, _ in group)
             if reshaped and not self._consumers_read_their_channels(channel_group):
                 for layer in producers:
@@ -633,6 +656,30 @@ class ModelStructure:
             groups.append(channel_group)
         groups.sort(key=lambda g: order[g.name])
         return groups, no_outputs, no_inputs
+
+    def _removes_physically(self, group: ChannelGroup) -> bool:
+        """Whether a copy of the model still runs, with the same output shape, once one channel
+        of ``group`` is physically removed: a forward that hard-codes the flattened width
+        (``x.view(-1, 16 * 4 * 4)``) does not."""
+        copied = copy_model(self.model).eval()
+        probe = example_input(self.input_shape, 2).to(next(copied.parameters()).device)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.no_grad():
+                    expected = copied(probe).shape
+                graph = tp.DependencyGraph().build_dependency(copied, example_inputs=probe[:1])
+                root = dict(copied.named_modules())[group.root]
+                handler = (
+                    tp.prune_conv_out_channels
+                    if isinstance(root, nn.Conv2d)
+                    else tp.prune_linear_out_channels
+                )
+                graph.get_pruning_group(root, handler, [0]).prune()
+                with torch.no_grad():
+                    return copied(probe).shape == expected
+        except Exception:  # the forward fails with the smaller width
+            return False
 
     def _consumers_read_their_channels(self, group: ChannelGroup) -> bool:
         """Whether the entries the group gives each consumer read exactly its channel: with a
