@@ -1085,6 +1085,38 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+def cmd_check(args: argparse.Namespace) -> Any:
+    """Every step of the tool on the user's model, each ok / refused (why) / BUG."""
+    from explorer.compat import check_model
+
+    subject = subject_from_args(args)
+
+    def started(step: str) -> None:
+        if not args.json and sys.stderr.isatty():  # progress for a person, not for a pipe
+            print(f"  {step}…", file=sys.stderr, flush=True)
+
+    row = check_model(subject, eval_images=args.eval_images, progress=started)
+    load = row.cells.get("load")
+    if load is not None and load.status != "ok":  # nothing else ran: say why, as eval would
+        raise CliError(load.detail or load.status)
+    if args.json:
+        return row.to_dict()
+    lines = [
+        f"{row.model}: every step of the tool on {args.eval_images} eval images",
+        table(
+            [(step, cell.status, cell.detail) for step, cell in row.cells.items()],
+            ["step", "verdict", "why"],
+        ),
+        *row.notes,
+    ]
+    if row.bugs:
+        lines.append("A BUG cell is ours, not your model's: please report it with the line above.")
+    return "\n".join(lines)
+
+
+COMMANDS["check"] = cmd_check
+
+
 def cmd_finetune(args: argparse.Namespace) -> Any:
     """``finetune``: in ``explorer.cli_recovery`` (training is imported only when used)."""
     from explorer.cli_recovery import finetune_output
@@ -1116,6 +1148,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="a model's card and its prunable layers")
     _add_subject_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "check", help="run every step of the tool on a model: what works, what is refused, why"
+    )
+    _add_subject_options(p)
+    p.add_argument(
+        "--eval-images",
+        type=whole_number("--eval-images", 1),
+        default=64,
+        help="eval images each step uses (default 64)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("export", help="write the pruned model: weights, pt2, ONNX, code…")
