@@ -448,6 +448,23 @@ def _load_zoo(request: _Request) -> _Built:
     )
 
 
+def _classes_from_weights(
+    args: dict[str, Any], state: Mapping[str, torch.Tensor], head: str | None, file: str
+) -> dict[str, Any]:
+    """``args`` with ``num_classes`` = the rows of the classifier ``head``'s weight in the
+    file; a LoadError when the arguments say another count."""
+    rows = state.get(f"{head}.weight") if head else None
+    if rows is None or rows.ndim < 1:
+        return args
+    given = args.get("num_classes")
+    if given is not None and given != rows.shape[0]:
+        raise LoadError(
+            f"--model-args say num_classes={given} but {head}.weight in {file} has "
+            f"{rows.shape[0]} rows"
+        )
+    return {**args, "num_classes": int(rows.shape[0])}
+
+
 def _load_torchvision(request: _Request) -> _Built:
     """A torchvision classification architecture, never downloading anything.
 
@@ -479,15 +496,7 @@ def _load_torchvision(request: _Request) -> _Built:
             )
             skeleton = _build_torchvision(arch, args, meta=True)
         head = _classifier_name(skeleton)
-        rows = state.get(f"{head}.weight") if head else None
-        if rows is not None and rows.ndim >= 1:
-            given = args.get("num_classes")
-            if given is not None and given != rows.shape[0]:
-                raise LoadError(
-                    f"--model-args say num_classes={given} but {head}.weight in "
-                    f"{request.weights.name} has {rows.shape[0]} rows"
-                )
-            args = {**args, "num_classes": int(rows.shape[0])}
+        args = _classes_from_weights(args, state, head, request.weights.name)
     model = _build_torchvision(arch, args)
     if state is not None:
         apply_weights(model, state, f"weights file {request.weights.name}")
@@ -534,15 +543,7 @@ def _load_timm(request: _Request) -> _Built:
     if request.weights is not None:
         state = load_weights(request.weights, request.max_bytes)
         head = _timm_classifier_name(_build_timm(timm, name, args, meta=True))
-        rows = state.get(f"{head}.weight") if head else None
-        if rows is not None and rows.ndim >= 1:
-            given = args.get("num_classes")
-            if given is not None and given != rows.shape[0]:
-                raise LoadError(
-                    f"--model-args say num_classes={given} but {head}.weight in "
-                    f"{request.weights.name} has {rows.shape[0]} rows"
-                )
-            args = {**args, "num_classes": int(rows.shape[0])}
+        args = _classes_from_weights(args, state, head, request.weights.name)
     model = _build_timm(timm, name, args)
     if state is not None:
         apply_weights(model, state, f"weights file {request.weights.name}")
