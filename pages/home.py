@@ -91,10 +91,10 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
             "weights file.",
         )
         args = cols[1].text_input(
-            "Constructor arguments (JSON)",
+            "Arguments (JSON)",
             "{}",
             key="byo_timm_args",
-            help='e.g. {"img_size": 32} for a ViT on small images',
+            help='timm.create_model arguments, e.g. {"img_size": 32} for a ViT on small images',
         )
         upload = _upload("Weights", ["pt", "pth", "safetensors"], "byo_timm_weights", weights_help)
         name = name.strip().removeprefix("timm:")
