@@ -611,7 +611,20 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         # 3. forward, loss (with the teacher's soft targets when distilling), backward
-        logits = logits_of(student(images))  # a model may add aux outputs in training
+        try:
+            logits = logits_of(student(images))  # a model may add aux outputs in training
+        except RuntimeError as err:
+            if step:
+                raise
+            # Evaluation ran, so this is a training-only part of the model (Inception's aux
+            # classifier needs about 299 px): say so instead of a bare shape error.
+            lines = str(err).strip().splitlines()
+            raise ValueError(
+                "the model fails in training mode on these images although it evaluates them "
+                f"({lines[0][:200] if lines else type(err).__name__}): a training-only part "
+                "(e.g. an auxiliary classifier) needs larger inputs; build it without it (e.g. "
+                'model arguments {"aux_logits": false}) or use a larger image size'
+            ) from None
         soft = None
         if teacher is not None:
             with torch.no_grad():

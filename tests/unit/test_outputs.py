@@ -164,3 +164,27 @@ def test_fine_tuning_trains_a_model_that_returns_aux_outputs_in_training():
     trained = result.state_dict
     assert torch.equal(trained["fc.weight"][mask == 0], torch.zeros(int((mask == 0).sum())))
     assert not torch.equal(trained["conv.weight"], model.conv.weight)  # it did train
+
+
+class AuxNeedsLargerInputs(Base):
+    """Like Inception v3: an aux branch that runs in training only and needs bigger images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Conv2d(4, 5, 7)  # 7x7 kernel on a 6x6 feature map: only in training
+
+    def forward(self, x):
+        z = self.scores(x)
+        if self.training:
+            return z, self.aux(F.relu(self.conv(x))).flatten(1)
+        return z
+
+
+def test_a_training_only_part_that_cannot_take_the_images_is_a_clear_message():
+    from explorer.data import ImageDataset
+    from explorer.training import Recipe, fine_tune
+
+    model = seeded(AuxNeedsLargerInputs)
+    data = ImageDataset("random", "fit", images(32), torch.arange(32) % 5, tuple("abcde"))
+    with pytest.raises(ValueError, match=r"fails in training mode.*aux_logits"):
+        fine_tune(model, {}, data, Recipe(steps=1, batch_size=16), device="cpu")
