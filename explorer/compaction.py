@@ -81,6 +81,10 @@ def register_head_cutter(kind: str) -> Callable[[HeadCutter], HeadCutter]:
     return decorate
 
 
+#: Attributes in which attention modules keep the width of their joined heads.
+WIDTH_ATTRIBUTES = ("attn_dim", "all_head_size", "inner_dim")
+
+
 @register_head_cutter("fused")
 def _cut_fused(model: nn.Module, heads: HeadGroup, kept: list[int]) -> None:
     attention = model.get_submodule(heads.name)
@@ -97,6 +101,11 @@ def _cut_fused(model: nn.Module, heads: HeadGroup, kept: list[int]) -> None:
     setattr(attention, packed, _take_linear(getattr(attention, packed), rows=rows))
     setattr(attention, out, _take_linear(getattr(attention, out), columns=columns))
     attention.num_heads = len(kept)
+    # The width the heads are joined into, under the names attention modules keep it (timm's
+    # attn_dim, HuggingFace's all_head_size); compact() checks the result against the mask.
+    for width in WIDTH_ATTRIBUTES:
+        if getattr(attention, width, None) == heads.inner:
+            setattr(attention, width, len(kept) * heads.head_dim)
 
 
 @register_head_cutter("multihead")
