@@ -544,6 +544,12 @@ def main() -> None:
             rows[label] = row
     ordered = [rows[label] for label in labels]
     stamp = f"{datetime.date.today().isoformat()}, {versions()}, {os.cpu_count()} cores"
+    waiting = [
+        row.model for row in ordered if row.cells.get("load", Cell("ok")).detail == "not run yet"
+    ]
+    if waiting:  # --table-only: the table shows what ran and names what did not
+        ordered = [row for row in ordered if row.model not in waiting]
+        stamp += f"; {len(ordered)} of {len(labels)} models run, not yet: {', '.join(waiting)}"
     print()
     print(text_table(ordered))
     print("\nRefused and BUG cells:")
