@@ -877,11 +877,12 @@ def _check_torchvision_arch(arch: str) -> None:
     )
 
 
-def _build_torchvision(arch: str, args: dict[str, Any], meta: bool = False) -> nn.Module:
-    """``get_model(arch, weights=None, **args)``; on the meta device (no memory, no random
-    init) when only the layer names and shapes are needed."""
-    import torchvision
-
+def _build_library_model(
+    source: str, build: Callable[[], nn.Module], args: dict[str, Any], meta: bool
+) -> nn.Module:
+    """``build()`` (a torchvision / timm constructor, which never downloads here); on the meta
+    device (no memory, no random init) when only the layer names and shapes are needed. Its
+    failures are a LoadError naming ``source`` and ``args``."""
     try:
         # GoogLeNet / Inception warn that their default initialisation will change: noise here.
         with warnings.catch_warnings():
@@ -890,18 +891,28 @@ def _build_torchvision(arch: str, args: dict[str, Any], meta: bool = False) -> n
             if meta:
                 try:
                     with torch.device("meta"):
-                        return torchvision.models.get_model(arch, weights=None, **args)
+                        return build()
                 except (NotImplementedError, RuntimeError):
                     pass  # an initialiser without a meta kernel: build for real
-            return torchvision.models.get_model(arch, weights=None, **args)
+            return build()
     except TypeError as err:
         raise LoadError(
-            f"torchvision:{arch} does not take the arguments {args}: {_first_line(err)}"
+            f"{source} does not take the arguments {args}: {_first_line(err)}"
         ) from None
     except Exception as err:
         raise LoadError(
-            f"torchvision:{arch} with {args} failed: {type(err).__name__}: {_first_line(err)}"
+            f"{source} with {args} failed: {type(err).__name__}: {_first_line(err)}"
         ) from None
+
+
+def _build_torchvision(arch: str, args: dict[str, Any], meta: bool = False) -> nn.Module:
+    """``get_model(arch, weights=None, **args)`` (see ``_build_library_model``)."""
+    import torchvision
+
+    def build() -> nn.Module:
+        return torchvision.models.get_model(arch, weights=None, **args)
+
+    return _build_library_model(f"torchvision:{arch}", build, args, meta)
 
 
 def _classifier_name(model: nn.Module) -> str | None:
@@ -993,25 +1004,13 @@ def _check_timm_name(timm: Any, name: str) -> None:
 
 
 def _build_timm(timm: Any, name: str, args: dict[str, Any], meta: bool = False) -> nn.Module:
-    """``timm.create_model(name, pretrained=False, **args)``; on the meta device when only the
-    layer names and shapes are needed."""
+    """``timm.create_model(name, pretrained=False, **args)`` (see ``_build_library_model``)."""
     args = {key: value for key, value in args.items() if key != "pretrained"}
-    try:
-        if meta:
-            try:
-                with torch.device("meta"):
-                    return timm.create_model(name, pretrained=False, **args)
-            except (NotImplementedError, RuntimeError):
-                pass  # an initialiser without a meta kernel: build for real
+
+    def build() -> nn.Module:
         return timm.create_model(name, pretrained=False, **args)
-    except TypeError as err:
-        raise LoadError(
-            f"timm:{name} does not take the arguments {args}: {_first_line(err)}"
-        ) from None
-    except Exception as err:
-        raise LoadError(
-            f"timm:{name} with {args} failed: {type(err).__name__}: {_first_line(err)}"
-        ) from None
+
+    return _build_library_model(f"timm:{name}", build, args, meta)
 
 
 def _timm_classifier_name(model: nn.Module) -> str | None:
