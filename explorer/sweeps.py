@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 from explorer.methods import get_method, plan_label
-from explorer.plan import PruningPlan
+from explorer.plan import PruningPlan, plan_from_query, plan_to_query
 from explorer.plots import CurveSeries
 from explorer.workbench import Workbench
 
@@ -33,6 +33,46 @@ def sweep_key(plan: PruningPlan) -> str:
 def sweep_label(plan: PruningPlan) -> str:
     """The sweep in a few words: method, criterion (and seed), scope; no amount."""
     return plan_label(plan, amount=False)
+
+
+# A link carries the sweeps on a chart as ``sweeps=method=magnitude;scope=global~method=random``:
+# one plan query (``plan_to_query`` without the amount) per sweep, its fields joined by ";" and
+# the sweeps by "~" -- characters that no plan field's value (names, numbers, "fc1:0.9,fc2:0.5")
+# holds, so the link stays readable.
+_FIELD_SEPARATOR, _SWEEP_SEPARATOR = ";", "~"
+
+
+def sweeps_to_query(plans: Iterable[PruningPlan]) -> str:
+    """The sweeps of ``plans`` (their amounts ignored) as one URL query value."""
+    parts = []
+    for plan in plans:
+        query = plan_to_query(plan.with_amount(0.0))
+        del query["amount"]
+        parts.append(_FIELD_SEPARATOR.join(f"{key}={value}" for key, value in query.items()))
+    return _SWEEP_SEPARATOR.join(parts)
+
+
+def sweeps_from_query(text: str) -> list[PruningPlan]:
+    """Inverse of ``sweeps_to_query``: the plans at amount 0, one per sweep, duplicates dropped;
+    a ValueError naming the sweep that cannot be read."""
+    plans: list[PruningPlan] = []
+    for number, part in enumerate(filter(None, text.split(_SWEEP_SEPARATOR)), start=1):
+        query = {}
+        for item in filter(None, part.split(_FIELD_SEPARATOR)):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"sweep {number} ({part!r}): {item!r} is not key=value")
+            query[key] = value
+        try:
+            plan = plan_from_query(query).with_amount(0.0)
+            sweepable = can_sweep(plan)  # also checks that the method exists
+        except ValueError as err:
+            raise ValueError(f"sweep {number} ({part!r}): {err}") from None
+        if not sweepable:
+            raise ValueError(f"sweep {number} ({part!r}): {plan.method} has no amount to sweep")
+        if plan not in plans:
+            plans.append(plan)
+    return plans
 
 
 class Sweeps:
@@ -59,15 +99,16 @@ class Sweeps:
         points = self.entry(plan)["points"]
         return [amount for amount in self.amounts if amount not in points]
 
-    def fill(self, bench: Workbench, plan: PruningPlan) -> Iterator[tuple[int, int]]:
-        """Evaluate the missing points of ``plan``'s sweep one by one, each stored as soon as it
-        is known, so that a sweep abandoned half-way (the app's user moved on) resumes where it
-        was. Yields (points done, points to do) after each."""
-        points = self.entry(plan)["points"]
-        missing = self.missing(plan)
-        for done, amount in enumerate(missing, start=1):
-            points[amount] = bench.curve(plan, [amount])[0]
-            yield done, len(missing)
+    def fill(
+        self, bench: Workbench, plan: PruningPlan, *more: PruningPlan
+    ) -> Iterator[tuple[int, int]]:
+        """Evaluate the missing points of the sweeps of ``plan`` (and ``more``) one by one, each
+        stored as soon as it is known, so that a sweep abandoned half-way (the app's user moved
+        on) resumes where it was. Yields (points done, points to do) after each."""
+        todo = [(p, amount) for p in (plan, *more) for amount in self.missing(p)]
+        for done, (each, amount) in enumerate(todo, start=1):
+            self.entry(each)["points"][amount] = bench.curve(each, [amount])[0]
+            yield done, len(todo)
 
     def complete(self) -> dict[str, dict[str, Any]]:
         """The sweeps with every point, in the order they were started."""

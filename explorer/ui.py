@@ -67,6 +67,7 @@ from explorer.subject import (
     subject_from_query,
     subject_to_query,
 )
+from explorer.sweeps import sweeps_from_query, sweeps_to_query
 from explorer.variants import list_variants
 from explorer.workbench import Workbench, open_workbench
 
@@ -74,6 +75,9 @@ DEFAULT_MODEL = "lenet5"
 MODEL_KEY = "model"
 PLAN_KEY = "plan"
 NOTICES_KEY = "notices"
+#: The sweeps the Prune page's chart shows (plans, amount 0), mirrored into the URL's ``sweeps``
+#: so that a shared link redraws them; kept per session, dropped when the subject changes.
+SWEEPS_KEY = "sweeps_shown"
 PLAN_VERSION_KEY = "plan_version"
 PLAN_SOURCE_KEY = "plan_source"
 DRAWN_KEY = "derived_widgets_drawn"
@@ -457,7 +461,22 @@ def init_session() -> None:
             )
     _store_plan(plan)
     st.session_state[MODEL_KEY] = subject
+    if params.get("sweeps"):
+        _sweeps_from_link(params["sweeps"], subject)
     write_url()
+
+
+def _sweeps_from_link(text: str, subject: Subject) -> None:
+    """Take the sweeps a link names (see ``sweeps_to_query``) for the Prune page's chart."""
+    try:
+        plans = sweeps_from_query(text)
+        bench = get_workbench(subject.to_json())
+        for plan in plans:
+            bench.resolve(plan)
+    except ValueError as err:
+        notify(f"The link's sweeps cannot be drawn: {err}.")
+        return
+    st.session_state[SWEEPS_KEY] = plans
 
 
 def _subject_from_link(params: dict[str, str]) -> Subject:
@@ -541,6 +560,8 @@ def current_workbench() -> Workbench:
 def write_url() -> None:
     """Mirror the subject and plan into the URL so that a link reopens this exact state."""
     target = {**subject_to_query(current_subject()), **plan_to_query(current_plan())}
+    if st.session_state.get(SWEEPS_KEY):
+        target["sweeps"] = sweeps_to_query(st.session_state[SWEEPS_KEY])
     if st.query_params.to_dict() != target:
         st.query_params.from_dict(target)
 
@@ -609,6 +630,7 @@ def set_subject(subject: Subject) -> bool:
     if bench is None:
         return False
     st.session_state[MODEL_KEY] = subject
+    st.session_state.pop(SWEEPS_KEY, None)  # a sweep is of one subject
     remember_subject(subject)
     plan = current_plan()
     if plan.method not in usable_methods(bench):
@@ -648,6 +670,7 @@ def load_state(subject: Subject, plan: PruningPlan) -> bool:
         notify(f"The saved plan does not apply to {subject.label}: {err}", "error")
         return False
     st.session_state[MODEL_KEY] = subject
+    st.session_state.pop(SWEEPS_KEY, None)  # a sweep is of one subject
     remember_subject(subject)
     _store_plan(plan)
     write_url()

@@ -642,23 +642,27 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) 
             "no amount to sweep: compare patterns by switching them above."
         )
         return
+    if "show_curve" not in st.session_state:  # a link with sweeps, or back from another page
+        st.session_state["show_curve"] = bool(st.session_state.get(ui.SWEEPS_KEY))
     show = st.toggle(
         "Sweep the global amount for this plan",
         key="show_curve",
         help=f"Evaluates the plan at global amounts 0 to 95% ({len(SWEEP_AMOUNTS)} full "
         "evaluations, computed once per plan shape and kept) and marks where this plan "
         "stands. Each sweep of this session stays, so that methods, criteria and scopes can "
-        "be compared on one chart.",
+        "be compared on one chart. The sweeps shown are part of the page's link.",
     )
     if not show:
+        _share_sweeps([])
         return
     # Sweeps belong to a subject; they stay in the session, the library fills and labels them.
     store = st.session_state.setdefault(CURVES_KEY, {}).setdefault(ui.current_model(), {})
     sweeps = Sweeps(store)
-    if sweeps.missing(plan):
+    linked = st.session_state.get(ui.SWEEPS_KEY, [])  # a shared link's sweeps are drawn too
+    if sweeps.missing(plan) or any(sweeps.missing(each) for each in linked):
         bar = st.progress(0.0, text="Evaluating…")
         # Each point is kept as it comes: a run interrupted by another change resumes there.
-        for done, todo in sweeps.fill(bench, plan):
+        for done, todo in sweeps.fill(bench, plan, *linked):
             bar.progress(done / todo, text=f"Evaluating… {done}/{todo}")
         bar.empty()
     others = sweeps.others(plan)
@@ -684,11 +688,20 @@ def curve_ui(bench: ui.Workbench, plan: PruningPlan, here: tuple[float, float]) 
         if cols[1].button("Forget them", help="Drop the earlier sweeps of this model."):
             sweeps.forget(others)
             hidden.clear()
+            _share_sweeps([plan.with_amount(0.0)])
             st.rerun(scope="fragment")
     st.plotly_chart(
         curve_figure(sweeps.series(shown), here, bench.dense.accuracy),
         config={"displayModeBar": False},
     )
+    _share_sweeps([PruningPlan.from_json(key) for key in shown])  # the keys: plans at 0
+
+
+def _share_sweeps(plans: list[PruningPlan]) -> None:
+    """Put the sweeps on the chart into the page's link (none when the chart is off)."""
+    if st.session_state.get(ui.SWEEPS_KEY, []) != plans:
+        st.session_state[ui.SWEEPS_KEY] = plans
+        ui.write_url()
 
 
 @st.fragment

@@ -243,6 +243,50 @@ def test_sweeps_of_a_session_are_overlaid_with_their_labels(lenet5):
     assert len(picker.value) == 1
 
 
+def test_a_shared_link_redraws_the_sweeps_of_the_chart(lenet5):
+    # A teacher's "step 3": magnitude against random on one chart, sent as a link.
+    at = start("prune", model="lenet5", amount="0.3")
+    at.toggle(key="show_curve").set_value(True).run()
+    at.selectbox(key="ctl_criterion").set_value("random").run()
+    assert_clean(at)
+    link = dict(at.query_params)
+    assert link["sweeps"] == (
+        "method=unstructured;criterion=random;scope=global~"
+        "method=unstructured;criterion=magnitude;scope=global"
+    )
+    student = start(
+        "prune",
+        **{key: value[0] if isinstance(value, list) else value for key, value in link.items()},
+    )
+    assert_clean(student)
+    assert student.toggle(key="show_curve").value
+    curves = student.session_state["curves"][LENET5]
+    assert sorted(c["label"] for c in curves.values()) == [
+        "Unstructured (weights), random (seed 0), global",
+        "Unstructured (weights), weight magnitude, global",
+    ]
+    (magnitude,) = [c for c in curves.values() if "magnitude" in c["label"]]
+    _, result, _ = lenet5.evaluate(PruningPlan(amount=0.5))
+    assert magnitude["points"][0.5][1] == pytest.approx(result.accuracy)
+    (picker,) = [m for m in student.multiselect if m.key.startswith("curve_pick::")]
+    assert len(picker.value) == 1  # the other sweep is on the chart, not only computed
+    # Turning the chart off takes the sweeps out of the link.
+    student.toggle(key="show_curve").set_value(False).run()
+    assert "sweeps" not in student.query_params
+
+
+def test_a_link_with_a_bad_sweep_says_so_and_keeps_the_plan():
+    link = {"model": "lenet5", "amount": "0.3", "sweeps": "method=unstructured;criterion=psychic"}
+    at = start("home", **link)
+    assert_clean(at)
+    assert at.session_state["plan"] == PruningPlan(amount=0.3)
+    warnings = [w.value for w in at.warning]
+    assert any("sweeps cannot be drawn" in w and "psychic" in w for w in warnings), warnings
+    at.switch_page("pages/prune.py").run()
+    assert_clean(at)
+    assert not at.toggle(key="show_curve").value
+
+
 def test_nm_keeps_the_users_scope_and_has_its_own_controls(lenet5):
     at = start("prune", model="lenet5", amount="0.5", scope="global")
     at.selectbox(key="ctl_method").set_value("nm").run()

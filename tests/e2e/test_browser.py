@@ -116,3 +116,31 @@ def test_the_downloaded_plan_is_the_one_on_the_sliders(app_url, tmp_path):
         saved = tmp_path / "plan.json"
         download.value.save_as(saved)
         assert json.loads(saved.read_text())["amount"] == 0.55
+
+
+def test_a_shared_link_redraws_its_sweeps_on_the_chart(app_url):
+    # A teacher's "step 3" is a link: magnitude against random on one chart.
+    sweeps = (
+        "method=unstructured;criterion=magnitude;scope=global~"
+        "method=unstructured;criterion=random;scope=global"
+    )
+    with browser_page() as page:
+        page.goto(f"{app_url}/prune?model=lenet5&amount=0.5&sweeps={sweeps}")
+        wait_for_metric(page, "Accuracy")
+        names = page.wait_for_function(
+            """() => {
+                for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+                    const names = (plot.data || []).map(t => t.name || '');
+                    if (names.some(n => n.includes('random'))) return names;
+                }
+                return false;
+            }""",
+            timeout=180_000,
+        ).json_value()
+        wait_until_settled(page)
+        chart = page.locator(".js-plotly-plot").filter(has_text="random").first
+        chart.scroll_into_view_if_needed()
+        page.screenshot(path=SHOTS / "prune-shared-sweeps.png")
+        assert any("magnitude" in name for name in names), names
+        assert any("random (seed 0)" in name for name in names), names
+        assert not exceptions(page)

@@ -107,3 +107,31 @@ def test_forgetting_sweeps_keeps_the_others(bench):
         list(sweeps.fill(bench, plan))
     sweeps.forget([sweep_key(a), "no such sweep"])
     assert list(store) == [sweep_key(b)]
+
+
+def test_a_link_carries_the_sweeps_of_a_chart_and_reads_them_back():
+    from explorer.sweeps import sweeps_from_query, sweeps_to_query
+
+    plans = [
+        PruningPlan(amount=0.7),
+        PruningPlan(criterion="random", seed=7, amount=0.2),
+        PruningPlan(method="filters", scope="layer", layer_amounts=(("conv1", 0.5),)),
+    ]
+    text = sweeps_to_query(plans)
+    assert "amount" not in text  # a sweep varies the amount: the link does not fix one
+    assert sweeps_from_query(text) == [plan.with_amount(0.0) for plan in plans]
+    assert [sweep_key(p) for p in sweeps_from_query(text)] == [sweep_key(p) for p in plans]
+    assert sweeps_from_query(text + "~" + text) == sweeps_from_query(text)  # no duplicates
+
+
+def test_a_bad_sweep_in_a_link_is_named():
+    from explorer.sweeps import sweeps_from_query
+
+    with pytest.raises(ValueError, match=r"sweep 1 .*unknown method 'magnitude'"):
+        sweeps_from_query("method=magnitude")
+    with pytest.raises(ValueError, match=r"sweep 2 .*nm must look like 2:4"):
+        sweeps_from_query("method=unstructured~method=nm;nm=2-4")
+    with pytest.raises(ValueError, match=r"sweep 1 .*not key=value"):
+        sweeps_from_query("magnitude")
+    with pytest.raises(ValueError, match="no amount to sweep"):
+        sweeps_from_query("method=nm")
