@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from explorer.compat import STEPS, Cell, CompatRow, check_model, liven  # noqa: E402
+from explorer.limits import MAX_UPLOAD_ENV  # noqa: E402
 
 IDIOMS_FILE = ROOT / "tests" / "idiom_models.py"
 BYTES_PER_PARAM = 80  # a check holds ~10 fp32 copies of the weights plus score tables
@@ -331,8 +332,12 @@ def run_child(label: str, args: argparse.Namespace) -> CompatRow:
         "--threads",
         str(args.threads),
     ]
+    # The benchmark is the operator with local files: its weights files may be as large as the
+    # memory it gives each model (VGG-16 at 10 classes is 512 MB), not only as an upload.
+    env = {**os.environ}
+    env.setdefault(MAX_UPLOAD_ENV, str(int(args.memory_gb * 1024)))
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
     )
     cells: dict[str, Cell] = {}
     state = {"step": "load", "result": None}

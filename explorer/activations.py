@@ -74,7 +74,7 @@ def forward_with_activations(
     device = next(model.parameters()).device
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in dict.fromkeys(names)]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             x = x.to(device)
             if parameters:
                 params = {k: v.to(device) for k, v in parameters.items()}

@@ -269,7 +269,7 @@ def remove_blocks(model: nn.Module, blocks: Sequence[Block]) -> nn.Module:
     return model
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def removal_changes(
     model: nn.Module, blocks: Sequence[Block], images: torch.Tensor
 ) -> dict[str, float]:
@@ -308,7 +308,7 @@ def removal_changes(
     return changes
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def removal_losses(
     model: nn.Module, blocks: Sequence[Block], images: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, float]:

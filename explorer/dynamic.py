@@ -158,7 +158,7 @@ def gate_points(
     leaves = [m for m in work.modules() if not list(m.children())]
     handles = [m.register_forward_pre_hook(lambda m, _i: calls.append(names[m])) for m in leaves]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             device = next(work.parameters()).device
             work(torch.zeros(1, *input_shape, device=device))
     finally:
@@ -283,7 +283,7 @@ def _gated_run(
     device = next(setup.work.parameters()).device
     outputs = []
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 outputs.append(setup.work(images[start : start + batch_size].to(device)).cpu())
     finally:
@@ -463,7 +463,7 @@ def static_point(
     kept = {name: int((~pruned_outputs(masks, name, sizes[name])).sum()) for name in layers}
     device = next(work.parameters()).device
     params = {name: value.to(device) for name, value in parameters.items()}
-    with torch.inference_mode():
+    with torch.no_grad():
         logits = torch.cat(
             [
                 torch.func.functional_call(

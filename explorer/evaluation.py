@@ -74,7 +74,10 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     return EvalResult(accuracy, loss, predictions, labels, num_classes, finite)
 
 
-@torch.inference_mode()
+# Every pass over a user's model runs under no_grad, never inference_mode: a model may cache a
+# tensor in its forward (timm's ConViT keeps its relative positions), and an inference tensor
+# cached there makes every later backward fail (saliency, fine-tuning).
+@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits of ``model`` (in its current mode) for ``images``, batched, on the model's device."""
     device = next(model.parameters()).device
@@ -306,7 +309,7 @@ class IncrementalEvaluator:
         one scheduler stall on a busy machine does not make a small model look slow."""
         images = self._to_device(self.dataset.images[:probe])
         timings = []
-        with torch.inference_mode():
+        with torch.no_grad():
             self.model(images)
             for _ in range(2):
                 start = time.perf_counter()
@@ -369,7 +372,7 @@ class IncrementalEvaluator:
         no_change = [{} for _ in self.stages]
         dense_prefixes = [((),) * k for k in range(len(self.stages))]
         for chunk, samples in enumerate(self._chunk_samples):
-            with torch.inference_mode(), self._lock:
+            with torch.no_grad(), self._lock:
                 dense_start = len(self.stages)
                 if self._dense_chunks[chunk] is None:
                     logits, dense_start = self._run_chunk(chunk, no_change, dense_prefixes)

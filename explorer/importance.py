@@ -145,7 +145,7 @@ class ScoringContext:
             model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in observed
         ]
         try:
-            with torch.inference_mode():
+            with torch.no_grad():
                 model(data.images.to(self._device()))
         finally:
             for handle in handles:

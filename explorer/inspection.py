@@ -124,7 +124,7 @@ def execution_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]
         if isinstance(m, PRUNABLE_TYPES)
     ]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             model(example_input(input_shape).to(_device_of(model)))
     finally:
         for handle in handles:

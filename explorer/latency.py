@@ -152,7 +152,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def measure_latency(
     models: Mapping[str, nn.Module],
     input_shape: tuple[int, ...],

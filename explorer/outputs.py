@@ -127,7 +127,7 @@ def adapt_classifier(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, 
     a model that already returns logits is returned as it is.
 
     Raises ``OutputError`` when the output holds no class scores."""
-    with torch.inference_mode():
+    with torch.no_grad():
         output = model(probe)
     scores = logits_of(output)
     kind = output_kind(scores)

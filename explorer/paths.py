@@ -187,10 +187,11 @@ def unit_contributions(
             ``PrunedState.parameters``: the pruned variant without building it).
 
     Returns:
-        (contributions, logits): per column (in the order of ``layers``) float64 (N, units) on
-        the CPU, and the logits float64 (N, classes). One forward and one backward pass of the
-        sum of the samples' target logits: in eval mode samples do not interact, so each
-        sample's gradient is that of its own logit.
+        (contributions, logits): per column (in the order of ``layers``; a column that the
+        input's gradient does not reach is left out, a ValueError if none does) float64
+        (N, units) on the CPU, and the logits float64 (N, classes). One forward and one
+        backward pass of the sum of the samples' target logits: in eval mode samples do not
+        interact, so each sample's gradient is that of its own logit.
     """
     work = private_copy(model)
     if layers is None:
@@ -245,10 +246,13 @@ def unit_contributions(
         for handle in handles:
             handle.remove()
     contributions = {}
-    for name in layers:
-        value = captured.get(name)
-        if value is None or value.grad is None:
-            raise ValueError(f"layer {name!r} is not on the way from the input to the logits")
+    reached = [n for n in layers if n in captured and captured[n].grad is not None]
+    if not reached:
+        raise ValueError(f"none of the layers {layers} is on the way from the input to the logits")
+    for name in reached:
+        # A layer the input's gradient never reaches carries no decision: its output does not
+        # depend on the input (Swin V2's position-bias MLP) or never reaches the logits.
+        value = captured[name]
         product = (value.detach() * value.grad).double().cpu()
         n = len(product)
         if name in heads:
@@ -604,7 +608,7 @@ def class_unit_map(
     counts: np.ndarray | None = None
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        values = unit_contributions(model, x, y, [layer])[0][layer].numpy()
+        values = unit_contributions(model, x, y, [layer])[0][layer].numpy()  # or ValueError
         if counts is None:
             counts = np.zeros((classes, values.shape[1]))
         np.add.at(counts, y.numpy(), _top_matrix(values, top_k))

@@ -72,7 +72,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
+    with torch.no_grad():
         out = model(x)
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"the model returned a {type(out).__name__}, not a tensor")

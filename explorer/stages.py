@@ -93,7 +93,7 @@ def _split_sequential(model: nn.Sequential, example: torch.Tensor, budget: float
     children = list(model.named_children())
     cuts, flops = [], 0.0
     x = example
-    with torch.inference_mode():
+    with torch.no_grad():
         for position, (_, child) in enumerate(children[:-1]):
             with FlopCounterMode(display=False) as counter:
                 x = child(x)
@@ -139,7 +139,7 @@ def _split_traced(model: nn.Module, example: torch.Tensor, budget: float) -> lis
     if len(placeholders) != 1:
         return [Stage("", model)]
     sizer = _Sizer(traced, len(example))
-    with torch.inference_mode(), sizer.counter:
+    with torch.no_grad(), sizer.counter:
         sizer.run(example)
     position = {node: i for i, node in enumerate(nodes)}
     last_use = {
@@ -225,7 +225,7 @@ def _first_module(graph: fx.Graph) -> str:
 
 def _reproduces(model: nn.Module, stages: list[Stage], example: torch.Tensor) -> bool:
     """Whether running the stages in turn gives the model's own output on ``example``."""
-    with torch.inference_mode():
+    with torch.no_grad():
         expected = model(example)
         x = example
         for stage in stages:

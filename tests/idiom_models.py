@@ -259,6 +259,22 @@ class ExtraArguments(nn.Module):
         return (logits, features) if return_features else logits
 
 
+class CachesOnFirstForward(nn.Module):
+    """A tensor computed in the first forward and kept (timm ConViT's relative positions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+        self.positions: torch.Tensor | None = None
+
+    def forward(self, x):
+        if self.positions is None or self.positions.shape[-2:] != x.shape[-2:]:
+            self.positions = torch.linspace(0.5, 1.5, x.shape[-1]).expand(*x.shape[-2:])
+        x = F.relu(self.conv(x * self.positions))
+        return self.fc(torch.flatten(F.max_pool2d(x, 4), 1))
+
+
 #: class name -> what it exercises.
 IDIOMS: dict[str, str] = {
     cls.__name__: (cls.__doc__ or "").strip().splitlines()[0]
@@ -278,6 +294,7 @@ IDIOMS: dict[str, str] = {
         SharedConv,
         SharedLinear,
         ExtraArguments,
+        CachesOnFirstForward,
     )
 }
 
