@@ -64,7 +64,7 @@ def time_prune_moves(
     for i in range(moves + 1):
         before = metric_value(page, "Sparsity")
         started = time.perf_counter()
-        set_slider_by_keys(page, "Global sparsity", 1 if i % 2 == 0 else -1)
+        set_slider_by_keys(page, "Weights pruned", 1 if i % 2 == 0 else -1)
         # polled inside the page (a round trip per check would load the cores it measures)
         shown = page.wait_for_function(
             f"(b) => ({SHOWN})(b)[0] && ({SHOWN})(b)", arg=before, timeout=120_000, polling=10
@@ -98,7 +98,7 @@ def time_weights_moves(page: object, url: str, model: str, moves: int) -> list[f
     for i in range(moves + 1):
         before = page.evaluate(OVERVIEW_HEADING)
         started = time.perf_counter()
-        set_slider_by_keys(page, "Global sparsity", 1 if i % 2 == 0 else -1)
+        set_slider_by_keys(page, "Weights pruned", 1 if i % 2 == 0 else -1)
         page.wait_for_function(
             f"(before) => ({OVERVIEW_HEADING})() !== before",
             arg=before,

@@ -34,6 +34,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -53,21 +54,25 @@ from explorer.export import (
     FORMATS,
     ExportError,
     export,
+    export_file_name,
     export_program,
     get_format,
     masked_state_dict,
+    model_stem,
 )
 from explorer.export import first_line as _one_line
 from explorer.importance import CRITERIA, get_criterion
 from explorer.inspection import prunable_layers
 from explorer.latency import compare_speed
+from explorer.limits import max_upload_mb
 from explorer.loading.errors import check_file
+from explorer.methods import unused_settings
 from explorer.models import ZOO, get_spec, list_models, load_card, load_model
 from explorer.plan import SCOPES, PruningPlan
 from explorer.pruning import METHODS, get_method, plan_label
 from explorer.quantize import Int8Report, int8_report  # also registers the int8 export format
 from explorer.store import default_store
-from explorer.subject import DataSpec, ModelSource, Subject
+from explorer.subject import FROM_IMAGES, DataSpec, ModelSource, Subject
 from explorer.summary import runs_dense_kernels
 from explorer.workbench import Report, Workbench, open_workbench
 
@@ -332,6 +337,144 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=whole_number("--seed"), help="seed of the random criterion")
 
 
+# --- flags given but ignored: one warning line -------------------------------------------------
+
+#: The plan flags and the plan setting each gives; which settings a plan's method and criterion
+#: leave unused comes from the methods registry (``explorer.methods.unused_settings``).
+PLAN_FLAGS = {
+    "--criterion": "criterion",
+    "--scope": "scope",
+    "--amount": "amount",
+    "--layer": "layers",
+    "--dense": "dense",
+    "--nm": "nm",
+    "--norm": "norm",
+    "--seed": "seed",
+}
+
+
+@dataclass(frozen=True)
+class IgnoredWhen:
+    """A flag of ``commands`` that some other choice makes pointless: ``why(args)`` says why
+    (None: it is used)."""
+
+    flag: str
+    commands: tuple[str, ...]
+    why: Callable[[argparse.Namespace], str | None]
+
+
+def _without_model(args: argparse.Namespace) -> str | None:
+    return None if args.model else "no MODEL is given, so the app opens on a bundled model"
+
+
+def _not_a_pickle(args: argparse.Namespace) -> str | None:
+    try:
+        kind = ModelSource.parse(args.model, args.model_args).kind
+    except ValueError:  # said by the command itself, as an error
+        return None
+    return None if kind == "pickle" else "the model is not a pickle:FILE"
+
+
+def _bundled_split(args: argparse.Namespace) -> str | None:
+    return "the bundled MNIST has its fixed split" if args.data == "mnist" else None
+
+
+def _timeless_format(args: argparse.Namespace) -> str | None:
+    fmt = args.format
+    return None if get_format(fmt).carries_model else f"--format {fmt} writes no model to time"
+
+
+def _untimed(args: argparse.Namespace) -> str | None:
+    if args.no_latency:
+        return "--no-latency: nothing is timed"
+    return _timeless_format(args) if args.command == "export" else None
+
+
+#: What ``app`` hands to the app only together with a MODEL.
+APP_SUBJECT_FLAGS = (
+    "--weights",
+    "--model-args",
+    "--data",
+    "--size",
+    "--channels",
+    "--mean",
+    "--std",
+    "--eval-fraction",
+    "--split-seed",
+    "--from-images",
+)
+#: Commands that open a subject (MODEL and the data flags).
+SUBJECT_COMMANDS = ("info", "check", "prune", "export", "eval", "finetune")
+#: Every flag that another choice can make pointless (plan flags: ``PLAN_FLAGS``). A command
+#: module adds its own (``explorer.cli_recovery``).
+IGNORED_WHEN: list[IgnoredWhen] = [
+    *(IgnoredWhen(flag, ("app",), _without_model) for flag in APP_SUBJECT_FLAGS),
+    *(IgnoredWhen(flag, ("eval", "export"), _untimed) for flag in ("--repeats", "--threads")),
+    IgnoredWhen("--no-latency", ("export",), _timeless_format),
+    IgnoredWhen(
+        "--format",
+        ("prune",),
+        lambda args: None if args.out else "it is the layout of --out, which is not given",
+    ),
+    IgnoredWhen("--eval-fraction", (*SUBJECT_COMMANDS, "app"), _bundled_split),
+    IgnoredWhen("--split-seed", (*SUBJECT_COMMANDS, "app"), _bundled_split),
+    IgnoredWhen("--trust-pickle", SUBJECT_COMMANDS, _not_a_pickle),
+]
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The sub-parser of ``command`` (argparse keeps it in its subparsers action)."""
+    for action in parser._actions:  # argparse has no public way to reach a sub-parser
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    raise CliError(f"unknown command {command!r}")
+
+
+def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The flags of ``args.command`` the command line set to other than their default."""
+    command = _command_parser(parser, args.command)
+    return [
+        max(action.option_strings, key=len)
+        for action in command._actions
+        if action.option_strings
+        and action.dest != "help"
+        and getattr(args, action.dest, action.default) != action.default
+    ]
+
+
+def ignored_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Every flag given that changes nothing here, as "--flag (why)"."""
+    given = given_flags(parser, args)
+    found: dict[str, str] = {}
+    plan_given = [flag for flag in given if flag in PLAN_FLAGS]
+    if plan_given:
+        unused = unused_settings(plan_from_args(args))
+        for flag in plan_given:
+            if PLAN_FLAGS[flag] in unused:
+                found[flag] = unused[PLAN_FLAGS[flag]]
+    for rule in IGNORED_WHEN:
+        if rule.flag in given and args.command in rule.commands and rule.flag not in found:
+            why = rule.why(args)
+            if why:
+                found[rule.flag] = why
+    return [f"{flag} ({why})" for flag, why in found.items()]
+
+
+def note_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Keep in ``args.ignored`` the warning line naming every flag given that changes nothing
+    here ("" for none); ``warn_ignored`` prints it."""
+    ignored = ignored_flags(parser, args)
+    args.ignored = "warning: ignored: " + "; ".join(ignored) if ignored else ""
+
+
+def warn_ignored(args: argparse.Namespace) -> None:
+    """Print the line ``note_ignored`` kept, once, on stderr: when the command has done its
+    work (a command that fails says one line, its error) or is about to hand over (``app``)."""
+    if getattr(args, "ignored", ""):
+        _print_error(args.ignored)
+        args.ignored = ""
+
+
 # --- the subject: model source, weights, data ---------------------------------------------------
 
 MODEL_HELP = (
@@ -393,6 +536,16 @@ def _add_subject_options(parser: argparse.ArgumentParser) -> None:
     add_data_options(group)
 
 
+def _from_images(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FROM_IMAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"takes a comma-separated list of {', '.join(FROM_IMAGES)}, got {text!r}"
+        )
+    return names
+
+
 def add_data_options(group: argparse._ActionsContainer) -> None:
     """--data and its preprocessing: the same flags for every command and for the app."""
     group.add_argument(
@@ -406,6 +559,15 @@ def add_data_options(group: argparse._ActionsContainer) -> None:
     group.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3")
     group.add_argument("--mean", type=_numbers("--mean"), help="normalisation mean(s)")
     group.add_argument("--std", type=_numbers("--std"), help="normalisation std(s)")
+    group.add_argument(
+        "--from-images",
+        type=_from_images,
+        default=(),
+        metavar="SETTINGS",
+        help="take these from the images even where the model declares its own (e.g. a "
+        f"torchvision model's 224×224, ImageNet mean and std): comma-separated, of "
+        f"{', '.join(FROM_IMAGES)}",
+    )
     group.add_argument(
         "--eval-fraction",
         type=fraction("--eval-fraction"),
@@ -427,6 +589,7 @@ def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
         std=args.std,
         eval_fraction=args.eval_fraction,
         seed=args.split_seed,
+        from_images=args.from_images,
     )
 
 
@@ -454,11 +617,14 @@ def subject_from_args(args: argparse.Namespace) -> Subject:
     return Subject(source, weights, data)
 
 
-def open_subject(args: argparse.Namespace) -> Workbench:
-    """The workbench of the command's subject. A .py model runs here: the CLI runs on the
-    user's own files, so their code is theirs to run (a .py model is imported, a .pt2 or
-    TorchScript file can run code as it loads); a pickled module needs --trust-pickle."""
-    return open_workbench(subject_from_args(args), trust_code=True, trust_pickle=args.trust_pickle)
+def open_subject(args: argparse.Namespace, subject: Subject | None = None) -> Workbench:
+    """The workbench of the command's subject (``subject``: as ``subject_from_args`` made it
+    already). A .py model runs here: the CLI runs on the user's own files, so their code is
+    theirs to run (a .py model is imported, a .pt2 or TorchScript file can run code as it
+    loads); a pickled module needs --trust-pickle."""
+    return open_workbench(
+        subject or subject_from_args(args), trust_code=True, trust_pickle=args.trust_pickle
+    )
 
 
 # --- output files -------------------------------------------------------------------------------
@@ -608,17 +774,20 @@ def _units_table(report: Report) -> str:
 def cmd_export(args: argparse.Namespace) -> Any:
     """Write the pruned model in one format, say what the file holds and how fast it runs."""
     plan = plan_from_args(args)
-    path = check_output("--out", args.out)
+    subject = subject_from_args(args)
+    # The default name says model, plan and format, as the app's download does.
+    default = export_file_name(model_stem(subject), plan, args.format)
+    path = check_output("--out", default if args.out is None else args.out)
     reason = get_format(args.format).unavailable_because(plan.method)
     if reason:  # known without the model: said before anything loads
         raise CliError(f"--format {args.format}: {reason}")
-    bench = open_subject(args)
+    bench = open_subject(args, subject)
     try:
         result = export(bench, plan, args.format, path)
     except ExportError as err:
         raise CliError(f"--format {args.format}: {err}") from None
     speed = None
-    if not args.no_latency and (result.compacted or result.masked):
+    if not args.no_latency and get_format(args.format).carries_model:
         speed = _export_speed(bench, plan, result.compacted, args.repeats)
     if args.json:
         return {**result.to_dict(), "latency": speed}
@@ -635,6 +804,8 @@ def cmd_export(args: argparse.Namespace) -> Any:
             f"{speed['dense_ms']:.3g} ms timed in the same rounds: {speed['verdict']}"
         )
     lines += [f"also wrote: {extra}" for extra in result.files[1:]]
+    if result.sidecar:
+        lines.append(f"wrote the preprocessing it expects: {result.sidecar}")
     return "\n".join(lines)
 
 
@@ -1049,6 +1220,8 @@ def app_command(args: argparse.Namespace) -> list[str]:
     command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
     if args.port:
         command += ["--server.port", str(args.port)]
+    # Streamlit's own limit follows ours, so that its uploaders say (and take) what the page says.
+    command += ["--server.maxUploadSize", str(max_upload_mb())]
     return command + (["--", *extra] if extra else [])
 
 
@@ -1063,6 +1236,8 @@ def _data_flags(args: argparse.Namespace) -> list[str]:
     for flag, values in (("--mean", args.mean), ("--std", args.std)):
         if values:
             flags += [flag, ",".join(map(repr, values))]
+    if args.from_images:
+        flags += ["--from-images", ",".join(args.from_images)]
     flags += ["--eval-fraction", repr(args.eval_fraction), "--split-seed", str(args.split_seed)]
     return flags
 
@@ -1070,6 +1245,7 @@ def _data_flags(args: argparse.Namespace) -> list[str]:
 def cmd_app(args: argparse.Namespace) -> Any:
     """Start the app (replaces this process: the app's own output follows)."""
     command = app_command(args)
+    warn_ignored(args)  # the app's own output follows
     sys.stdout.flush()
     os.execv(command[0], command)
 
@@ -1171,7 +1347,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(FORMATS),
         help="; ".join(f"{name}: {fmt.help}" for name, fmt in FORMATS.items()),
     )
-    p.add_argument("--out", metavar="FILE", required=True, help="the file to write")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the file to write (default: MODEL_PLAN[_FORMAT].SUFFIX here, e.g. "
+        "resnet18_filters30.onnx; the preprocessing goes beside it as FILE.json)",
+    )
     _add_latency_options(p, repeats=12)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -1281,12 +1462,14 @@ def _silence_stdout() -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
+        note_ignored(parser, args)  # a bad plan file fails here, before any work
         output = COMMANDS[args.command](args)
         text = json.dumps(output, indent=2) if args.json else str(output)
     except CliError as err:
@@ -1309,6 +1492,7 @@ def _run(argv: Sequence[str] | None) -> int:
             f"(run with {DEBUG_ENV}=1 for the traceback)"
         )
         return 1
+    warn_ignored(args)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()  # here, inside main: a closed pipe must fail now, not at exit
     return 0

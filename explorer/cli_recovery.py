@@ -60,6 +60,14 @@ RECIPE_FLAGS = (
 #: Seconds between progress lines on stderr.
 PROGRESS_EVERY_S = 2.0
 
+cli.IGNORED_WHEN.append(
+    cli.IgnoredWhen(
+        "--epochs",
+        ("finetune",),
+        lambda args: "--steps sets the length" if args.steps is not None else None,
+    )
+)
+
 
 def _number(flag: str, test: Callable[[float], bool], want: str) -> Callable[[str], float]:
     """An argparse type: a finite number passing ``test``, or an error that names ``flag``."""
@@ -339,6 +347,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"(run with {cli.DEBUG_ENV}=1 for the traceback)"
         )
         return 1
+    cli.warn_ignored(args)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
     return 0
@@ -354,10 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``finetune`` on its own: ``python -m explorer.cli_recovery finetune MODEL ...``."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    try:
+        cli.note_ignored(parser, args)
+    except (cli.CliError, ValueError, OSError) as err:
+        cli._print_error(f"error: {first_line(err)}")
+        return 2
     return cmd_finetune(args)
 
 

@@ -15,6 +15,12 @@
 - ``tp-ratios``: the per-layer ratios Torch-Pruning's pruners take (structured plans);
 - ``plan``: the plan's JSON.
 
+Every file that holds (or rebuilds) the model says what it expects and returns: the input shape,
+channels, size, mean and std of the preprocessing, the class names, and whether the output is
+logits or log-probabilities (``preprocessing_of``). It is written as JSON beside the file
+(``<file>.json``), inside it where the format has room (ONNX ``metadata_props``, a program's or
+TorchScript's extra files: ``read_preprocessing``), and in a line of the note.
+
 A program, ONNX and TorchScript need neither the model's class nor unpickling. Every bad request
 (a format the plan cannot take, a path that cannot be written, torch failing) is an
 ``ExportError`` (a ValueError) with one line; a file is written to a temporary name in the same
@@ -27,11 +33,12 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,14 +51,22 @@ from explorer.compaction import CompactionError, can_compact, compact
 from explorer.cost import model_cost
 from explorer.inspection import copy_model, example_input
 from explorer.methods import get_method, plan_label
+from explorer.outputs import output_kind
 from explorer.plan import PruningPlan
 from explorer.pruning import PrunedState, Pruner
 from explorer.snippet import MASKS_SUFFIX, make_snippet, run_snippet
 from explorer.structure import source_names
+from explorer.subject import STORE_PREFIX
 
 if TYPE_CHECKING:
+    from explorer.data import ImageDataset
     from explorer.subject import Subject
     from explorer.workbench import Workbench
+
+#: The name of the preprocessing inside a file (ONNX metadata key, a program's extra file).
+PREPROCESSING_KEY = "preprocessing.json"
+#: What the JSON beside an exported file is called: ``<file name>`` + this.
+SIDECAR_SUFFIX = ".json"
 
 
 class ExportError(ValueError):
@@ -163,8 +178,12 @@ class ExportResult:
             (for ``plan`` and ``tp-ratios``: of the model they lead to).
         compacted: the file holds the physically smaller model (removed channels / heads gone).
         masked: the file holds (or rebuilds) the dense shapes with the pruned weights zero.
-        note: one line for the user: what the file is and how to load it.
-        files: every file written, ``path`` first (the snippet's masks come second).
+        note: one line for the user: what the file is, how to load it, what it expects.
+        files: every file of the model, ``path`` first (the snippet's masks come second);
+            the preprocessing JSON is ``sidecar``, apart.
+        preprocessing: what the model expects and returns (``preprocessing_of``), for the
+            formats that hold or rebuild it; None for the plan and Torch-Pruning's ratios.
+        sidecar: the JSON of ``preprocessing`` written beside ``path`` ("" when None).
     """
 
     format: str
@@ -176,6 +195,8 @@ class ExportResult:
     masked: bool
     note: str
     files: tuple[str, ...] = ()
+    preprocessing: dict[str, Any] | None = field(default=None, hash=False)
+    sidecar: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,10 +218,21 @@ class _Job:
     state: PrunedState
     subject: Subject | None
     target: Path
+    data: ImageDataset | None = None  # what the model was measured on (its preprocessing)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.pruner.structure.input_shape)
+
+    @cached_property
+    def preprocessing(self) -> dict[str, Any]:
+        # The dense model returns what every pruned form of it returns (logits or
+        # log-probabilities), and needs no copy or compaction to ask.
+        return preprocessing_of(self.pruner.model, self.input_shape, self.data)
+
+    @cached_property
+    def preprocessing_json(self) -> str:
+        return json.dumps(self.preprocessing, indent=2) + "\n"
 
     @property
     def structured(self) -> bool:
@@ -264,6 +296,9 @@ class ExportFormat(ABC):
     suffix: ClassVar[str]
     title: ClassVar[str]
     help: ClassVar[str]
+    #: The file holds or rebuilds the pruned model: its latency can be measured, and its
+    #: preprocessing is written beside it (not so for a plan or Torch-Pruning's ratios).
+    carries_model: ClassVar[bool] = True
 
     def unavailable_because(self, method: str) -> str | None:
         """Why plans of ``method`` cannot take this format, or None."""
@@ -395,8 +430,9 @@ class Program(ExportFormat):
 
     def build(self, job: _Job) -> _Built:
         program = export_program(job.deployable, job.input_shape)
+        extra = {PREPROCESSING_KEY: job.preprocessing_json}
         return _Built(
-            {job.target: lambda path: torch.export.save(program, path)},
+            {job.target: lambda path: torch.export.save(program, path, extra_files=extra)},
             job.deployable_counts,
             compacted=job.structured,
             masked=not job.structured,
@@ -449,6 +485,7 @@ class Onnx(ExportFormat):
                     external_data=False,
                     verbose=False,
                 )
+            _add_onnx_metadata(path, {PREPROCESSING_KEY: job.preprocessing_json})
 
         return _Built(
             {job.target: write},
@@ -474,7 +511,8 @@ class TorchScript(ExportFormat):
 
         def write(path: Path) -> None:
             with _quiet():
-                torch.jit.save(module, str(path))
+                extra = {PREPROCESSING_KEY: job.preprocessing_json}
+                torch.jit.save(module, str(path), _extra_files=extra)
 
         return _Built(
             {job.target: write},
@@ -561,6 +599,7 @@ class TorchPruningRatios(ExportFormat):
     suffix = ".json"
     title = "Torch-Pruning ratios"
     help = "per-layer pruning_ratio_dict for Torch-Pruning's pruners (channel plans)"
+    carries_model = False
 
     def unavailable_because(self, method: str) -> str | None:
         kind = get_method(method).unit_kind
@@ -634,6 +673,7 @@ class PlanFormat(ExportFormat):
     suffix = ".json"
     title = "plan (JSON)"
     help = "the plan itself; the explorer (app or CLI) applies it to the same model again"
+    carries_model = False
 
     def build(self, job: _Job) -> _Built:
         return _Built(
@@ -654,6 +694,191 @@ def load_export(fmt: str, path: str | Path, model: nn.Module | None = None) -> A
     copy of ``model``, the dense original) and pt2 / torchscript, an ``OnnxRunner`` for onnx, a
     dict for tp-ratios, a ``PruningPlan`` for plan."""
     return get_format(fmt).load(Path(path), model)
+
+
+# --- what the exported model expects and returns ------------------------------------------------
+
+
+def _numbers(values: float | tuple[float, ...], channels: int) -> list[float]:
+    """One float per channel (a dataset may keep one number for all)."""
+    values = tuple(values) if isinstance(values, tuple | list) else (values,)
+    return [float(v) for v in (values * channels if len(values) == 1 else values)]
+
+
+def _output(model: nn.Module, probe: torch.Tensor) -> tuple[str, int | None]:
+    """What ``model`` returns for ``probe``: ``"logits"`` or ``"log-probabilities"``, and the
+    number of classes (None when the output is not one row of scores per input)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        scores = model(probe.to(device))
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
+        return "logits", None
+    return output_kind(scores), int(scores.shape[1])
+
+
+def preprocessing_of(
+    model: nn.Module, input_shape: tuple[int, ...], data: ImageDataset | None = None
+) -> dict[str, Any]:
+    """What ``model`` (or any pruned form of it) expects and returns, as plain data.
+
+    Args:
+        model: the model, in eval mode.
+        input_shape: one input, (C, H, W).
+        data: the dataset the explorer measured it on: its mean, std and classes are the
+            preprocessing the model needs (None: a bare model, with no known preprocessing).
+
+    Returns:
+        ``input``: shape (batch first), layout, dtype, channels, size, mean, std (one per
+        channel) and the steps from an 8-bit image; ``classes``; ``output``: its kind
+        (``"logits"`` or ``"log-probabilities"``; a model whose own forward returned
+        probabilities is exported as their log), shape and meaning; ``summary``: one line.
+    """
+    channels, *size = input_shape
+    probe = data.images[:8].float() if data is not None else example_input(input_shape, batch=2)
+    kind, classes = _output(model, probe)
+    from_probabilities = bool(getattr(model, "_explorer_log_of_probabilities", False))
+    meaning = {
+        "logits": "unnormalised class scores: softmax gives probabilities, argmax the class",
+        "log-probabilities": "log of each class's probability: exp gives probabilities, "
+        "argmax the class",
+    }[kind]
+    if from_probabilities:
+        meaning += " (the model's own forward returned probabilities; exported as their log)"
+    steps = [
+        f"an image as {'RGB' if channels == 3 else 'grey'} values 0..255, divided by 255",
+        f"resized to {'×'.join(map(str, size))} (bilinear, antialiased when shrinking)",
+        "grey repeated to 3 channels / RGB averaged to 1 where the image has the other count",
+    ]
+    mean = std = None
+    if data is not None:
+        mean, std = _numbers(data.mean, channels), _numbers(data.std, channels)
+        steps.append("minus mean, divided by std, per channel")
+        formula = f"(pixels / 255 - {_listed(mean)}) / {_listed(std)}"
+    else:
+        formula = "pixels with the preprocessing the model was trained with (not known here)"
+    summary = (
+        f"input (batch, {', '.join(map(str, input_shape))}) float32 = {formula}; output: "
+        f"{kind}"
+        + (f" over {classes} classes" if classes else "")
+        + (" (the model returned probabilities)" if from_probabilities else "")
+    )
+    return {
+        "input": {
+            "name": "input",
+            "shape": ["batch", *input_shape],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": channels,
+            "colour": "RGB" if channels == 3 else "grey",
+            "size": list(size),
+            "mean": mean,
+            "std": std,
+            "formula": formula,
+            "steps": steps,
+        },
+        "classes": list(data.classes) if data is not None else None,
+        "output": {
+            "name": "output",
+            "kind": kind,
+            "shape": ["batch", classes],
+            "meaning": meaning,
+            "from_probabilities": from_probabilities,
+        },
+        "summary": summary,
+    }
+
+
+def _listed(values: list[float]) -> str:
+    shown = [f"{v:.4g}" for v in values]
+    return shown[0] if len(set(shown)) == 1 else "(" + ", ".join(shown) + ")"
+
+
+def _add_onnx_metadata(path: Path, entries: Mapping[str, str]) -> None:
+    """Write ``entries`` into the ONNX file's ``metadata_props`` (what onnxruntime's
+    ``get_modelmeta().custom_metadata_map`` reads back)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in entries.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(proto, str(path))
+
+
+def read_preprocessing(path: str | Path) -> dict[str, Any]:
+    """The preprocessing an exported file carries: from inside an ONNX, torch.export or
+    TorchScript file, else from the JSON beside the file. Raises ``ExportError`` if none."""
+    path = Path(path)
+    inside: str | None = None
+    with contextlib.suppress(Exception):  # not that format, or nothing stored inside
+        if path.suffix == ".onnx":
+            import onnx
+
+            props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+            inside = props.get(PREPROCESSING_KEY)
+        elif path.suffix == ".pt2":
+            extra = {PREPROCESSING_KEY: ""}
+            torch.export.load(path, extra_files=extra)
+            inside = extra[PREPROCESSING_KEY] or None
+        elif path.suffix == ".ts":
+            extra = {PREPROCESSING_KEY: ""}
+            with _quiet():
+                torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            inside = extra[PREPROCESSING_KEY] or None
+    if inside is None:
+        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        if not sidecar.is_file():
+            raise ExportError(f"{path.name} carries no preprocessing and has no {sidecar.name}")
+        inside = sidecar.read_text(encoding="utf-8")
+    return json.loads(inside)
+
+
+# --- file names ---------------------------------------------------------------------------------
+
+
+def _file_safe(text: str) -> str:
+    """``text`` with only letters, digits, ``-`` and ``_`` (a name in any file system)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "model"
+
+
+def model_stem(subject: Subject | None, names: Mapping[str, str] | None = None) -> str:
+    """The model's part of an exported file's name: "lenet5", "resnet18", "Net" (a .py class),
+    "mymodel" (from mymodel.onnx: an upload by the name in ``names``, a ``store:`` reference
+    -> the name it was uploaded as; unknown: "onnx-3fa2c1")."""
+    if subject is None:
+        return "model"
+    source = subject.model
+    if source.kind == "python":
+        return _file_safe(source.ref.rpartition(":")[2])
+    if source.kind in ("zoo", "torchvision", "timm"):
+        return _file_safe(source.ref)
+    ref = source.ref
+    if ref.startswith(STORE_PREFIX):
+        known = (names or {}).get(ref)
+        return _file_safe(
+            Path(known).stem if known else f"{source.kind}-{ref[len(STORE_PREFIX) :][:6]}"
+        )
+    return _file_safe(Path(ref).stem)
+
+
+def plan_tag(plan: PruningPlan) -> str:
+    """The plan's part of a file name: method and amount ("filters30", "unstructured12.5"),
+    the N:M pattern ("nm2of4"), and the criterion unless it is the default."""
+    if get_method(plan.method).amount_is_switch:
+        tag = f"{plan.method}{plan.n}of{plan.m}"
+    else:
+        tag = f"{plan.method}{plan.amount * 100:.4g}"
+    if plan.criterion != PruningPlan().criterion:
+        tag += f"-{plan.criterion}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", tag)
+
+
+def export_file_name(stem: str, plan: PruningPlan, fmt: str) -> str:
+    """``<model>_<plan>[_<format>]<suffix>``: ``resnet18_filters30.onnx``,
+    ``lenet5_unstructured50_zeros.pt``; the format is named where the suffix is not its name."""
+    exporter = get_format(fmt)
+    named = "" if exporter.suffix == f".{fmt}" else f"_{fmt.replace('-', '_')}"
+    return f"{stem}_{plan_tag(plan)}{named}{exporter.suffix}"
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -717,6 +942,7 @@ def export(
     exporter = get_format(fmt)
     pruner: Pruner = getattr(source, "pruner", source)
     subject = getattr(source, "subject", None)
+    data = getattr(source, "eval_set", None)
     target = _check_target(path)
     try:
         state = pruner.state_for(plan)
@@ -725,18 +951,25 @@ def export(
     reason = exporter.unavailable_because(state.plan.method)
     if reason:
         raise ExportError(f"{fmt}: {reason}")
-    job = _Job(pruner, state, subject, target)
+    job = _Job(pruner, state, subject, target, data)
     try:
         with _quiet():
             built = exporter.build(job)
+            preprocessing = job.preprocessing if exporter.carries_model else None
     except ExportError:
         raise
     except Exception as err:  # torch raises many kinds; the user gets one line for all
         raise ExportError(
             f"{fmt} export failed ({type(err).__name__}: {first_line(err)})"
         ) from None
+    note, files = built.note, tuple(str(p) for p in built.writers)
+    sidecar = ""
+    if preprocessing is not None:
+        beside = target.with_name(target.name + SIDECAR_SUFFIX)
+        built.writers[beside] = _write_text(job.preprocessing_json)
+        note += f"; {preprocessing['summary']} (all of it in {beside.name})"
+        sidecar = str(beside)
     _write_all(built.writers, fmt)
-    files = tuple(str(p) for p in built.writers)
     return ExportResult(
         format=fmt,
         path=str(target),
@@ -745,8 +978,10 @@ def export(
         params_total=built.counts[1],
         compacted=built.compacted,
         masked=built.masked,
-        note=built.note,
+        note=note,
         files=files,
+        preprocessing=preprocessing,
+        sidecar=sidecar,
     )
 
 
@@ -757,10 +992,15 @@ __all__ = [
     "ExportResult",
     "OnnxRunner",
     "export",
+    "export_file_name",
     "export_program",
     "first_line",
     "formats_for",
     "get_format",
     "load_export",
     "masked_state_dict",
+    "model_stem",
+    "plan_tag",
+    "preprocessing_of",
+    "read_preprocessing",
 ]

@@ -25,6 +25,22 @@ def env_megabytes(env: str, default: int) -> int:
     return value * 2**20
 
 
+#: Largest single upload (model, weights or dataset), overridable for big local work. The app's
+#: file uploaders take the same number (``upload_limit_mb``; Streamlit's own
+#: ``server.maxUploadSize``, set in .streamlit/config.toml and by ``pruning-explorer app``).
+MAX_UPLOAD_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 512
+
+
+def max_upload_bytes() -> int:
+    return env_megabytes(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
+
+
+def max_upload_mb() -> int:
+    """The upload limit in whole megabytes, as Streamlit's ``server.maxUploadSize`` takes it."""
+    return max_upload_bytes() // 2**20
+
+
 def activation_cache_bytes() -> int:
     return env_megabytes(ACTIVATION_CACHE_ENV, DEFAULT_ACTIVATION_CACHE_MB)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -70,8 +72,33 @@ class Method(ABC):
     amount_is_switch: ClassVar[bool] = False
     #: What one per-unit control stands for, as a heading.
     unit_heading: ClassVar[str] = "Per layer"
+    #: What the amount counts, plural ("filters / neurons"): a slider says what it removes, not
+    #: "sparsity", which reads as zero weights (70% of the filters can be 91% of the weights).
+    amount_counts: ClassVar[str] = "weights"
     #: Why a model may have no unit of this method, for the message that says so.
     absent_because: ClassVar[str] = ""
+    #: The plan settings (as plan JSON names them) that change nothing for this method, each
+    #: with why (``unused_settings``; the CLI names the flags given for them). Tested against
+    #: the pruning itself: changing one of them leaves every mask as it was.
+    ignores: ClassVar[Mapping[str, str]] = MappingProxyType({"nm": "only N:M plans have a pattern"})
+
+    @property
+    def counted(self) -> str:
+        """What the amount counts and what happens to them: "filters / neurons removed"
+        ("pruned" for weights: a masked weight is zero, not gone)."""
+        return f"{self.amount_counts} {'removed' if self.structured else 'pruned'}"
+
+    def amount_label(self, unit: str | None = None) -> str:
+        """The label of a slider of this method's amount, e.g. "Weights pruned (%)",
+        "Filters / neurons removed (%)"; with ``unit`` the per-unit slider's, "conv1 · filters /
+        neurons removed (%)"."""
+        if unit:
+            return f"{unit} · {self.counted} (%)"
+        return f"{self.counted[0].upper()}{self.counted[1:]} (%)"
+
+    def amount_phrase(self, fraction: float, digits: int = 0) -> str:
+        """An amount in words, e.g. "70% filters / neurons removed", "90.0% weights pruned"."""
+        return f"{fraction:.{digits}%} {self.counted}"
 
     def why_absent(self, structure: ModelStructure) -> str:
         """Why this model has no unit of this method, in a few words ("" when unknown)."""
@@ -140,6 +167,13 @@ class Unstructured(Method):
     )
     unit_kind = "weights"
     structured = False
+    ignores = MappingProxyType(
+        {
+            **Method.ignores,
+            "norm": "single weights are scored one by one, and the Ln norm only combines the "
+            "scores of a channel, head or block",
+        }
+    )
 
     def units(self, structure: ModelStructure) -> list[Unit]:
         return [
@@ -171,6 +205,12 @@ class NM(Unstructured):
     )
     supports_global = False
     amount_is_switch = True
+    ignores = MappingProxyType(
+        {
+            "norm": Unstructured.ignores["norm"],
+            "scope": "each layer is N:M or dense by itself: there is no global ranking",
+        }
+    )
 
     def reason_left_dense(self, unit: Unit, plan: PruningPlan) -> str | None:
         if self.fits(unit, plan.m):
@@ -307,6 +347,7 @@ class Filters(_ChannelMethod):
         "made physically smaller, so it really gets faster."
     )
     score_role = "producer"
+    amount_counts = "filters / neurons"
 
 
 @register_method
@@ -318,6 +359,7 @@ class Channels(_ChannelMethod):
         "read them. Removing an input channel removes the neuron/filter that produced it."
     )
     score_role = "consumer"
+    amount_counts = "input channels"
 
 
 @register_method
@@ -330,6 +372,7 @@ class Heads(Method):
     )
     unit_kind = "heads"
     unit_heading = "Per attention module"
+    amount_counts = "heads"
     absent_because = "it has no attention heads"
 
     def units(self, structure: ModelStructure) -> list[Unit]:
@@ -405,6 +448,7 @@ class Blocks(Method):
     )
     unit_kind = "blocks"
     unit_heading = "Per stage of blocks"
+    amount_counts = "blocks"
     absent_because = (
         "it has no residual or transformer encoder block of a known kind (torchvision "
         "BasicBlock, Bottleneck or EncoderBlock, the sample zoo's blocks; others can be "
@@ -463,8 +507,29 @@ class Blocks(Method):
         return f"layer {layer!r} is in no removable block (residual or transformer block)"
 
 
+def short_plan_label(plan: PruningPlan) -> str:
+    """The plan in fewer words, for a narrow table: what its amount counts, the criterion's
+    name and the scope, e.g. "70% filters / neurons, magnitude, global"."""
+    method = get_method(plan.method)
+    criterion = get_criterion(plan.criterion)
+    parts = [
+        f"{plan.n}:{plan.m}"
+        if method.amount_is_switch
+        else f"{plan.amount:.0%} {method.amount_counts}",
+        criterion.name + (f" (seed {plan.seed})" if criterion.seeded else ""),
+    ]
+    if not method.amount_is_switch:
+        parts.append("global" if plan.scope == "global" else "layer-wise")
+        if plan.layer_amounts:
+            parts.append(f"{len(plan.layer_amounts)} own amount(s)")
+    if plan.dense_layers:
+        parts.append(f"{len(plan.dense_layers)} locked dense")
+    return ", ".join(parts)
+
+
 def plan_label(plan: PruningPlan, amount: bool = True) -> str:
-    """The plan in a few words, e.g. "Unstructured (weights), magnitude, global, 50%"."""
+    """The plan in a few words, e.g. "Unstructured (weights), weight magnitude, global, 50%
+    weights pruned"."""
     method = get_method(plan.method)
     criterion = get_criterion(plan.criterion)
     parts = [method.title, criterion.title.lower()]
@@ -474,10 +539,27 @@ def plan_label(plan: PruningPlan, amount: bool = True) -> str:
         parts.append(f"{plan.n}:{plan.m}" + (" on every layer" if plan.amount > 0 else ""))
     else:
         parts.append("global" if plan.scope == "global" else "layer-wise")
-        if amount:
-            parts.append(f"{plan.amount:.0%}")
+        if amount:  # what the amount counts: 70% of the filters can be 91% of the weights
+            parts.append(method.amount_phrase(plan.amount))
     if plan.layer_amounts and not method.amount_is_switch:
         parts.append(f"{len(plan.layer_amounts)} own amount(s)")
     if plan.dense_layers:
         parts.append(f"{len(plan.dense_layers)} locked dense")
     return ", ".join(parts)
+
+
+def unused_settings(plan: PruningPlan) -> dict[str, str]:
+    """The settings of ``plan`` that change nothing under its method and criterion, each with
+    why, as plan JSON names them: the method's ``ignores``, ``"seed"`` for a criterion that is
+    not random, and ``"amount"`` for a method whose amount only switches it on (0 < amount < 1
+    prunes what 1 prunes)."""
+    method, criterion = get_method(plan.method), get_criterion(plan.criterion)
+    unused = dict(method.ignores)
+    if not criterion.seeded:
+        unused["seed"] = f"the {criterion.name} criterion is not random"
+    if method.amount_is_switch and 0 < plan.amount < 1:
+        unused["amount"] = (
+            f"{method.title} is on for any amount above 0, or off: the {plan.n}:{plan.m} "
+            "pattern sets the sparsity"
+        )
+    return unused

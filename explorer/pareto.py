@@ -8,6 +8,7 @@ plain metrics ``explorer.experiments.from_report`` saves; nothing runs a model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from explorer.plots.common import DENSE_COLOR, PRUNED_COLOR, compact_layout
-from explorer.plots.prune import SERIES_COLORS
+from explorer.latency import SpeedComparison, compare_speed
+from explorer.plots.common import DENSE_COLOR, PRUNED_COLOR, SERIES_COLORS, compact_layout
+from explorer.summary import LatencyVerdict, latency_verdict, timings_from_rows
 
 #: The batch size whose latency the comparison shows (the Prune page's verdict batch).
 LATENCY_BATCH = 32
@@ -83,6 +85,40 @@ def latency_ms(metrics: Mapping[str, Any], batch: int = LATENCY_BATCH) -> float 
     return None
 
 
+def stored_verdict(metrics: Mapping[str, Any], batch: int = LATENCY_BATCH) -> LatencyVerdict | None:
+    """The latency tile of the Prune page as it was when the experiment was saved: the
+    deployable form against the dense model timed in the *same* rounds; None without both
+    timings at ``batch``. A masked plan, or a compacted one that lost no unit, runs the dense
+    kernels: the same speed by construction."""
+    timings = timings_from_rows(metrics.get("latency") or [])
+    try:
+        verdict = latency_verdict(timings, same_kernels=False, batch=batch)
+    except (ValueError, KeyError):  # no dense row, or no deployable form, at this batch
+        return None
+    compacted = metrics.get("params_compacted")
+    same = verdict.form == "masked" or (
+        compacted is not None and compacted == metrics.get("params_total")
+    )
+    speed = compare_speed(verdict.dense, verdict.timed, same_kernels=same)
+    return dataclasses.replace(verdict, speed=speed, same_kernels=same)
+
+
+def latency_speed(metrics: Mapping[str, Any], batch: int = LATENCY_BATCH) -> SpeedComparison | None:
+    """``stored_verdict``'s speed against dense. Unlike ``latency_ms`` it compares across
+    experiments: every ratio has its own dense baseline, so a slow spell of the machine during
+    one save does not make that plan look slower than another's."""
+    verdict = stored_verdict(metrics, batch)
+    return None if verdict is None else verdict.speed
+
+
+def speed_up(speed: SpeedComparison | None) -> float | None:
+    """How many times faster than dense, as a table or an axis shows it: 1 for the same
+    kernels (equal by construction, whatever the timer said), else the paired ratio."""
+    if speed is None:
+        return None
+    return 1.0 if speed.same_kernels else speed.ratio
+
+
 def _metric(name: str) -> Callable[[Mapping[str, Any]], float | None]:
     def read(metrics: Mapping[str, Any]) -> float | None:
         value = metrics.get(name)
@@ -98,7 +134,10 @@ class Axis:
     Attributes:
         title: the axis title; scale: factor from the stored value to the one drawn;
         maximize: more is better (sparsity), else less is (a cost);
-        hover: the value's format in the tooltip (plotly d3 format, drawn units).
+        hover: the value's format in the tooltip (plotly d3 format, drawn units);
+        tickformat: the ticks' d3 format ("" = plotly's choice);
+        suffix: the unit written after every tick and hovered value ("B" after an SI prefix
+        format: "27.7MB").
     """
 
     title: str
@@ -107,6 +146,8 @@ class Axis:
     scale: float = 1.0
     hover: str = ",.3g"
     help: str = ""
+    tickformat: str = ""
+    suffix: str = ""
 
 
 AXES: dict[str, Axis] = {
@@ -124,21 +165,32 @@ AXES: dict[str, Axis] = {
         hover=",.4s",
         help="multiply-adds with a nonzero weight, 2 FLOPs each; fewer is better",
     ),
+    "speed-up": Axis(
+        "speed-up over dense (timed in the same rounds)",
+        lambda metrics: speed_up(latency_speed(metrics)),
+        maximize=True,
+        hover=".2f",
+        suffix="×",
+        help=f"dense ms / the deployable model's ms at batch {LATENCY_BATCH}, both timed in the "
+        "same rounds when it was saved, so experiments saved at different times compare; "
+        "more is better",
+    ),
     "latency": Axis(
         f"latency at batch {LATENCY_BATCH} (ms)",
         latency_ms,
         hover=".3g",
         help=f"median ms per batch of {LATENCY_BATCH} of the deployable model (compacted if "
-        "structured, else masked), timed when it was saved, on the machine that saved it; "
-        "fewer is better",
+        "structured, else masked), measured when each was saved, each at a different time "
+        "(the machine's load differs: prefer the speed-up); fewer is better",
     ),
     "size": Axis(
-        "size on disk (KiB)",
+        "size on disk",
         deployed_bytes,
-        scale=1 / 1024,
-        hover=",.1f",
-        help="bytes of torch.save of the compacted model, else the sparse encoding; "
-        "fewer is better",
+        hover=".3~s",
+        tickformat="~s",
+        suffix="B",
+        help="bytes of torch.save of the compacted model, else the sparse encoding "
+        "(KB, MB: 10³, 10⁶ bytes); fewer is better",
     ),
 }
 
@@ -201,7 +253,7 @@ def pareto_figure(
                     for i, p in enumerate(members)
                 ],
                 hovertemplate="<b>%{customdata[0]}</b><br>%{customdata[1]}<br>"
-                f"{axis.title}: %{{x:{axis.hover}}}<br>accuracy %{{y:.2f}}%<br>"
+                f"{axis.title}: %{{x:{axis.hover}}}{axis.suffix}<br>accuracy %{{y:.2f}}%<br>"
                 "%{customdata[2]}<extra></extra>",
             )
         )
@@ -213,7 +265,7 @@ def pareto_figure(
             annotation_text="dense",
             annotation_position="bottom left",
         )
-    fig.update_xaxes(title=axis.title)
+    fig.update_xaxes(title=axis.title, tickformat=axis.tickformat, ticksuffix=axis.suffix)
     fig.update_yaxes(title="eval accuracy (%)")
     fig.update_layout(
         legend={"orientation": "h", "y": -0.25, "yanchor": "top"},
@@ -232,6 +284,9 @@ __all__ = [
     "Point",
     "deployed_bytes",
     "latency_ms",
+    "latency_speed",
     "pareto_figure",
     "pareto_front",
+    "speed_up",
+    "stored_verdict",
 ]

@@ -17,15 +17,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from explorer.limits import env_megabytes
+from explorer.limits import MAX_UPLOAD_ENV, env_megabytes, max_upload_bytes
 from explorer.subject import HASH_PREFIX, STORE_PREFIX, file_digest
 
 HOME_ENV = "PRUNING_EXPLORER_HOME"
 QUOTA_ENV = "PRUNING_EXPLORER_STORE_QUOTA_MB"
 DEFAULT_QUOTA_MB = 2048
-#: Largest single upload (model, weights or dataset), overridable for big local work.
-MAX_UPLOAD_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
-DEFAULT_MAX_UPLOAD_MB = 512
 
 
 def home() -> Path:
@@ -39,10 +36,6 @@ def home() -> Path:
         path = Path(user_data_dir("pruning-explorer", appauthor=False))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def max_upload_bytes() -> int:
-    return env_megabytes(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
 
 
 class Store:

@@ -188,6 +188,10 @@ def _floats(value: Any, what: str) -> tuple[float, ...] | None:
     return numbers
 
 
+#: The preprocessing settings a spec can take from the images rather than from the model.
+FROM_IMAGES = ("size", "channels", "normalisation")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A dataset and how its images become model inputs.
@@ -202,6 +206,10 @@ class DataSpec:
         eval_fraction: share of each class held out for evaluation (a user dataset is split
             once, stratified by class); the bundled MNIST has its fixed split.
         seed: seed of that split.
+        from_images: the settings (of ``FROM_IMAGES``) taken from the images themselves even
+            where the model declares its own: ``"size"`` keeps their size where the model
+            says 224×224, ``"normalisation"`` uses their own mean and std, not ImageNet's.
+            A setting given above wins over both.
     """
 
     source: str = "mnist"
@@ -211,9 +219,17 @@ class DataSpec:
     std: tuple[float, ...] | None = None
     eval_fraction: float = 0.3
     seed: int = 0
+    from_images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        own = tuple(self.from_images or ())
+        unknown = sorted(set(own) - set(FROM_IMAGES))
+        if unknown:
+            raise ValueError(
+                f"from_images takes {', '.join(FROM_IMAGES)}; unknown: {', '.join(unknown)}"
+            )
+        set_(self, "from_images", tuple(n for n in FROM_IMAGES if n in own))
         if not str(self.source).strip():
             raise ValueError("a data spec needs a source: 'mnist' or a path")
         if self.size is not None:
@@ -244,11 +260,13 @@ class DataSpec:
             "std": list(self.std) if self.std else None,
             "eval_fraction": self.eval_fraction,
             "seed": self.seed,
+            # only when set: the JSON (and every key made of it) of older specs stays the same
+            **({"from_images": list(self.from_images)} if self.from_images else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
-        unknown = sorted(set(data) - set(cls().to_dict()))
+        unknown = sorted(set(data) - {*cls().to_dict(), "from_images"})
         if unknown:
             raise ValueError(f"unknown data field(s) {unknown}")
         size = data.get("size")
@@ -260,6 +278,7 @@ class DataSpec:
             std=data.get("std"),
             eval_fraction=data.get("eval_fraction", 0.3),
             seed=data.get("seed", 0),
+            from_images=tuple(data.get("from_images") or ()),
         )
 
 
@@ -340,29 +359,38 @@ class Subject:
     @property
     def model_label(self) -> str:
         """The model part of ``label``: a file's name, or "uploaded .onnx 3fa2c1"."""
-        return _short(str(self.model), "uploaded")
+        return _short(str(self.model), "uploaded", {})
 
     @property
     def label(self) -> str:
         """A few words for people, e.g. "lenet5", "net.py:Net · weights 3fa2c1 · data shapes.zip"
         or "uploaded .onnx 3fa2c1 · data upload 9b01de" (a store file has no name of its own)."""
-        parts = [self.model_label]
+        return self.label_with({})
+
+    def label_with(self, names: Mapping[str, str]) -> str:
+        """``label``, with the names files were uploaded as where ``names`` knows them
+        (``store:`` reference or weights digest -> file name; display only, never a key)."""
+        parts = [_short(str(self.model), "uploaded", names)]
         if self.weights:
-            parts.append(f"weights {self.weights[len(HASH_PREFIX) :][:6]}")
+            parts.append(
+                f"weights {names.get(self.weights) or self.weights[len(HASH_PREFIX) :][:6]}"
+            )
         if not self.data.bundled:
-            parts.append("data " + _short(self.data.source, "upload"))
+            parts.append("data " + _short(self.data.source, "upload", names))
         return " · ".join(parts)
 
 
-def _short(ref: str, word: str) -> str:
-    """A path's file name, or for a ``store:`` file its suffix and the hash's first digits."""
+def _short(ref: str, word: str, names: Mapping[str, str]) -> str:
+    """A path's file name; for a ``store:`` file the name it was uploaded as (``names``), else
+    its suffix and the hash's first digits."""
     if STORE_PREFIX not in ref:
         path, colon, rest = ref.partition(".py:")
         return Path(path).name + colon + rest if colon else Path(ref).name
     head, _, tail = ref.partition(STORE_PREFIX)
     name, _, rest = tail.partition(":")  # a python source: store:<hex>.py:ClassName
     digest, _, suffix = name.partition(".")
-    return f"{head}{word} .{suffix} {digest[:6]}" + (f":{rest}" if rest else "")
+    shown = names.get(STORE_PREFIX + name) or f"{word} .{suffix} {digest[:6]}"
+    return f"{head}{shown}" + (f":{rest}" if rest else "")
 
 
 @functools.lru_cache(maxsize=256)
@@ -397,6 +425,7 @@ SUBJECT_FIELDS = (
     "std",
     "eval_fraction",
     "split_seed",
+    "from_images",
 )
 
 
@@ -422,6 +451,8 @@ def subject_to_query(subject: Subject) -> dict[str, str]:
         query["eval_fraction"] = f"{data.eval_fraction:g}"
     if data.seed != default.seed:
         query["split_seed"] = str(data.seed)
+    if data.from_images:
+        query["from_images"] = ",".join(data.from_images)
     return query
 
 
@@ -448,6 +479,7 @@ def subject_from_query(query: Mapping[str, str]) -> Subject:
         std=[float(v) for v in query["std"].split(",")] if query.get("std") else None,
         eval_fraction=number("eval_fraction") if query.get("eval_fraction") else 0.3,
         seed=number("split_seed", int) if query.get("split_seed") else 0,
+        from_images=tuple(v for v in query.get("from_images", "").split(",") if v),
     )
     source = ModelSource.parse(query.get("model", ""), query.get("model_args") or None)
     return Subject(source, query.get("weights") or None, data)

@@ -6,15 +6,27 @@ its footprint from the same place (``Workbench.footprint``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from explorer.cost import SizeReport
 from explorer.evaluation import IncrementalResult
-from explorer.latency import Latency, SpeedComparison, compare_speed, same_architecture
+from explorer.latency import (
+    Latency,
+    SpeedComparison,
+    compare_speed,
+    measure_latency,
+    same_architecture,
+)
+from explorer.plan import PruningPlan
+
+if TYPE_CHECKING:  # the workbench builds on this module
+    from explorer.workbench import Workbench
 
 #: The batch size of the latency tile: where a smaller model's speed-up shows, unlike batch 1.
 VERDICT_BATCH = 32
@@ -146,6 +158,24 @@ class LatencyVerdict:
     same_kernels: bool
 
 
+def timings_from_rows(rows: Iterable[object]) -> list[Latency]:
+    """Latency rows as an experiment stores them (``asdict`` of each ``Latency``, plus
+    ``spread_ms``) back as ``Latency``; anything that is not such a row is skipped."""
+    names = {f.name for f in dataclasses.fields(Latency)}
+    timings = []
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        try:
+            values: dict[str, Any] = {k: v for k, v in row.items() if k in names}
+            for key in ("samples_ms", "notes"):
+                values[key] = tuple(values.get(key) or ())
+            timings.append(Latency(**values))
+        except TypeError:  # a field missing: a row edited by hand
+            continue
+    return timings
+
+
 def latency_verdict(
     timings: Sequence[Latency], same_kernels: bool, batch: int = VERDICT_BATCH
 ) -> LatencyVerdict:
@@ -179,6 +209,64 @@ def against_dense(
         )
         for t in timings
     ]
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Dense and several plans timed in the same rounds (``time_side_by_side``).
+
+    Attributes:
+        dense: the dense model's timing.
+        timed: key -> the deployable form's timing (compacted, else masked).
+        speed: key -> that timing against ``dense`` (same kernels: equal by construction).
+    """
+
+    dense: Latency
+    timed: dict[str, Latency]
+    speed: dict[str, SpeedComparison]
+
+
+def time_side_by_side(
+    bench: Workbench,
+    plans: Mapping[str, PruningPlan],
+    batch: int = VERDICT_BATCH,
+    repeats: int = 20,
+    budget_s: float | None = None,
+) -> SideBySide:
+    """Time the deployable form of every plan (compacted if it has one, else masked) and the
+    dense model in the same rounds of one measurement, so that every ratio and every median
+    shares the machine's mood of that moment. ``plans``: key -> plan (a key is not "dense")."""
+    if "dense" in plans:
+        raise ValueError('"dense" names the dense model: key the plans otherwise')
+    models: dict[str, nn.Module] = {"dense": bench.model}
+    same: dict[str, bool] = {}
+    for key, plan in plans.items():
+        state = bench.resolve(plan)
+        compacted, _ = bench.compacted(state)
+        models[key] = compacted if compacted is not None else bench.pruner.pruned_model(state)
+        same[key] = runs_dense_kernels(compacted, bench.model)
+    timings = measure_latency(
+        models, bench.eval_set.input_shape, (batch,), repeats=repeats, budget_s=budget_s
+    )
+    by_name = {t.model: t for t in timings}
+    dense = by_name["dense"]
+    timed = {key: by_name[key] for key in plans}
+    speed = {key: compare_speed(dense, t, same[key]) for key, t in timed.items()}
+    return SideBySide(dense, timed, speed)
+
+
+def human_bytes(n: float) -> str:
+    """A size for people: 812 B, 25 KB, 353.1 KB, 27.7 MB, 1.4 GB. Decimal units (1 MB = 10⁶
+    bytes) with at most one decimal: the digits a table's ``format="bytes"`` column shows, so
+    a size reads the same in a tile, a caption and a table."""
+    value, unit = float(n), "B"
+    for bigger in ("KB", "MB", "GB", "TB"):
+        if round(value, 1) < 1000:
+            break
+        value, unit = value / 1000, bigger
+    if unit == "B":
+        return f"{value:,.0f} B"
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def short_count(n: int) -> str:

@@ -3,7 +3,7 @@ so that an interrupted sweep resumes, and labelled so that sweeps of several met
 criteria, seeds and scopes can be overlaid on one chart.
 
 The sweeps live in a plain dict that the caller keeps (the app: its session state), of the
-form ``{key: {"label": str, "points": {amount: (sparsity, accuracy)}}}``.
+form ``{key: {"label": str, "points": {amount: (sparsity, accuracy)}, "color": str}}``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from explorer.methods import get_method, plan_label
 from explorer.plan import PruningPlan, plan_from_query, plan_to_query
 from explorer.plots import CurveSeries
+from explorer.plots.common import SERIES_COLORS, assign_series_color
 from explorer.workbench import Workbench
 
 #: The global amounts of a sweep: 0%, 5%, ... 95%.
@@ -75,6 +76,10 @@ def sweeps_from_query(text: str) -> list[PruningPlan]:
     return plans
 
 
+def _color_index(color: object) -> int | None:
+    return SERIES_COLORS.index(color) if color in SERIES_COLORS else None
+
+
 class Sweeps:
     """The sweeps of one subject, kept in ``store`` (see the module docstring).
 
@@ -91,8 +96,18 @@ class Sweeps:
         self.store, self.amounts = store, amounts
 
     def entry(self, plan: PruningPlan) -> dict[str, Any]:
-        """The sweep of ``plan``, started (no points yet) if there was none."""
-        return self.store.setdefault(sweep_key(plan), {"label": sweep_label(plan), "points": {}})
+        """The sweep of ``plan``, started (no points yet) if there was none. A new sweep gets
+        its colour for good: the one its label hashes to, unless a kept sweep has it."""
+        key = sweep_key(plan)
+        if key not in self.store:
+            label = sweep_label(plan)
+            taken = (entry.get("color") for entry in self.store.values())
+            self.store[key] = {
+                "label": label,
+                "points": {},
+                "color": SERIES_COLORS[assign_series_color(label, map(_color_index, taken))],
+            }
+        return self.store[key]
 
     def missing(self, plan: PruningPlan) -> list[float]:
         """The amounts of ``plan``'s sweep still to evaluate, in order."""
@@ -133,7 +148,12 @@ class Sweeps:
             entry = self.store[key]
             points = [entry["points"][amount] for amount in self.amounts]
             lines.append(
-                CurveSeries(entry["label"], [s for s, _ in points], [a for _, a in points])
+                CurveSeries(
+                    entry["label"],
+                    [s for s, _ in points],
+                    [a for _, a in points],
+                    entry.get("color"),
+                )
             )
         return lines
 

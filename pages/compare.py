@@ -18,17 +18,32 @@ from explorer.experiments import (
     csv_text,
     default_experiments,
 )
-from explorer.pareto import AXES, LATENCY_BATCH, Point, deployed_bytes, latency_ms, pareto_figure
+from explorer.latency import SpeedComparison
+from explorer.methods import short_plan_label
+from explorer.pareto import (
+    AXES,
+    LATENCY_BATCH,
+    Point,
+    deployed_bytes,
+    latency_speed,
+    pareto_figure,
+    speed_up,
+    stored_verdict,
+)
 from explorer.pruning import plan_label
+from explorer.summary import SideBySide, time_side_by_side
 
 ALL = ""  # the subject filter's "every subject"
 SUBJECT_KEY = "cmp_subject"
 AXIS_KEY = "cmp_axis"
+RETIMED_KEY = "cmp_retimed"  # the last side-by-side timing: (experiment ids, rows)
+#: Repeats of a side-by-side timing, and the seconds it may take per subject.
+RETIME_REPEATS, RETIME_BUDGET_S = 20, 20.0
 
 
-def _label(experiment: Experiment) -> str:
+def _label(experiment: Experiment, short: bool = False) -> str:
     try:
-        return plan_label(experiment.plan)
+        return (short_plan_label if short else plan_label)(experiment.plan)
     except ValueError:  # a method or criterion this installation does not know
         return f"{experiment.plan.method}, {experiment.plan.amount:.0%}"
 
@@ -67,72 +82,89 @@ def table_frame(experiments: list[Experiment]) -> pd.DataFrame:
                 "name": e.name,
                 "saved": _when(e.created),
                 "subject": e.subject.label,
-                "plan": _label(e),
+                "plan": _label(e, short=True),
                 "accuracy": None if accuracy is None else accuracy * 100,
                 "Δ vs dense": None
                 if accuracy is None or dense is None
                 else (accuracy - dense) * 100,
                 "sparsity": None if sparsity is None else sparsity * 100,
                 "FLOPs": _number(m.get("flops_effective")),
-                "size": None if size is None else size / 1024,
-                "latency": latency_ms(m),
+                "size": size,
+                "speed-up": speed_up(latency_speed(m)),
                 **_int8_columns(m.get("int8")),
             }
         )
     return pd.DataFrame(rows)
 
 
+INT8_COLUMNS = ("int8 accuracy", "int8 ×")
+INT8_MISSING = (
+    f" {ui.MISSING}: not measured (saved without its int8 variant: tick the int8 comparison "
+    "on the Prune page before saving)."
+)
+#: Widths that keep every column on a laptop's page (1280 px, sidebar open) with all subjects
+#: and the int8 columns shown: long texts wrap onto the rows' lines instead.
 COLUMNS = {
-    "name": st.column_config.TextColumn(help="The name it was saved under."),
+    "name": st.column_config.TextColumn(width=86, help="The name it was saved under."),
     "saved": st.column_config.DatetimeColumn(
         "saved (UTC)", format="MM-DD HH:mm", width=85, help="When it was saved, UTC."
     ),
     "subject": st.column_config.TextColumn(
-        width=180, help="The model, weights and data it was measured on."
+        width=96, help="The model, weights and data it was measured on."
     ),
     "plan": st.column_config.TextColumn(
-        width=190, help="Method, criterion, scope and amount (per-layer settings included)."
+        width=124,
+        help="The amount and what it counts (weights, filters / neurons, heads, blocks), "
+        "the criterion and the scope; select the row for the plan in full.",
     ),
     "accuracy": st.column_config.NumberColumn(
-        "accuracy", format="%.2f%%", help="Top-1 on every held-out eval image."
+        "accuracy", format="%.2f%%", width=70, help="Top-1 on every held-out eval image."
     ),
     "Δ vs dense": st.column_config.NumberColumn(
-        "Δ pts", format="%+.2f", help="Accuracy minus the dense model's, in percentage points."
+        "Δ pts",
+        format="%+.2f",
+        width=50,
+        help="Accuracy minus the dense model's, in percentage points.",
     ),
     "sparsity": st.column_config.NumberColumn(
-        format="%.1f%%", help="Zero weights among the prunable layers' weights."
+        format="%.1f%%", width=62, help="Zero weights among the prunable layers' weights."
     ),
     "FLOPs": st.column_config.NumberColumn(
-        format="compact", help="Effective FLOPs per image: multiply-adds with a nonzero weight."
+        format="compact",
+        width=50,
+        help="Effective FLOPs per image: multiply-adds with a nonzero weight.",
     ),
     "size": st.column_config.NumberColumn(
-        format="%.1f KiB",
-        help="torch.save of the compacted model (structured plans), else the sparse encoding.",
+        format="bytes",
+        width=58,
+        help="torch.save of the compacted model (structured plans), else the sparse "
+        "encoding; KB and MB are 10³ and 10⁶ bytes.",
     ),
-    "latency": st.column_config.NumberColumn(
-        "latency",
-        format="%.3g ms",
-        help=f"Latency: median ms per batch of {LATENCY_BATCH}, deployable model (compacted if "
-        "structured, else masked), timed on the machine that saved it; empty when none was "
-        "stored.",
+    "speed-up": st.column_config.NumberColumn(
+        "speed-up",
+        format="%.2f×",
+        width=64,
+        help=f"Dense ms / this plan's ms per batch of {LATENCY_BATCH} (deployable model: "
+        "compacted if structured, else masked), both timed in the same rounds when it was "
+        "saved: 1.29× = 1.29 times faster. Each row's pair was measured at a different time, "
+        "so compare rows by this ratio, not by milliseconds (they are beside the selected row, "
+        "and Re-time side by side times all rows at once). 1.00× for a masked plan: it runs "
+        f"the dense kernels. {ui.MISSING}: no latency, or no dense timing, was stored.",
+    ),
+    "int8 accuracy": st.column_config.NumberColumn(
+        "int8 acc.",
+        format="%.2f%%",
+        width=66,
+        help="Accuracy of the pruned model with int8 weights." + INT8_MISSING,
+    ),
+    "int8 ×": st.column_config.NumberColumn(
+        "int8 ×",
+        format="%.1f×",
+        width=52,
+        help="Combined reduction: dense fp32 bytes / pruned int8 bytes (how many times "
+        "smaller the pruned int8 model is than the dense fp32 one)." + INT8_MISSING,
     ),
 }
-INT8_COLUMNS = ("int8 accuracy", "int8 ×")
-COLUMNS.update(
-    {
-        "int8 accuracy": st.column_config.NumberColumn(
-            "int8 acc.",
-            format="%.2f%%",
-            help="Accuracy of the pruned model with int8 weights (when measured).",
-        ),
-        "int8 ×": st.column_config.NumberColumn(
-            "int8 ×",
-            format="%.1f×",
-            help="Combined reduction: dense fp32 bytes / pruned int8 bytes (how many times "
-            "smaller the pruned int8 model is than the dense fp32 one).",
-        ),
-    }
-)
 #: Rows this tall let a long plan label wrap onto a second line instead of being cut.
 ROW_HEIGHT = 66
 
@@ -181,7 +213,7 @@ def table_ui(shown: list[Experiment]) -> Experiment | None:
     frame = table_frame(shown)
     # A column that says the same on every row says it once, above the table.
     hidden = ["subject"] if frame["subject"].nunique() <= 1 else []
-    hidden += ["latency"] if frame["latency"].isna().all() else []
+    hidden += ["speed-up"] if frame["speed-up"].isna().all() else []
     int8_hidden = [c for c in INT8_COLUMNS if frame[c].isna().all()]
     # With int8 figures the table would be wider than a laptop's page: the date gives way
     # (it is in the CSV and under the table for the experiment selected).
@@ -195,6 +227,7 @@ def table_ui(shown: list[Experiment]) -> Experiment | None:
         width="stretch",
         row_height=ROW_HEIGHT,
         column_config=COLUMNS,
+        placeholder=ui.MISSING,
         column_order=[c for c in frame.columns if c not in hidden],
     )
     rows = selection.selection.rows
@@ -246,6 +279,100 @@ def scatter_ui(shown: list[Experiment]) -> None:
         )
 
 
+def latency_words(experiment: Experiment) -> str:
+    """The latency saved with an experiment, in words: its milliseconds beside the dense
+    model's from the same rounds, marked as measured at its own time."""
+    verdict = stored_verdict(experiment.metrics)
+    if verdict is None:
+        return "No latency against dense was stored with it."
+    spread = f"per-round ratios {verdict.speed.low:.2f}–{verdict.speed.high:.2f}×"
+    return (
+        f"Latency as saved, batch {LATENCY_BATCH}: {verdict.form} {verdict.timed.median_ms:.3g} "
+        f"ms against dense {verdict.dense.median_ms:.3g} ms in the same rounds "
+        f"({verdict.speed.summary()}; {spread}). Measured at a different time than the other "
+        "experiments: their milliseconds do not compare, their speed-ups do."
+    )
+
+
+def retime_ui(shown: list[Experiment]) -> None:
+    """Time every shown plan and its dense model in the same rounds, on request."""
+    ids = tuple(e.id for e in shown)
+    row = st.container(horizontal=True, vertical_alignment="center")
+    if row.button(
+        "Re-time side by side",
+        key="cmp_retime",
+        icon=":material/timer:",
+        help=f"Time the deployable model of every experiment listed and its dense model now, "
+        f"in the same rounds (batch {LATENCY_BATCH}, up to {RETIME_BUDGET_S:.0f} s per "
+        "subject): milliseconds that compare across rows.",
+    ):
+        with st.spinner("Timing every listed plan and its dense model, side by side…"):
+            st.session_state[RETIMED_KEY] = (ids, retimed_rows(shown))
+    kept = st.session_state.get(RETIMED_KEY)
+    if kept is None or kept[0] != ids:
+        row.caption(
+            "Milliseconds saved with different experiments were measured at different times; "
+            "re-time them side by side to compare them."
+        )
+        return
+    st.dataframe(
+        pd.DataFrame(kept[1]),
+        hide_index=True,
+        placeholder=ui.MISSING,
+        column_config={
+            "ms": st.column_config.NumberColumn(
+                f"ms / batch of {LATENCY_BATCH}",
+                format="%.3g",
+                help="Median over the rounds of this one measurement.",
+            ),
+            "speed-up": st.column_config.NumberColumn(
+                format="%.2f×",
+                help="Dense ms / this plan's ms, per round of the same measurement. "
+                f"{ui.MISSING}: the dense model itself.",
+            ),
+            "verdict": st.column_config.TextColumn(
+                help="As the Prune page says it: a difference inside ±5% is noise."
+            ),
+        },
+    )
+    st.caption("Timed just now, every plan of a subject in the same rounds as its dense model.")
+
+
+def retimed_rows(shown: list[Experiment]) -> list[dict[str, object]]:
+    """One row per dense model and per experiment, timed subject by subject."""
+    rows: list[dict[str, object]] = []
+    by_subject: dict[str, list[Experiment]] = {}
+    for e in shown:
+        by_subject.setdefault(e.subject.to_json(), []).append(e)
+    for subject_json, group in by_subject.items():
+        label = group[0].subject.label
+        try:
+            bench = ui.get_workbench(subject_json)
+            timing: SideBySide = time_side_by_side(
+                bench,
+                {e.id: e.plan for e in group},
+                LATENCY_BATCH,
+                RETIME_REPEATS,
+                RETIME_BUDGET_S,
+            )
+        except (ValueError, OSError, RuntimeError) as err:
+            rows.append({"subject": label, "name": "(not timed)", "verdict": str(err)})
+            continue
+        rows.append({"subject": label, "name": "dense", "ms": timing.dense.median_ms})
+        for e in group:
+            speed: SpeedComparison = timing.speed[e.id]
+            rows.append(
+                {
+                    "subject": label,
+                    "name": e.name,
+                    "ms": timing.timed[e.id].median_ms,
+                    "speed-up": speed_up(speed),
+                    "verdict": speed.summary(),
+                }
+            )
+    return rows
+
+
 def selected_ui(store: ExperimentStore, chosen: Experiment | None) -> None:
     """Load the selected experiment onto the sliders, or delete it."""
     if chosen is None:
@@ -261,6 +388,7 @@ def selected_ui(store: ExperimentStore, chosen: Experiment | None) -> None:
     )
     if chosen.note:
         st.caption(ui.plain(chosen.note))
+    st.caption(latency_words(chosen))
     row = st.container(horizontal=True, vertical_alignment="center")
     if row.button(
         "Load onto the sliders",
@@ -341,6 +469,7 @@ def main() -> None:
     )
     chosen = table_ui(shown)
     selected_ui(store, chosen)
+    retime_ui(shown)
     st.markdown("#### Accuracy against cost")
     scatter_ui(shown)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from explorer.paths import (
     path_layers,
     removed_units,
 )
+from explorer.plots.common import prediction_color
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from explorer.plots.paths import class_unit_figure, path_graph_figure
@@ -44,6 +46,8 @@ KIND_TITLES = {
     "changed": "changed (both wrong, differently)",
 }
 ANY = -1
+#: What the colours of a prediction mean, wherever one is shown.
+RIGHT_WRONG = "Green: the true class (right); red: another class (wrong)."
 #: A unit "carries" a class when it is on the paths of at least this share of its images.
 CARRIER_SHARE = 0.5
 
@@ -60,10 +64,10 @@ FLIP_COLUMNS = {
     ),
     "true": st.column_config.TextColumn("True", width=40),
     "dense": st.column_config.TextColumn(
-        "Dense says", help="Class and softmax confidence.", width=80
+        "Dense says", help=f"Class and softmax confidence. {RIGHT_WRONG}", width=80
     ),
     "pruned": st.column_config.TextColumn(
-        "Pruned says", help="Class and softmax confidence.", width=80
+        "Pruned says", help=f"Class and softmax confidence. {RIGHT_WRONG}", width=80
     ),
     "drop": st.column_config.ProgressColumn(
         "True drop",
@@ -167,6 +171,23 @@ def _said(classes: tuple[str, ...], label: int, confidence: float) -> str:
     return classes[label] + (f" ({confidence:.0%})" if confidence == confidence else "")
 
 
+def _said_in_colour(classes: tuple[str, ...], label: int, confidence: float, true: int) -> str:
+    """A prediction as HTML, in the colour of right or wrong."""
+    text = html.escape(_said(classes, label, confidence))
+    return f'<span style="color:{prediction_color(label, true)}">{text}</span>'
+
+
+def flip_styles(shown: list[Flip]) -> pd.DataFrame:
+    """The CSS of each cell of ``flip_frame``: both predictions in the colour of right or
+    wrong by the true class (a fixed flip: the dense one red, the pruned one green)."""
+    styles = pd.DataFrame("", index=range(len(shown)), columns=list(FLIP_COLUMNS))
+    for column, said in (("dense", "dense_prediction"), ("pruned", "pruned_prediction")):
+        styles[column] = [
+            f"color: {prediction_color(getattr(f, said), f.true_class)}" for f in shown
+        ]
+    return styles
+
+
 def flip_table_ui(
     bench: ui.Workbench, flips: Flips, filters: tuple[list[str], int, int, str, str, bool]
 ) -> int | None:
@@ -188,8 +209,9 @@ def flip_table_ui(
     images = ui.thumbnails(ui.current_model(), tuple(f.index for f in listed))
     # a new key whenever the rows change: a selection is a row position
     digest = hashlib.sha256(",".join(str(f.index) for f in listed).encode()).hexdigest()[:12]
+    styles = flip_styles(listed)
     event = st.dataframe(
-        flip_frame(listed, classes, images),
+        flip_frame(listed, classes, images).style.apply(lambda _: styles, axis=None),
         key=f"dec_table::{digest}",
         on_select="rerun",
         selection_mode="single-row",
@@ -233,7 +255,7 @@ def flips_tab(bench: ui.Workbench, flips: Flips) -> int | None:
             )
             st.caption(
                 "Pruned minus dense confusion matrix: red = worse (a new error off the "
-                "diagonal, a lost correct prediction on it)."
+                "diagonal, a lost correct prediction on it), green = better."
             )
     return chosen
 
@@ -248,11 +270,13 @@ def sample_detail_ui(bench: ui.Workbench, state: ui.PrunedState, index: int) -> 
     dense = predict_one(bench.model, x)
     pruned = predict_one(ui.pruned_model(subject_json, plan_json), x)
     st.subheader(f"Eval image #{index}", anchor=False)
-    said_dense = _said(data.classes, dense.label, dense.confidence)
-    said_pruned = _said(data.classes, pruned.label, pruned.confidence)
+    said_dense = _said_in_colour(data.classes, dense.label, dense.confidence, label)
+    said_pruned = _said_in_colour(data.classes, pruned.label, pruned.confidence, label)
     st.caption(
-        f"True class **{data.classes[label]}** · dense model: {said_dense} · pruned model: "
-        f"{said_pruned}"
+        f"True class **{html.escape(data.classes[label])}** · dense model: {said_dense} · "
+        f"pruned model: {said_pruned}",
+        unsafe_allow_html=True,
+        help=RIGHT_WRONG,
     )
     target = ui.explain_target_ui(data.classes, dense.label, label, pruned.label, "dec")
     st.markdown("##### Where the models look")

@@ -11,8 +11,10 @@ import streamlit as st
 import torchvision
 
 from explorer import ui
+from explorer.limits import max_upload_mb
+from explorer.loading.options import allow
 from explorer.plots import sample_grid_figure
-from explorer.store import default_store, max_upload_bytes
+from explorer.store import default_store
 from explorer.subject import DataSpec, ModelSource, Subject
 
 # --- bring your own: upload a model, its weights and data; check; adopt -----------------------
@@ -41,11 +43,21 @@ def _stored(upload: object, suffix: str | None = None) -> str:
     known = st.session_state.setdefault(STORED_KEY, {})
     if (upload.file_id, suffix) not in known:
         known[(upload.file_id, suffix)] = default_store().put(upload.getvalue(), suffix)
+        ui.remember_upload(known[(upload.file_id, suffix)], upload.name)  # shown, never a key
     return known[(upload.file_id, suffix)]
 
 
-def _upload(label: str, types: list[str], key: str, help: str) -> object | None:
-    return st.file_uploader(label, type=types, key=key, help=help)
+def upload_limit_mb() -> int:
+    """The largest upload, MB: ours (``PRUNING_EXPLORER_MAX_UPLOAD_MB``), or Streamlit's
+    ``server.maxUploadSize`` where that is lower (its server refuses more). The page and every
+    uploader say this one number."""
+    return min(max_upload_mb(), int(st.get_option("server.maxUploadSize")))
+
+
+def _upload(label: str, types: list[str], key: str, help: str | None = None) -> object | None:
+    return st.file_uploader(
+        label, type=types, key=key, help=help, max_upload_size=upload_limit_mb()
+    )
 
 
 def model_source_ui() -> tuple[ModelSource | None, str | None]:
@@ -112,8 +124,8 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
             + (
                 ", torch.export program (.pt2) or TorchScript"
                 if settings.uploads_trusted
-                else "; .pt2 and TorchScript files can run code when loaded, so they are "
-                "accepted only when the app was started with --trust-code"
+                else "; .pt2 and TorchScript files can run code when loaded: to accept "
+                f"them, {allow('trust_code', 'app')}"
             )
             + ": each carries its weights.",
         )
@@ -122,13 +134,14 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
         if not settings.uploads_trusted:
             st.info(
                 "Running an uploaded .py file would run its code on this server, so it is "
-                "off. Start the app with `streamlit run app.py -- --trust-code` (or set "
-                "PRUNING_EXPLORER_TRUST_CODE=1) on a machine you trust, or start it on your "
+                f"off: {allow('trust_code', 'app')} (`streamlit run app.py -- --trust-code`, or "
+                "PRUNING_EXPLORER_TRUST_CODE=1) on a machine they trust, or start it on its "
                 "own file: `streamlit run app.py -- --model path/model.py:Net --weights w.pt`."
             )
             return None, None
         cols = st.columns(2)
-        code = cols[0].file_uploader("Model code (.py)", type=["py"], key="byo_py")
+        with cols[0]:
+            code = _upload("Model code (.py)", ["py"], "byo_py")
         name = cols[1].text_input("Class name", key="byo_class", placeholder="Net")
         args = st.text_input(
             "Constructor arguments (JSON)", "{}", key="byo_args", help='e.g. {"num_classes": 10}'
@@ -145,6 +158,17 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
     return source, weights
 
 
+#: Where each preprocessing setting comes from, as the Preprocessing choices say it.
+MODEL_CHOICE, IMAGES_CHOICE = "the model's, if declared", "the images' own"
+SIZE_CHOICES = {"model": MODEL_CHOICE, "images": IMAGES_CHOICE, "custom": "custom"}
+CHANNEL_CHOICES = {"model": MODEL_CHOICE, "images": IMAGES_CHOICE, 1: "1 (grey)", 3: "3 (RGB)"}
+NORMALISATION_CHOICES = {
+    "model": "the model's, else the images'",
+    "images": "the images' own statistics",
+    "custom": "custom",
+}
+
+
 def data_spec_ui() -> DataSpec | None:
     """The dataset and its preprocessing, or None while no file is given."""
     kind = st.radio(
@@ -159,39 +183,74 @@ def data_spec_ui() -> DataSpec | None:
     )
     source = "mnist"
     if kind == "upload":
-        upload = st.file_uploader("Dataset", type=["npz", "zip"], key="byo_data")
+        upload = _upload("Dataset", ["npz", "zip"], "byo_data")
         if upload is None:
             return None
         source = _stored(upload)
     with st.expander("Preprocessing", expanded=kind == "upload"):
         cols = st.columns(3)
-        size = cols[0].number_input(
-            "Size (px, 0 = as is)",
-            0,
-            1024,
-            0,
-            key="byo_size",
-            help="Resize images to a square of this side; 0 keeps them (or takes the model's).",
+        size_from = cols[0].selectbox(
+            "Size",
+            list(SIZE_CHOICES),
+            key="byo_size_from",
+            format_func=SIZE_CHOICES.get,
+            help="What the images are resized to. **The model's**: the size a torchvision or "
+            "timm model declares (e.g. 224×224); a model that declares none sees the images as "
+            "they are. **The images' own**: never resized, whatever the model declares (they "
+            "must then all have one size). **Custom**: a square of the side you give.",
         )
+        side = 0
+        if size_from == "custom":
+            side = cols[0].number_input("Side (px)", 1, 1024, 32, key="byo_size")
         channels = cols[1].selectbox(
-            "Channels", [None, 1, 3], key="byo_channels", format_func=lambda c: str(c or "as is")
+            "Channels",
+            list(CHANNEL_CHOICES),
+            key="byo_channels",
+            format_func=CHANNEL_CHOICES.get,
+            help="Grey images are repeated to 3 channels, colour ones averaged to 1. **The "
+            "model's**: what the model's first layer takes (a 3-value mean means RGB); **the "
+            "images' own**: as they are.",
         )
         fraction = cols[2].slider("Held out for eval", 0.1, 0.9, 0.3, 0.05, key="byo_eval")
-        cols = st.columns(2)
-        mean = cols[0].text_input(
-            "Mean", "", key="byo_mean", placeholder="model's, else the data's", help="e.g. 0.5"
+        cols = st.columns(3)
+        normalisation = cols[0].selectbox(
+            "Mean and std",
+            list(NORMALISATION_CHOICES),
+            key="byo_normalisation",
+            format_func=NORMALISATION_CHOICES.get,
+            help="Each channel becomes (pixel / 255 − mean) / std. **The model's**: what a "
+            "torchvision or timm model declares (ImageNet's mean and std), else the images' "
+            "own. **The images' own**: the fit images' statistics, whatever the model "
+            "declares. **Custom**: the numbers you give.",
         )
-        std = cols[1].text_input(
-            "Std", "", key="byo_std", placeholder="model's, else the data's", help="0.5,0.5,0.5"
+        mean = std = ""
+        if normalisation == "custom":
+            mean = cols[1].text_input(
+                "Mean", "", key="byo_mean", placeholder="0.5 or 0.49,0.48,0.45"
+            )
+            std = cols[2].text_input("Std", "", key="byo_std", placeholder="0.5 or 0.25,0.25,0.25")
+    chosen = {"size": size_from, "channels": channels, "normalisation": normalisation}
+    own = [name for name, choice in chosen.items() if choice == "images"]
+    try:
+        return DataSpec(
+            source=source,
+            size=(int(side), int(side)) if side else None,
+            channels=channels if isinstance(channels, int) else None,
+            mean=[float(v) for v in mean.split(",")] if mean.strip() else None,
+            std=[float(v) for v in std.split(",")] if std.strip() else None,
+            eval_fraction=float(fraction),
+            from_images=tuple(own),
         )
-    return DataSpec(
-        source=source,
-        size=(int(size), int(size)) if size else None,
-        channels=channels,
-        mean=[float(v) for v in mean.split(",")] if mean.strip() else None,
-        std=[float(v) for v in std.split(",")] if std.strip() else None,
-        eval_fraction=float(fraction),
-    )
+    except ValueError as err:  # "0.5,," or a negative std: said here, the model stays
+        st.error(f"Preprocessing: {_bad_number(err)}")
+        return None
+
+
+def _bad_number(err: ValueError) -> str:
+    text = str(err)
+    if text.startswith("could not convert string to float"):
+        return "mean and std take numbers separated by commas, e.g. 0.5 or 0.49,0.48,0.45"
+    return text
 
 
 def candidate_ui(subject: Subject) -> None:
@@ -199,7 +258,8 @@ def candidate_ui(subject: Subject) -> None:
     try:
         bench = ui.get_workbench(subject.to_json())
     except (ValueError, OSError) as err:
-        st.error(f"Not usable: {err}. The current model stays {ui.current_subject().label}.")
+        current = ui.shown_label(ui.current_subject())
+        st.error(ui.named(f"Not usable: {err}. The current model stays {current}."))
         return
     layers = bench.pruner.structure.layers
     st.success(f"Understood: {type(bench.model).__name__}, {len(layers)} prunable layers.")
@@ -215,7 +275,7 @@ def candidate_ui(subject: Subject) -> None:
         + ("…" if len(bench.eval_set.classes) > 20 else "")
     )
     for note in bench.notes:
-        st.caption(note)
+        st.caption(ui.named(note))
     if st.button("Use this model", type="primary", key="byo_use") and ui.set_subject(subject):
         st.session_state.pop(CANDIDATE_KEY, None)
         st.rerun()
@@ -225,7 +285,7 @@ def candidate_ui(subject: Subject) -> None:
 def bring_your_own_ui() -> None:
     """Upload a model (and weights) and data; check; adopt."""
     st.caption(
-        f"Files up to {max_upload_bytes() / 2**20:,.0f} MB each. Nothing you upload is run "
+        f"Files up to {upload_limit_mb():,} MB each. Nothing you upload is run "
         "unless the operator allowed it (--trust-code): weights load with weights_only=True, "
         "ONNX files are graphs."
     )
@@ -236,7 +296,7 @@ def bring_your_own_ui() -> None:
         with right:
             data = data_spec_ui()
     except ValueError as err:  # a bad setting or file: say which, keep the current model
-        st.error(f"Not usable: {err}")
+        st.error(ui.named(f"Not usable: {err}"))
         return
     ready = source is not None and data is not None
     if st.button("Check", disabled=not ready, key="byo_check", help="Load and evaluate it."):
@@ -252,9 +312,10 @@ def bring_your_own_ui() -> None:
 
 def model_card_ui(card: dict, bench: ui.Workbench) -> Callable[[], None]:
     """The model's card; returns ``refine`` for its (possibly still previewed) accuracy."""
-    st.subheader(card.get("title", card["name"]))
-    st.write(card.get("summary", ""))
     bundled = bench.subject.is_bundled
+    # a user model's card is titled by its label: the names its files were uploaded as
+    st.subheader(card.get("title", card["name"]) if bundled else ui.shown_label(bench.subject))
+    st.write(ui.named(card.get("summary", "")))
     if bundled and "eval_accuracy" not in card:
         st.warning("This model has no trained weights yet: run `python sample_models/train.py`.")
     # Two by two: each value needs a quarter of a laptop's content width to stay whole.
@@ -289,12 +350,14 @@ def model_card_ui(card: dict, bench: ui.Workbench) -> Callable[[], None]:
         with st.expander("Where it comes from"):
             subject = bench.subject
             st.markdown(
-                f"- **Model:** `{subject.model}`\n"
-                f"- **Weights:** {f'`{subject.weights}`' if subject.weights else 'its own'}\n"
-                f"- **Data:** `{subject.data.source}`"
+                ui.named(
+                    f"- **Model:** `{subject.model}`\n"
+                    f"- **Weights:** {f'`{subject.weights}`' if subject.weights else 'its own'}\n"
+                    f"- **Data:** `{subject.data.source}`"
+                )
             )
             for note in bench.notes:
-                st.caption(note)
+                st.caption(ui.named(note))
     return refine
 
 

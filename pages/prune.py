@@ -26,7 +26,14 @@ from explorer.experiments import (
     default_experiments,
     from_report,
 )
-from explorer.export import FORMATS, ExportError, export, formats_for
+from explorer.export import (
+    FORMATS,
+    ExportError,
+    export,
+    export_file_name,
+    formats_for,
+    model_stem,
+)
 from explorer.importance import CRITERIA, criteria_for
 from explorer.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
 from explorer.plan import PruningPlan
@@ -38,6 +45,7 @@ from explorer.summary import (
     LatencyVerdict,
     Quality,
     against_dense,
+    human_bytes,
     latency_verdict,
     progressive,
     short_count,
@@ -304,7 +312,7 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
             key = ui.derived_widget_key("amount", unit.name)
             shown = plan.overrides[unit.name] if own else sparsity[unit.name]
             row[1].slider(
-                f"Sparsity of {unit.name} (%)",
+                method.amount_label(unit.name),
                 0,
                 100,
                 value=ui.drawn_value(key, round(shown * 100)),
@@ -434,18 +442,18 @@ class MetricsRow:
         sizes = footprint.sizes
         self.size.metric(
             "Size",
-            f"{footprint.deployed_bytes / 1024:,.0f} KiB",
-            f"of {sizes.dense / 1024:,.0f} KiB",
+            human_bytes(footprint.deployed_bytes),
+            f"of {human_bytes(sizes.dense)}",
             delta_color="off",
             delta_arrow="off",
             help="Bytes of torch.save: "
             + (
-                f"the compacted model ({sizes.compacted / 1024:,.0f} KiB); "
+                f"the compacted model ({human_bytes(sizes.compacted)}); "
                 if sizes.compacted is not None
                 else ""
             )
-            + f"sparse-encoded, zeros as a bitmap + values ({sizes.sparse / 1024:,.0f} KiB); "
-            f"dense ({sizes.dense / 1024:,.0f} KiB).",
+            + f"sparse-encoded, zeros as a bitmap + values ({human_bytes(sizes.sparse)}); "
+            f"dense ({human_bytes(sizes.dense)}). KB and MB are 10³ and 10⁶ bytes.",
         )
 
     def evaluate(self, started: float, meanwhile: Callable[[], None]) -> Quality:
@@ -744,10 +752,11 @@ def plan_download_ui() -> None:
     """Download the plan as JSON. Inside the fragment that the sliders rerun: outside it, the
     button would keep the plan of the last full page run."""
     st.markdown("#### Plan file")
+    plan = ui.current_plan()
     st.download_button(
         "Download plan (JSON)",
-        ui.current_plan().to_json(),
-        file_name=f"plan-{ui.subject_tag()}.json",
+        plan.to_json(),
+        file_name=file_name_for(plan, "plan"),
         mime="application/json",
     )
 
@@ -815,7 +824,7 @@ def _int8_frame(report: ui.Int8Report) -> pd.DataFrame:
     size = {"dense": report.dense_bytes, report.form: report.fp32_bytes, "int8": report.int8_bytes}
     rows = []
     for form, title in forms.items():
-        row = {"model": title, "accuracy": accuracy[form] * 100, "size": size[form] / 1024}
+        row = {"model": title, "accuracy": accuracy[form] * 100, "size": size[form]}
         for timing in report.latency:
             if timing["model"] == form:
                 row[f"ms, batch {timing['batch']}"] = timing["median_ms"]
@@ -873,7 +882,7 @@ def int8_ui() -> None:
     )
     tiles[1].metric(
         "int8 size",
-        f"{report.int8_bytes / 1024:,.1f} KiB",
+        human_bytes(report.int8_bytes),
         f"{report.int8_reduction:.1f}× smaller than fp32",
         delta_color="off",
         delta_arrow="off",
@@ -902,7 +911,7 @@ def int8_ui() -> None:
         width="stretch",
         column_config={
             "accuracy": st.column_config.NumberColumn(format="%.2f%%"),
-            "size": st.column_config.NumberColumn("size on disk", format="%.1f KiB"),
+            "size": st.column_config.NumberColumn("size on disk", format="bytes"),
             **{f"ms, batch {b}": st.column_config.NumberColumn(format="%.3f") for b in (1, 32)},
         },
     )
@@ -1075,20 +1084,26 @@ class BuiltFile:
     note: str
     disk_bytes: int
     files: tuple[str, ...]
+    #: What the model expects and returns, as JSON (its own download); "" for no model.
+    preprocessing_name: str = ""
+    preprocessing: bytes = b""
 
 
-def export_file_name(fmt: str) -> str:
-    """The subject's tag, the format and its suffix: ``lenet5_pt2.pt2``."""
-    return f"{ui.subject_tag()}_{fmt.replace('-', '_')}{FORMATS[fmt].suffix}"
+def file_name_for(plan: PruningPlan, fmt: str) -> str:
+    """Model, plan and format, as the CLI names them: ``resnet18_filters30.onnx`` (an upload
+    by the name it was uploaded as)."""
+    return export_file_name(model_stem(ui.current_subject(), ui.upload_names()), plan, fmt)
 
 
 def build_export(bench: ui.Workbench, plan: PruningPlan, fmt: str) -> BuiltFile:
     """Export ``plan`` as ``fmt`` into a temporary folder and read it back; several files (a
-    snippet and its masks) come as one zip. Raises ``ExportError``."""
-    name = export_file_name(fmt) if fmt in FORMATS else fmt
+    snippet and its masks) come as one zip, the preprocessing JSON apart. Raises
+    ``ExportError``."""
+    name = file_name_for(plan, fmt) if fmt in FORMATS else fmt
     with tempfile.TemporaryDirectory(prefix="pruning-explorer-export-") as folder:
         result = export(bench, plan, fmt, Path(folder) / name)
         paths = [Path(p) for p in result.files]
+        sidecar = Path(result.sidecar) if result.sidecar else None
         try:
             if len(paths) == 1:
                 data = paths[0].read_bytes()
@@ -1099,6 +1114,7 @@ def build_export(bench: ui.Workbench, plan: PruningPlan, fmt: str) -> BuiltFile:
                     for path in paths:
                         archive.write(path, path.name)
                 data = buffer.getvalue()
+            preprocessing = sidecar.read_bytes() if sidecar is not None else b""
         except OSError as err:
             raise ExportError(f"the exported file cannot be read back: {err}") from None
     return BuiltFile(
@@ -1109,6 +1125,8 @@ def build_export(bench: ui.Workbench, plan: PruningPlan, fmt: str) -> BuiltFile:
         result.note,
         result.bytes,
         tuple(p.name for p in paths),
+        sidecar.name if sidecar is not None else "",
+        preprocessing,
     )
 
 
@@ -1179,7 +1197,7 @@ def export_ui() -> None:
     )
     st.success(
         f"{built.file_name} is ready ({plan_label(built.plan)}), "
-        f"{built.disk_bytes / 1024:,.1f} KiB on disk: {built.note}.{zipped}"
+        f"{human_bytes(built.disk_bytes)} on disk: {built.note}.{zipped}"
     )
     st.download_button(
         f"Download {built.file_name}",
@@ -1191,6 +1209,19 @@ def export_ui() -> None:
         type="primary",
         icon=":material/download:",
     )
+    if built.preprocessing_name:
+        st.download_button(
+            f"Download {built.preprocessing_name}",
+            built.preprocessing,
+            file_name=built.preprocessing_name,
+            mime="application/json",
+            key="export_preprocessing",
+            on_click="ignore",
+            icon=":material/download:",
+            help="What the model expects and returns: input shape, channels, size, mean, std, "
+            "class names, logits or log-probabilities (ONNX, pt2 and TorchScript files also "
+            "carry it inside).",
+        )
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from explorer.variants import name_taken, save_variant
 
 JOB_KEY = "recover_job"  # kind -> the id of this session's latest run of that kind
 OUTCOME_KEY = "recover_outcomes"  # job id -> FineTuneOutcome (plain data)
-SAVED_KEY = "recover_saved"  # job id -> the variant's subject (plain data)
+SAVED_KEY = "recover_saved"  # job id -> (the variant's subject, the name it was kept as)
 POLL_S = 1.0
 
 OPTIMIZER_TITLES = {"sgd": "SGD (momentum 0.9, Nesterov)", "adam": "Adam", "adamw": "AdamW"}
@@ -328,8 +328,12 @@ def keep_weights_ui(
     saved = st.session_state.setdefault(SAVED_KEY, {})
     subject = ui.current_subject()
     if record.id in saved:
-        variant_subject = saved[record.id]
-        st.success(f"Kept as {variant_subject.label}.")
+        variant_subject, kept_name = saved[record.id]
+        # the name the user typed, not the subject's label ("lenet5 · weights 8bf5e7")
+        st.success(
+            f"Kept as '{ui.plain(kept_name)}', new weights of {ui.plain(subject.label)}: the "
+            "model picker lists it under that name."
+        )
         opened = st.button(
             "Prune it further on the Prune page",
             key=f"open::{record.id}",
@@ -354,13 +358,13 @@ def keep_weights_ui(
             if taken is not None:
                 raise ValueError(f"a variant named {taken.name!r} exists already; choose another")
             bench = ui.current_workbench()
-            variant_subject, _ = save_variant(
+            variant_subject, variant = save_variant(
                 subject, state_dict, name, plan, recipe, metrics, model=bench.model
             )
         except (ValueError, OSError) as err:
             st.error(f"Not kept: {err}.")
             return
-        saved[record.id] = variant_subject
+        saved[record.id] = (variant_subject, variant.name)
         st.rerun()
 
 
@@ -391,12 +395,30 @@ def finetune_ui() -> None:
             help="Runs in the background: the page stays usable, and a reload finds the run.",
         )
     if record is None:
+        starting_point_ui(bench)
         return
     if running:
         polling_fragment(record.id)
     else:
         live_ui(record)
         outcome_ui(record)
+
+
+def starting_point_ui(bench: ui.Workbench) -> None:
+    """Before any run: the accuracy fine-tuning starts from (the plan on the dense weights)."""
+    state = ui.resolve_current()
+    with st.spinner("Evaluating the plan on every eval image…"):
+        pruned = bench.evaluator.evaluate_state(state).result.accuracy
+    dense = bench.dense.accuracy
+    cols = st.columns(4)
+    cols[0].metric("Dense", f"{dense:.2%}", help="The dense model, eval split.")
+    cols[1].metric(
+        "Pruned",
+        f"{pruned:.2%}",
+        **ui.metric_change((pruned - dense) * 100, ".2f", " pts"),
+        help="The plan applied to the dense weights, before fine-tuning: where a run starts.",
+    )
+    cols[2].caption("Fine-tuning starts from the pruned accuracy; its result appears here.")
 
 
 # --- multi-step experiments: gradual pruning, SNIP, lottery tickets ---------------------------
@@ -496,11 +518,15 @@ def _epochs_ui(kind: str, label: str = "Epochs per run", value: int = 1) -> int:
 def _gradual_series(result: GradualResult | Any, label: str) -> Trajectory:
     """A run's points (a ``GradualResult`` or the points so far) as a line of the chart."""
     points = [p for p in getattr(result, "points", result) if p.accuracy is not None]
+    method = METHODS[ui.current_plan().method]
     return Trajectory(
         label,
         [p.train_steps for p in points],
         [p.accuracy for p in points],
-        [f"step {p.step}: sparsity {p.actual:.1%} (target {p.target:.1%})" for p in points],
+        [
+            f"step {p.step}: {method.amount_phrase(p.actual, 1)} (target {p.target:.1%})"
+            for p in points
+        ],
     )
 
 
@@ -555,7 +581,9 @@ def gradual_ui() -> None:
             dense=bench.dense.accuracy,
         )
 
-    record = _run_section("gradual", f"Prune to {plan.amount:.0%} in {steps} steps", start)
+    record = _run_section(
+        "gradual", f"Prune to {method.amount_phrase(plan.amount)} in {steps} steps", start
+    )
     if record is None:
         return
     result = record.job.result
@@ -570,8 +598,8 @@ def gradual_ui() -> None:
         final = run.final
         tile.metric(
             f"{label}, final",
-            "-" if final.accuracy is None else f"{final.accuracy:.2%}",
-            f"sparsity {final.actual:.1%}",
+            ui.MISSING if final.accuracy is None else f"{final.accuracy:.2%}",
+            method.amount_phrase(final.actual, 1),
             delta_color="off",
             delta_arrow="off",
             help="Eval accuracy after the last step's fine-tuning.",
@@ -639,8 +667,8 @@ def snip_ui() -> None:
     tiles[0].metric("Dense (trained normally)", f"{bench.dense.accuracy:.2%}")
     tiles[1].metric(
         "SNIP, trained from init",
-        "-" if curve.accuracy is None else f"{curve.accuracy:.2%}",
-        f"sparsity {result.sparsity:.1%}",
+        ui.MISSING if curve.accuracy is None else f"{curve.accuracy:.2%}",
+        f"{result.sparsity:.1%} weights pruned",
         delta_color="off",
         delta_arrow="off",
     )
@@ -725,32 +753,31 @@ def ticket_ui() -> None:
         config={"displayModeBar": False},
         key=f"ticket_chart::{record.id}",
     )
+    why = (
+        f" {ui.MISSING} in round 0: it trains the dense network, which has no mask to train "
+        "from a random re-initialization."
+    )
     st.dataframe(
-        [
-            {
-                "round": r["round"],
-                "weights left": r["weights_remaining"],
-                "left (%)": r["remaining"] * 100,
-                "ticket": None if r.get("ticket_accuracy") is None else r["ticket_accuracy"] * 100,
-                "ticket, 1st epoch": None
-                if r.get("ticket_first_epoch_accuracy") is None
-                else r["ticket_first_epoch_accuracy"] * 100,
-                "random re-init": None
-                if r.get("random_accuracy") is None
-                else r["random_accuracy"] * 100,
-                "random, 1st epoch": None
-                if r.get("random_first_epoch_accuracy") is None
-                else r["random_first_epoch_accuracy"] * 100,
-            }
-            for r in rows
-        ],
+        ticket_table(rows),
         hide_index=True,
         width="stretch",
+        placeholder=ui.MISSING,
         column_config={
-            c: st.column_config.NumberColumn(format="%.2f%%")
-            for c in ("ticket", "ticket, 1st epoch", "random re-init", "random, 1st epoch")
-        }
-        | {
+            "ticket": st.column_config.NumberColumn(
+                format="%.2f%%", help="The ticket (rewound to init, trained), eval accuracy."
+            ),
+            "ticket, 1st epoch": st.column_config.NumberColumn(
+                format="%.2f%%", help="The ticket after its first epoch: how fast it learns."
+            ),
+            "random re-init": st.column_config.NumberColumn(
+                format="%.2f%%",
+                help="The same mask trained from a fresh random initialization."
+                + why
+                + f" {ui.MISSING} in every round when the baseline is off.",
+            ),
+            "random, 1st epoch": st.column_config.NumberColumn(
+                format="%.2f%%", help="The random re-init after its first epoch." + why
+            ),
             "left (%)": st.column_config.NumberColumn(format="%.1f%%"),
             "weights left": st.column_config.NumberColumn(format="localized"),
         },
@@ -760,6 +787,29 @@ def ticket_ui() -> None:
         "reference); accuracy on every eval image; the 1st-epoch columns show which learns "
         "faster."
     )
+
+
+def ticket_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lottery rounds as the table shows them: accuracies in %, None where a round has no
+    such run (the table draws ``ui.MISSING``)."""
+    columns = {
+        "ticket": "ticket_accuracy",
+        "ticket, 1st epoch": "ticket_first_epoch_accuracy",
+        "random re-init": "random_accuracy",
+        "random, 1st epoch": "random_first_epoch_accuracy",
+    }
+    return [
+        {
+            "round": r["round"],
+            "weights left": r["weights_remaining"],
+            "left (%)": r["remaining"] * 100,
+            **{
+                title: None if r.get(key) is None else r[key] * 100
+                for title, key in columns.items()
+            },
+        }
+        for r in rows
+    ]
 
 
 TABS = {

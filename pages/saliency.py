@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import streamlit as st
@@ -17,20 +18,25 @@ from explorer.recovery import balanced_indices
 from explorer.saliency import ATTRIBUTIONS, Prediction, attributions_for, predict_one
 from explorer.saliency.agreement import agreement_curve
 from explorer.saliency.attention import compare_attention, head_maps, removed_heads
-from explorer.saliency.compare import scaled
+from explorer.saliency.compare import RANKED_PIXELS, scaled
 from explorer.saliency.tokens import token_layout
 
 AMOUNT_KEY = "sal_amount"
 HOW_TO_READ = """
 - Both maps explain **the same class** of **the same image**; only the model differs.
-- Each map is **scaled to its own maximum** (1 = the pixel the model relies on most), so the
-  comparison is about *where* a model looks, not about how large its gradients are.
-- **Pruned − dense**: red where the pruned model relies on a pixel more than the dense one did,
-  blue where less. A pruned model that still predicts correctly while looking elsewhere is
+- Each map is drawn **scaled to its own maximum** (1 = the pixel the model relies on most),
+  so the maps show *where* a model looks, not how large its gradients are.
+- **Pruned − dense** compares *shares*: each map divided by its own total (so both sum to
+  1), pruned minus dense, in % of the total. Red where the pruned model puts a larger share
+  of its attribution on a pixel than the dense one did, blue where a smaller one. (Two maps
+  scaled to their own maximum are not on one scale: a flatter pruned map would look red
+  everywhere.) A pruned model that still predicts correctly while looking elsewhere is
   right for different reasons.
-- **Rank correlation** (Spearman) compares the order of importance of the pixels in the two
-  maps (1 = the same order). The **top-10% overlap** is the intersection over union of each
-  map's most important tenth of the pixels.
+- **Rank correlation** (Spearman) compares the order of importance of the pixels where
+  either map is nonzero (1 = the same order, −1 = the opposite). Pixels that both maps give
+  exactly 0, such as the background of Integrated Gradients, are left out: they would agree
+  by default. The **top-10% overlap** is the intersection over union of each map's most
+  important tenth of the pixels.
 - A gradient map is local and noisy: it says how the logit would react to a tiny change of a
   pixel, not how much the pixel contributed.
 - **Map ≈ 0**: a map whose total, in logit units, is under 0.1% of the spread between the
@@ -132,8 +138,12 @@ def attention_ui(
     )
     cols[2].metric(
         "Rollout rank correlation",
-        f"{comparison.rank_correlation:+.2f}",
-        help="Spearman correlation of the dense and pruned rollout maps over the patches.",
+        f"{comparison.rank_correlation:+.2f}"
+        if math.isfinite(comparison.rank_correlation)
+        else "n/a",
+        help="Spearman correlation of the dense and pruned rollout maps over the patches "
+        "where either map is nonzero, as for the maps above: 1 = the patches in the same "
+        "order of importance; n/a when a map is flat there.",
     )
     layout = comparison.layout
     st.plotly_chart(
@@ -251,7 +261,13 @@ def _agreement_body() -> None:
             **options,
         )
         bar.empty()
-    cols[2].caption(f"{title} · {count} images · amounts {', '.join(f'{a:.0%}' for a in amounts)}")
+    # Neither the method's name nor the plan's amount: this fragment does not rerun when the
+    # method or the slider above changes, so either would go stale here; the button reads
+    # both when pressed.
+    cols[2].caption(
+        f"Measures the attribution method and settings chosen above · {count} images · at "
+        f"{', '.join(f'{a:.0%}' for a in AGREEMENT_AMOUNTS)} and the plan's sparsity"
+    )
     points = results.get(request)
     if points is None:
         return
@@ -262,14 +278,21 @@ def _agreement_body() -> None:
     )
     skipped = count - min(p.compared for p in points)
     st.caption(
-        "Lines: the means; dots: each image. Rank correlation 1 = the pixels in the same "
-        "order of importance; top-10% overlap 1 = the same most important pixels."
+        f"Lines: the means; dots: each image ({_settings_text(points.method, options)}, "
+        f"{count} images). Rank correlation (over {RANKED_PIXELS}) 1 = the same order of "
+        "importance; top-10% overlap 1 = the same most important pixels."
         + (
-            f" Up to {skipped} image(s) per amount had a map ≈ 0 and are left out."
+            f" Up to {skipped} image(s) per amount had a map ≈ 0 or flat and are left out."
             if skipped
             else ""
         )
     )
+
+
+def _settings_text(method: str, options: dict[str, object]) -> str:
+    """``"Integrated Gradients (steps 32)"``: a method's title and its settings."""
+    settings = ", ".join(f"{name} {value}" for name, value in sorted(options.items()))
+    return ATTRIBUTIONS[method].title + (f" ({settings})" if settings else "")
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ from PIL import Image
 from explorer.data import ImageDataset, load_mnist, mnist_pixels, read_idx
 from explorer.loading.archives import MAX_TOTAL_BYTES, check_members, extract_zip
 from explorer.loading.errors import LoadError, check_file
+from explorer.loading.options import option
 from explorer.store import default_store
 from explorer.subject import DataSpec
 
@@ -971,7 +972,7 @@ def _allocate(n_fit: int, n_eval: int, total: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class _Setting:
     value: Any
-    origin: str  # for the notes: "--size", "the model's preprocessing" …
+    origin: str  # for the notes: the setting as the reader knows it, "the model's preprocessing" …
 
 
 def _model_preprocessing(preprocessing: Mapping[str, Any] | None) -> DataSpec:
@@ -989,9 +990,37 @@ def _model_preprocessing(preprocessing: Mapping[str, Any] | None) -> DataSpec:
         raise LoadError(f"the model's declared preprocessing is unusable: {err}") from None
 
 
-def _pick(spec_value: Any, model_value: Any, flag: str) -> _Setting | None:
+#: The model's declared settings each ``DataSpec.from_images`` name sets aside.
+_MODEL_SETTINGS = {"size": ("size",), "channels": ("channels",), "normalisation": ("mean", "std")}
+
+
+def _not_from_images(
+    preprocessing: Mapping[str, Any] | None, spec: DataSpec, notes: list[str]
+) -> dict[str, Any]:
+    """The model's declared preprocessing without what the spec takes from the images; a note
+    names what was set aside (a 224×224 ImageNet model shown 28×28 digits as they are)."""
+    kept = dict(preprocessing or {})
+    for name in spec.from_images:
+        declared = [f for f in _MODEL_SETTINGS[name] if kept.get(f) is not None]
+        if declared:
+            shown = ", ".join(f"{f} {_shown(f, kept.pop(f))}" for f in declared)
+            notes.append(f"The images' own {name}, not the model's declared {shown}.")
+    return kept
+
+
+def _shown(setting: str, value: Any) -> str:
+    if setting == "size":
+        height, width = (value, value) if isinstance(value, int) else value
+        return f"{height}×{width}"
+    if isinstance(value, tuple | list):
+        return _fmt(tuple(float(v) for v in value))
+    return str(value)
+
+
+def _pick(spec_value: Any, model_value: Any, name: str) -> _Setting | None:
+    """The user's setting ``name`` (an ``OPTIONS`` name), else the model's, else None."""
     if spec_value is not None:
-        return _Setting(spec_value, flag)
+        return _Setting(spec_value, option(name))
     if model_value is not None:
         return _Setting(model_value, "the model's preprocessing")
     return None
@@ -1004,7 +1033,7 @@ def _per_channel(setting: _Setting, channels: int, what: str) -> tuple[float, ..
     if len(values) != channels:
         raise LoadError(
             f"{what} has {len(values)} values (from {setting.origin}) but the images have "
-            f"{channels} channel(s): give one value per channel, or set --channels"
+            f"{channels} channel(s): give one value per channel, or set {option('channels')}"
         )
     return values
 
@@ -1060,8 +1089,8 @@ def _target(
     bad = sorted(c for c in source_channels if c not in (1, 3))
     if bad:
         raise LoadError(f"images have {bad[0]} channels; only 1 (grey) or 3 (RGB) are supported")
-    mean, std = _pick(spec.mean, model.mean, "--mean"), _pick(spec.std, model.std, "--std")
-    channel = _pick(spec.channels, model.channels, "--channels")
+    mean, std = _pick(spec.mean, model.mean, "mean"), _pick(spec.std, model.std, "std")
+    channel = _pick(spec.channels, model.channels, "channels")
     wide = [(w, s) for w, s in (("mean", mean), ("std", std)) if s and len(s.value) == 3]
     if channel is None and wide:  # a 3-value mean or std is for RGB inputs
         channel = _Setting(3, f"the 3-value {wide[0][0]} from {wide[0][1].origin}")
@@ -1070,13 +1099,13 @@ def _target(
         how = "Colour images averaged to 1" if channels == 1 else "Grey images repeated to 3"
         notes.append(f"{how} channels ({channel.origin if channel else 'as some are colour'}).")
     sizes = {(h, w): example for (_, h, w), example in shapes.items()}
-    resize = _pick(spec.size, model.size, "--size")
+    resize = _pick(spec.size, model.size, "size")
     if resize is None:
         if len(sizes) > 1:
             (a, first), (b, second) = list(sizes.items())[:2]
             raise LoadError(
                 f"images have different sizes ({a[0]}×{a[1]} in {first}, {b[0]}×{b[1]} in "
-                f"{second}): pass --size H W to resize them all"
+                f"{second}): set {option('size')} to resize them all"
             )
         return _Target(channels, next(iter(sizes)), mean, std)
     size = tuple(resize.value)
@@ -1095,7 +1124,7 @@ def _normalisation(
     """Per-channel mean and std: the spec's, else the model's, else the fit images' own."""
     own_mean, own_std = _statistics(fit_images) if not (target.mean and target.std) else ((), ())
     if target.std is None and min(own_std) <= 0:
-        raise LoadError("the fit images are all one colour (their std is 0): pass --std")
+        raise LoadError(f"the fit images are all one colour (their std is 0): set {option('std')}")
     mean = _per_channel(target.mean, target.channels, "mean") if target.mean else own_mean
     std = _per_channel(target.std, target.channels, "std") if target.std else own_std
     notes.append(
@@ -1121,7 +1150,7 @@ def _prepare(
         )
     classes = _check_labels(source)
     notes.extend(source.notes)
-    model = _model_preprocessing(preprocessing)
+    model = _model_preprocessing(_not_from_images(preprocessing, spec, notes))
     parts = _split(source, spec, notes)
     limits = f"limits fit {FIT_CAP:,}, eval {EVAL_CAP:,}, both {max_images:,}"
     _cap(parts, max_images, spec.seed, limits, notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explorer.store import max_upload_bytes
+from explorer.limits import MAX_UPLOAD_ENV, max_upload_bytes
 
 
 class LoadError(ValueError):
@@ -31,7 +31,7 @@ def check_file(path: str | Path, what: str, max_bytes: int | None = None) -> Pat
     if size > limit:
         raise LoadError(
             f"{what} {path.name} is {size / 2**20:,.1f} MB, over the limit of "
-            f"{limit / 2**20:,.0f} MB (PRUNING_EXPLORER_MAX_UPLOAD_MB)"
+            f"{limit / 2**20:,.0f} MB ({MAX_UPLOAD_ENV})"
         )
     if size == 0:
         raise LoadError(f"{what} {path.name} is empty")

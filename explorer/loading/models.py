@@ -58,21 +58,37 @@ from torch import nn
 from explorer.inspection import attention_heads
 from explorer.loading.archives import MAX_TOTAL_BYTES, check_members
 from explorer.loading.errors import LoadError, check_file
+from explorer.loading.options import allow, option, reader
 from explorer.store import default_store
 from explorer.structure import unpack_multihead_attention
 from explorer.subject import STORE_PREFIX, ModelSource, cached_file_digest, file_digest
 
-#: How an operator lets the app import or deserialise code-carrying model files.
-TRUST_CODE_HINT = (
-    "the command line allows this for your own local files; an app that serves uploads must be "
-    "started with --trust-code (or PRUNING_EXPLORER_TRUST_CODE=1)"
-)
-#: The advice for a file that pickles a whole model.
-PICKLE_ADVICE = (
-    "unpickling runs arbitrary code from the file; start with --trust-pickle only for files you "
-    "trust, or save a state_dict instead: torch.save(model.state_dict(), 'weights.pt') and load "
-    "it with --weights"
-)
+
+def trust_code_hint() -> str:
+    """How the app is let import or deserialise code-carrying model files (the operator's
+    choice; the command line trusts its user's own files)."""
+    if reader() == "app":
+        return f"{allow('trust_code')} (or PRUNING_EXPLORER_TRUST_CODE=1) to accept it"
+    return (
+        "the command line allows this for your own local files; an app that serves uploads "
+        "must be started with --trust-code (or PRUNING_EXPLORER_TRUST_CODE=1)"
+    )
+
+
+def _num_classes_hint() -> str:
+    return f"""set {option("model_args")} to e.g. '{{"num_classes": 10}}'"""
+
+
+def pickle_advice() -> str:
+    """The advice for a file that pickles a whole model, worded for its reader."""
+    return (
+        "unpickling runs arbitrary code from the file, so it is allowed only for files you "
+        f"trust: {allow('trust_pickle')}; or save a state_dict instead: "
+        "torch.save(model.state_dict(), 'weights.pt') and load it with "
+        f"{option('weights')}"
+    )
+
+
 #: Keys under which checkpoints commonly wrap their state_dict.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 #: Prefixes that wrappers add to every key (DataParallel, torch.compile).
@@ -349,7 +365,7 @@ def _read_torch_weights(path: Path) -> Any:
         if found:
             raise LoadError(
                 f"weights file {path.name} holds a pickled model or other Python objects "
-                f"({found.group(1)}), not a state_dict: {PICKLE_ADVICE}"
+                f"({found.group(1)}), not a state_dict: {pickle_advice()}"
             ) from None
         raise LoadError(
             f"weights file {path.name} is not a valid PyTorch weights file: "
@@ -459,7 +475,7 @@ def _classes_from_weights(
     given = args.get("num_classes")
     if given is not None and given != rows.shape[0]:
         raise LoadError(
-            f"--model-args say num_classes={given} but {head}.weight in {file} has "
+            f"{option('model_args')} say num_classes={given} but {head}.weight in {file} has "
             f"{rows.shape[0]} rows"
         )
     return {**args, "num_classes": int(rows.shape[0])}
@@ -478,7 +494,8 @@ def _load_torchvision(request: _Request) -> _Built:
     args = request.source.constructor_args
     if {"weights", "weights_backbone"} & set(args):
         raise LoadError(
-            "torchvision weights are never downloaded here: give a weights file with --weights"
+            "torchvision weights are never downloaded here: give a weights file with "
+            + option("weights")
         )
     notes = []
     state = None
@@ -505,7 +522,7 @@ def _load_torchvision(request: _Request) -> _Built:
         count = (
             f"{classes} classes"
             if classes is not None
-            else "1000 classes (the default; set e.g. --model-args '{\"num_classes\": 10}')"
+            else f"1000 classes (the default; {_num_classes_hint()})"
         )
         notes.append(f"Random initialisation: no weights given for torchvision:{arch}, {count}.")
     preprocessing = _torchvision_preprocessing(torchvision, arch)
@@ -552,8 +569,8 @@ def _load_timm(request: _Request) -> _Built:
         count = (
             f"{classes} classes"
             if classes is not None
-            else f"{getattr(model, 'num_classes', 1000)} classes (the default; set e.g. "
-            "--model-args '{\"num_classes\": 10}')"
+            else f"{getattr(model, 'num_classes', 1000)} classes (the default; "
+            f"{_num_classes_hint()})"
         )
         notes.append(f"Random initialisation: no weights given for timm:{name}, {count}.")
     preprocessing = _timm_preprocessing(model, args)
@@ -574,7 +591,7 @@ def _load_python(request: _Request) -> _Built:
     if not request.trust_code:
         raise LoadError(
             f"{file_ref} is Python code: loading it imports the file, which runs its code; "
-            + TRUST_CODE_HINT
+            + trust_code_hint()
         )
     path = request.file(file_ref, "Python model file")
     module = _import_user_file(path, siblings=not file_ref.startswith(STORE_PREFIX))
@@ -595,8 +612,8 @@ def _load_python(request: _Request) -> _Built:
         model = factory(**args)
     except TypeError as err:
         raise LoadError(
-            f"{call} failed: {_first_line(err)}; give the constructor's arguments as JSON, "
-            """e.g. --model-args '{"num_classes": 10}'"""
+            f"{call} failed: {_first_line(err)}; give the constructor's arguments as JSON: "
+            + _num_classes_hint()
         ) from None
     except Exception as err:  # the user's constructor may raise anything
         raise LoadError(f"{call} raised {type(err).__name__}: {_first_line(err)}") from None
@@ -614,7 +631,7 @@ def _load_export(request: _Request) -> _Built:
         raise LoadError(
             f"{request.source.ref} is a torch.export program: torch.export.load can run code "
             "stored in the file (it unpickles objects and evaluates shape expressions); "
-            + TRUST_CODE_HINT
+            + trust_code_hint()
         )
     path = request.file(request.source.ref, "torch.export program")
     _check_zip(path, "torch.export program")
@@ -715,7 +732,7 @@ def _load_torchscript(request: _Request) -> _Built:
     if not request.trust_code:
         raise LoadError(
             f"{request.source.ref} is a TorchScript program, code that runs when the model "
-            "does; " + TRUST_CODE_HINT
+            "does; " + trust_code_hint()
         )
     path = request.file(request.source.ref, "TorchScript model")
     _check_zip(path, "TorchScript model")
@@ -738,7 +755,7 @@ def _load_torchscript(request: _Request) -> _Built:
 def _load_pickle(request: _Request) -> _Built:
     """A whole pickled ``nn.Module``, only with the operator's ``trust_pickle``."""
     if not request.trust_pickle:
-        raise LoadError(f"{request.source.ref} is a pickled model: {PICKLE_ADVICE}")
+        raise LoadError(f"{request.source.ref} is a pickled model: {pickle_advice()}")
     path = request.file(request.source.ref, "pickled model")
     _check_zip(path, "pickled model")
     try:
@@ -747,7 +764,7 @@ def _load_pickle(request: _Request) -> _Built:
         raise LoadError(
             f"{path.name} pickles a model whose class cannot be imported here "
             f"({_first_line(err)}); save a state_dict instead and load it with its "
-            "architecture (model.py:ClassName) and --weights"
+            f"architecture (model.py:ClassName) and {option('weights')}"
         ) from None
     except Exception as err:
         raise LoadError(
@@ -755,7 +772,8 @@ def _load_pickle(request: _Request) -> _Built:
         ) from None
     if not isinstance(obj, nn.Module):
         hint = (
-            ": it looks like a state_dict; give its architecture and this file as --weights"
+            f": it looks like a state_dict; give its architecture and this file as "
+            f"{option('weights')}"
             if isinstance(obj, Mapping)
             else ""
         )
@@ -955,7 +973,10 @@ TIMM_CONFIG_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay")
 TIMM_SOURCE_FIELDS = ("file", "url", "hf_hub_id", "hf_hub_filename", "state_dict")
 #: Names an unknown timm model's message offers as examples.
 TIMM_EXAMPLES = ("resnet18", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
-TIMM_NO_DOWNLOAD = "timm weights are never downloaded here: give a weights file with --weights"
+
+
+def timm_no_download() -> str:
+    return f"timm weights are never downloaded here: give a weights file with {option('weights')}"
 
 
 def _import_timm() -> Any:
@@ -971,7 +992,7 @@ def _check_timm_args(args: Mapping[str, Any]) -> None:
     """Refuse arguments that load or download weights (or a config naming them)."""
     for key in TIMM_FETCHING_ARGS:
         if key in args and args[key] not in (False, None):
-            raise LoadError(f"timm argument {key}={args[key]!r}: {TIMM_NO_DOWNLOAD}")
+            raise LoadError(f"timm argument {key}={args[key]!r}: {timm_no_download()}")
     for key in TIMM_CONFIG_ARGS:
         config = args.get(key)
         if config is None or (key == "pretrained_cfg" and isinstance(config, str)):
@@ -980,7 +1001,7 @@ def _check_timm_args(args: Mapping[str, Any]) -> None:
             raise LoadError(f"timm argument {key} must be an object, got {config!r}")
         named = [field for field in TIMM_SOURCE_FIELDS if field in config]
         if named:
-            raise LoadError(f"timm argument {key} names {', '.join(named)}: {TIMM_NO_DOWNLOAD}")
+            raise LoadError(f"timm argument {key} names {', '.join(named)}: {timm_no_download()}")
 
 
 def _check_timm_name(timm: Any, name: str) -> None:
@@ -988,7 +1009,7 @@ def _check_timm_name(timm: Any, name: str) -> None:
     if ":" in name or "/" in name:  # hf-hub:owner/repo, local-dir:path: a config from elsewhere
         raise LoadError(
             f"timm:{name} names a hub repository or a folder; only timm's own architectures "
-            f"are built here (timm.list_models()). {TIMM_NO_DOWNLOAD}"
+            f"are built here (timm.list_models()). {timm_no_download()}"
         )
     architecture = name.partition(".")[0]
     if architecture and timm.is_model(architecture):
@@ -1081,7 +1102,7 @@ def _output_shape(program: Any) -> tuple[int | Any, ...] | None:
 def _accepts_batch(module: nn.Module, batch: int, sample: tuple[int, ...]) -> bool:
     """Whether ``module`` runs on a zero batch of ``batch`` samples of shape ``sample``."""
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             module(torch.zeros(batch, *sample))
     except Exception:  # a reshape with the traced batch baked in, a guard
         return False

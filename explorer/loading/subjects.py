@@ -18,6 +18,7 @@ from torch import nn
 from explorer.loading.data import LoadedData, load_data
 from explorer.loading.errors import LoadError
 from explorer.loading.models import LoadedModel, load_model
+from explorer.loading.options import option
 from explorer.outputs import OutputError, adapt_classifier
 from explorer.store import default_store
 from explorer.subject import Subject
@@ -110,14 +111,14 @@ def _probe(model: nn.Module, images: torch.Tensor, subject: Subject) -> int:
     """The number of outputs the model gives for a small batch of the data, or a LoadError
     that says how the shapes disagree."""
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             logits = model(images)
     except Exception as err:  # any shape error surfaces here, in the user's own code too
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LoadError(
             f"the model does not take this data's images of shape "
-            f"{tuple(images.shape[1:])} (C, H, W): {first}. Set --size / --channels to what "
-            "the model expects"
+            f"{tuple(images.shape[1:])} (C, H, W): {first}. Set {option('size')} / "
+            f"{option('channels')} to what the model expects"
         ) from None
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(images):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from collections.abc import Iterable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -16,10 +18,42 @@ from explorer.data import ImageDataset
 #: Pruned is dark grey on every page: red and blue already mean the sign of a weight or an
 #: activation, and a pale grey would read as "near zero".
 PRUNED_COLOR = "#595959"
-#: Something the plan changed for the worse (a flipped prediction).
-CHANGED_COLOR = "#d62728"
+#: A prediction that is the true class, and one that is not: the same two colours wherever a
+#: prediction is shown (flip tables and counts, saliency titles, the confusion change), whichever
+#: model made it, so that a *fixed* flip reads as "pruned right" at a glance.
+RIGHT_COLOR = "#009E73"
+WRONG_COLOR = "#d62728"
+#: Something the plan changed for the worse (a unit it removed, an error it added).
+CHANGED_COLOR = WRONG_COLOR
 DENSE_COLOR = "#1f77b4"
 PLAN_COLOR = "#ff7f0e"
+#: Colours of overlaid series (sweeps, subjects), colour-blind safe (Okabe-Ito).
+SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+
+
+def prediction_color(predicted: int | str, true: int | str) -> str:
+    """``RIGHT_COLOR`` when ``predicted`` is the ``true`` class (both indices or both names),
+    else ``WRONG_COLOR``."""
+    return RIGHT_COLOR if predicted == true else WRONG_COLOR
+
+
+def preferred_series_color(identity: str) -> int:
+    """The index in ``SERIES_COLORS`` a series named ``identity`` asks for: a hash of the name,
+    not its position, so a sweep keeps its colour whichever plan is current."""
+    digest = hashlib.sha256(identity.encode()).digest()
+    return digest[0] % len(SERIES_COLORS)
+
+
+def assign_series_color(identity: str, taken: Iterable[int]) -> int:
+    """A colour index for a new series: its preferred one, or the next one no series in ``taken``
+    has (while any is left), so that series drawn together rarely share a colour."""
+    used = set(taken)
+    start = preferred_series_color(identity)
+    for step in range(len(SERIES_COLORS)):
+        index = (start + step) % len(SERIES_COLORS)
+        if index not in used:
+            return index
+    return start
 
 
 def compact_layout(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:

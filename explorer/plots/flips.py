@@ -10,22 +10,23 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from explorer.plots.common import CHANGED_COLOR, PRUNED_COLOR, compact_layout
+from explorer.plots.common import PRUNED_COLOR, RIGHT_COLOR, WRONG_COLOR, compact_layout
 
-#: Fewer errors / more correct (blue), no change (white), more errors / fewer correct (red).
-BETTER_COLOR = "#2166ac"
-FIXED_COLOR = "#009E73"
-DIVERGING = [[0.0, BETTER_COLOR], [0.5, "#ffffff"], [1.0, CHANGED_COLOR]]
-#: Stacking order and colour of each kind of flip.
-KIND_COLORS = {"broken": CHANGED_COLOR, "fixed": FIXED_COLOR, "changed": PRUNED_COLOR}
+#: Fewer errors / more correct (the colour of a right prediction), no change (white), more
+#: errors / fewer correct (the colour of a wrong one).
+DIVERGING = [[0.0, RIGHT_COLOR], [0.5, "#ffffff"], [1.0, WRONG_COLOR]]
+#: Stacking order and colour of each kind of flip, by what the pruned model now says: wrong
+#: (broken), right (fixed), still wrong but another class (changed: grey, to tell it apart).
+KIND_COLORS = {"broken": WRONG_COLOR, "fixed": RIGHT_COLOR, "changed": PRUNED_COLOR}
 
 
 def confusion_change_figure(diff: np.ndarray, classes: Sequence[str]) -> go.Figure:
     """Pruned minus dense confusion matrix (rows true class, columns predicted), each cell
     annotated with its signed count, zero white.
 
-    Red always means worse: off the diagonal a positive count is an error the pruned model
-    adds (red), on the diagonal a negative count is a correct prediction it loses (red). So
+    Red always means worse, green better (the colours of a wrong and a right prediction): off
+    the diagonal a positive count is an error the pruned model adds (red), on the diagonal a
+    negative count is a correct prediction it loses (red). So
     the diagonal and the off-diagonal cells are two traces with mirrored colour scales on one
     symmetric range; trace 0 holds the off-diagonal counts, trace 1 the diagonal (others nan).
 
@@ -77,8 +78,9 @@ def confusion_change_figure(diff: np.ndarray, classes: Sequence[str]) -> go.Figu
 def flip_counts_figure(
     per_class: Mapping[str, Sequence[int]], classes: Sequence[str] | None = None
 ) -> go.Figure:
-    """Stacked bars per true class: how many of its samples the pruned model broke (red),
-    fixed (green) and, when given, changed from one wrong class to another (grey).
+    """Stacked bars per true class: how many of its samples the pruned model broke (now wrong:
+    red), fixed (now right: green) and, when given, changed from one wrong class to another
+    (grey).
 
     Args:
         per_class: kind -> counts per class (K,), e.g. ``Flips.per_class``; kinds other than

@@ -6,6 +6,7 @@ Data in (``explorer.paths`` results), ``go.Figure`` out; nothing here runs a mod
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -21,9 +22,18 @@ NOTE_COLOR = "#444444"
 #: Marker size of a column's largest path unit (smaller ones scale down to ``MIN_NODE``).
 MAX_NODE = 17
 MIN_NODE = 7
-#: Pixels per unit rank in each panel, and what the titles, ticks and legend take.
+#: Pixels per unit rank in each panel, and what the titles and the gap between panels take.
 ROW_PX = 22
 FRAME_PX = 150
+#: The narrowest plot the figure is laid out for (a 1280-px laptop's page with the sidebar
+#: open), and what one character of a 10-px tick label takes: ticks that would not fit side by
+#: side there are written vertically instead of being rotated into each other.
+LAYOUT_WIDTH_PX = 760
+CHAR_PX = 6.5
+#: Above the panels: the legend's rows (entries per row at ``LAYOUT_WIDTH_PX``, px per row);
+#: below them: the ticks, the bracket under a group of columns and the group's name.
+LEGEND_PER_ROW, LEGEND_ROW_PX = 4, 22
+TICK_PX, GROUP_PX = 18, 18
 
 #: How each kind of node is drawn, and its legend entry.
 NODE_STYLES = {
@@ -37,6 +47,59 @@ NODE_STYLES = {
 def column_label(name: str) -> str:
     """The default label of a column: its layer, or "<attention> heads"."""
     return f"{name.removesuffix(HEADS_SUFFIX)} heads" if is_heads_column(name) else name
+
+
+@dataclass(frozen=True)
+class ColumnTicks:
+    """How the columns are named under the panels.
+
+    Attributes:
+        ticks: one label per column; short ("qkv", "heads", "fc1") where ``groups`` name
+            the module they sit in, so that group and tick give the full name back.
+        groups: (module name, first column, last column) of each run of columns written under
+            one bracket, e.g. ("block1.attn", 2, 4); empty when the ticks are full names.
+        vertical: the ticks are written vertically (too many columns to fit side by side).
+    """
+
+    ticks: list[str]
+    groups: list[tuple[str, int, int]]
+    vertical: bool
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(parent module, short name) of a column: "block1.attn.qkv" -> ("block1.attn", "qkv"),
+    "block1.attn:heads" -> ("block1.attn", "heads"), "block2.shortcut.0" -> ("block2",
+    "shortcut.0") (an index alone says nothing), "fc1" -> ("", "fc1")."""
+    if is_heads_column(name):
+        return name.removesuffix(HEADS_SUFFIX), "heads"
+    parts = name.split(".")
+    keep = 2 if len(parts) > 2 and parts[-1].isdigit() else 1
+    return ".".join(parts[:-keep]), ".".join(parts[-keep:])
+
+
+def column_ticks(names: Sequence[str], labels: Mapping[str, str] | None = None) -> ColumnTicks:
+    """Tick labels for path columns that stay whole and apart at ``LAYOUT_WIDTH_PX``: each
+    column's short name under a bracket naming its module (a run of columns with the same
+    parent), or, where even those would not fit, the full names written vertically. A column
+    in ``labels`` gets that label, alone. Ticks "input" and the class at the ends are the
+    caller's (each counts as one column here: ``names`` are the columns between them)."""
+    labels = labels or {}
+    split = [("", labels[n]) if n in labels else _split(n) for n in names]
+    groups: list[tuple[str, int, int]] = []
+    for i, (parent, _) in enumerate(split, start=1):  # column 0 is the input
+        if parent and groups and groups[-1][0] == parent and groups[-1][2] == i - 1:
+            groups[-1] = (parent, groups[-1][1], i)
+        elif parent:
+            groups.append((parent, i, i))
+    column_px = LAYOUT_WIDTH_PX / (len(names) + 2)
+    ticks = [short for _, short in split]
+    fits = all(len(t) * CHAR_PX + 6 <= column_px for t in ticks) and all(
+        len(name) * CHAR_PX + 6 <= (last - first + 1) * column_px for name, first, last in groups
+    )
+    if fits:
+        return ColumnTicks(ticks, groups, vertical=False)
+    full = [labels.get(n, column_label(n)) for n in names]
+    return ColumnTicks(full, [], vertical=True)
 
 
 def _node_sizes(top: Sequence[int], contributions: np.ndarray) -> list[float]:
@@ -266,13 +329,15 @@ def path_graph_figure(
                 row=row,
                 col=1,
             )
-    labels = dict(layer_labels or {})
-    ticks = ["input", *(labels.get(n, column_label(n)) for n in comparison.layers), name]
+    columns = column_ticks(comparison.layers, layer_labels)
+    ticks = ["input", *columns.ticks, f"class {name}"]
     deepest = max([len(layer.top) for layer in comparison.dense.layers] + [1])
     fig.update_xaxes(
         tickvals=list(range(len(ticks))),
         ticktext=ticks,
         tickfont={"size": 10},
+        tickangle=-90 if columns.vertical else 0,
+        automargin=True,  # vertical names push the margin: never cut
         range=[-0.4, len(ticks) - 0.5],
         showgrid=False,
         zeroline=False,
@@ -281,14 +346,55 @@ def path_graph_figure(
         range=[-(deepest - 1) - 0.6, 1.2], showticklabels=False, showgrid=False, zeroline=False
     )
     fig.update_annotations(font_size=12, selector={"xref": "paper"})  # the panel titles
+    _group_brackets(fig, columns.groups)
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False)
+    legend_px = LEGEND_ROW_PX * -(-entries // LEGEND_PER_ROW)
     fig.update_layout(
         plot_bgcolor="#ffffff",
-        legend={"orientation": "h", "y": -0.1, "yanchor": "top", "x": 0, "font": {"size": 10}},
+        # above the panels, in the top margin: under them are the column names, whose height
+        # varies (vertical names), and a legend there would sit on them
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 1,
+            "yanchor": "top",
+            "x": 0,
+            "font": {"size": 10},
+        },
         hoverlabel={"align": "left"},
     )
-    fig = compact_layout(fig, FRAME_PX + 2 * ROW_PX * (deepest + 1))
-    fig.update_layout(margin={"t": 28, "b": 10})  # room for the panel titles
+    below = TICK_PX + (GROUP_PX if columns.groups else 0)
+    fig = compact_layout(fig, FRAME_PX + 2 * ROW_PX * (deepest + 1) + legend_px + below)
+    fig.update_layout(margin={"t": 28 + legend_px, "b": 10 + below})  # legend, titles, names
     return fig
+
+
+def _group_brackets(fig: go.Figure, groups: Sequence[tuple[str, int, int]]) -> None:
+    """Under the ticks of each group of columns: a bracket line and the group's name."""
+    for label, first, last in groups:
+        fig.add_shape(
+            type="line",
+            xref="x2",
+            yref="paper",
+            ysizemode="pixel",
+            yanchor=0,
+            x0=first - 0.4,
+            x1=last + 0.4,
+            y0=-TICK_PX - 2,
+            y1=-TICK_PX - 2,
+            line={"color": ENDPOINT_COLOR, "width": 1},
+        )
+        fig.add_annotation(
+            x=(first + last) / 2,
+            y=0,
+            xref="x2",
+            yref="paper",
+            yshift=-TICK_PX - 4,
+            yanchor="top",
+            text=label,
+            showarrow=False,
+            font={"size": 10, "color": NOTE_COLOR},
+        )
 
 
 def class_unit_figure(

@@ -10,29 +10,36 @@ import plotly.graph_objects as go
 from explorer.plots.common import (
     PLAN_COLOR,
     PRUNED_COLOR,
+    SERIES_COLORS,
     add_dense_line,
     compact_layout,
+    preferred_series_color,
 )
 
 
 @dataclass(frozen=True)
 class CurveSeries:
-    """One accuracy-vs-sparsity sweep: its label and points (fractions in [0, 1])."""
+    """One accuracy-vs-sparsity sweep: its label and points (fractions in [0, 1]), and its
+    colour (default: the one its label hashes to, ``preferred_series_color``)."""
 
     label: str
     sparsity: Sequence[float]
     accuracy: Sequence[float]
+    color: str | None = None
 
-
-#: Colours of overlaid sweeps, the current plan's first (colour-blind safe, Okabe-Ito).
-SERIES_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+    @property
+    def line_color(self) -> str:
+        """The colour it is drawn in: its own, else the one of its label (never its position,
+        so a sweep keeps its colour when another plan becomes the current one)."""
+        return self.color or SERIES_COLORS[preferred_series_color(self.label)]
 
 
 def curve_figure(
     series: Sequence[CurveSeries], current: tuple[float, float], dense_accuracy: float
 ) -> go.Figure:
-    """Accuracy (y) against sparsity of the prunable weights (x), one line per sweep (the first
-    is the current plan's, drawn thickest), the current plan marked with a star."""
+    """Accuracy (y) against sparsity of the prunable weights (x), one line per sweep in its own
+    colour (``CurveSeries.line_color``; the first is the current plan's, drawn thickest), the
+    current plan marked with a star."""
     fig = go.Figure()
     add_dense_line(fig, dense_accuracy)
     for i, curve in enumerate(series):
@@ -43,7 +50,7 @@ def curve_figure(
                 mode="lines+markers",
                 name=curve.label,
                 line={
-                    "color": SERIES_COLORS[i % len(SERIES_COLORS)],
+                    "color": curve.line_color,
                     "width": 3 if i == 0 else 1.5,
                 },
                 marker={"size": 6 if i == 0 else 4},

@@ -9,11 +9,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.plots.common import CHANGED_COLOR, compact_layout
+from explorer.plots.common import compact_layout, prediction_color
 from explorer.saliency.agreement import AgreementPoint
 
 MAP_SCALE = "Viridis"
 DIFFERENCE_SCALE = "RdBu_r"  # red: the pruned model relies on a pixel more; blue: less
+#: What the difference panel's colours are: both maps as shares of their own total (sum 1).
+DIFFERENCE_TITLE = "pruned − dense<br>share of each map's total"
 NOTE_WIDTH = 22  # characters per line of a note over a blank panel (a quarter of the figure)
 
 
@@ -69,7 +71,10 @@ def saliency_figure(
     Args:
         image: display pixels in [0, 1], (H, W) grey or (H, W, 3) colour.
         dense_map, pruned_map: (H, W) attributions scaled to a maximum of 1 (non-negative).
-        difference: (H, W) ``pruned_map - dense_map``; shown on a diverging scale centred at 0.
+        difference: (H, W) ``compare.difference_map`` of the raw maps: each map's share of
+            its own total per pixel, pruned minus dense (not ``pruned_map - dense_map``:
+            maps scaled to their own maximum are not on one scale); shown in % on a
+            diverging scale centred at 0.
         true_label: the image's class name.
         target: the class name whose logit both maps explain.
         dense_prediction, pruned_prediction: (class name, softmax confidence in [0, 1]).
@@ -108,7 +113,15 @@ def saliency_figure(
             go.Heatmap(z=values, coloraxis="coloraxis", hovertemplate=hover), row=1, col=col
         )
         fig.add_trace(_outline(grey, "rgba(255,255,255,0.55)"), row=1, col=col)
-    fig.add_trace(go.Heatmap(z=difference, coloraxis="coloraxis2", hovertemplate=hover), 1, 4)
+    fig.add_trace(
+        go.Heatmap(
+            z=difference,
+            coloraxis="coloraxis2",
+            hovertemplate="x %{x}, y %{y}<br>%{z:+.2~%} of the total<extra></extra>",
+        ),
+        1,
+        4,
+    )
     fig.add_trace(_outline(grey, "rgba(0,0,0,0.45)"), row=1, col=4)
     span = max(float(np.abs(difference).max()), 1e-6)
     bar = {"orientation": "h", "thickness": 10, "y": -0.04, "xanchor": "center", "yanchor": "top"}
@@ -132,7 +145,8 @@ def saliency_figure(
                 **bar,
                 "len": 0.24,
                 "x": 0.8825,
-                "title": {"text": "pruned − dense", "side": "bottom"},
+                "tickformat": ".2~%",
+                "title": {"text": DIFFERENCE_TITLE, "side": "bottom"},
             },
         },
         showlegend=False,
@@ -147,8 +161,11 @@ def saliency_figure(
             row=1,
             col=col,
         )
-    if dense_prediction[0] != pruned_prediction[0]:
-        fig.layout.annotations[2].font.color = CHANGED_COLOR  # the prediction changed
+    # each prediction in the colour of right or wrong (the true class), whichever model made it
+    for title, (predicted, _) in zip(
+        fig.layout.annotations[1:3], (dense_prediction, pruned_prediction), strict=True
+    ):
+        title.font.color = prediction_color(predicted, true_label)
     target_note = caption or f"both maps explain the logit of class {target}"
     fig.add_annotation(
         text=target_note,

@@ -36,7 +36,7 @@ from torch import nn
 
 from explorer.inspection import HeadGroup, attention_heads, execution_order
 from explorer.saliency.base import private_copy
-from explorer.saliency.compare import rank_correlation, scaled
+from explorer.saliency.compare import difference_map, rank_correlation
 from explorer.saliency.tokens import TokenLayout, token_layout
 
 
@@ -112,7 +112,7 @@ def attention_maps(
             handles.append(modules[heads.qkv].register_forward_hook(post))
     device = next(work.parameters()).device
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             work(x.to(device))
     finally:
         for handle in handles:
@@ -174,8 +174,9 @@ class RolloutComparison:
     """The dense and the pruned model's rollout [CLS] maps of one input, and how they agree.
 
     Attributes:
-        dense, pruned: float64 (h, w) rollout maps; difference: ``scaled(pruned) -
-            scaled(dense)``; rank_correlation: Spearman of the two maps.
+        dense, pruned: float64 (h, w) rollout maps; difference: ``compare.difference_map``
+            (each map's share of its total per patch, pruned minus dense);
+            rank_correlation: ``compare.rank_correlation`` of the two maps.
         dense_maps, pruned_maps: the per-head weights behind them.
         layout: the token layout (grid, prefix tokens).
     """
@@ -207,7 +208,7 @@ def compare_attention(
     return RolloutComparison(
         dense_map,
         pruned_map,
-        scaled(pruned_map) - scaled(dense_map),
+        difference_map(dense_map, pruned_map),
         rank_correlation(dense_map, pruned_map),
         dense_maps,
         pruned_maps,

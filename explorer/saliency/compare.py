@@ -1,11 +1,20 @@
 """How two attribution maps of the same image agree (dense vs pruned model).
 
 The agreement metrics of one image: a difference map and three numbers (Pearson and Spearman
-correlation, top-``fraction`` overlap); ``agreement`` averages them over many images. Both
-maps are first scaled to a maximum of 1 (``scaled``), so that the comparison is about *where*
-a model looks, not about how large its gradients are (pruning often shrinks or inflates them
-all together). A map that is "≈ 0" (``Attribution.negligible``) is not scaled at all: nothing
-is compared with it.
+correlation, top-``fraction`` overlap); ``agreement`` averages them over many images. All of
+them are about *where* a model looks, not about how large its gradients are (pruning often
+shrinks or inflates them all together):
+
+- The **difference** compares each map's *share* of its own total per pixel (``shares``: each
+  map divided by its sum, so both sum to 1). Scaling each map to its own maximum instead
+  (``scaled``, what the map panels show) does not compare like with like: a flatter pruned
+  map would rise against the dense one on every pixel but the peak.
+- The **rank correlation** ranks only the pixels where either map is nonzero
+  (``RANKED_PIXELS``). Integrated Gradients from the ink-free image, Grad-CAM after its ReLU
+  and occlusion give exactly 0 on much of the image; ranked along, those shared zeros would
+  tie in both maps and push the correlation towards +1 even for opposite strokes.
+
+A map that is "≈ 0" (``Attribution.negligible``) is not compared at all.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import numpy as np
 
 #: Share of pixels that count as a map's "most important" ones for the overlap.
 TOP_FRACTION = 0.1
+#: The pixels the rank correlation ranks, in the words the app and the CLI use for them.
+RANKED_PIXELS = "the pixels where either map is nonzero"
 
 
 def scaled(attribution: np.ndarray) -> np.ndarray:
@@ -25,6 +36,21 @@ def scaled(attribution: np.ndarray) -> np.ndarray:
     values = np.nan_to_num(np.asarray(attribution, dtype=np.float64))
     peak = float(np.abs(values).max()) if values.size else 0.0
     return values / peak if peak > 0 else values
+
+
+def shares(attribution: np.ndarray) -> np.ndarray:
+    """``attribution`` (H, W) divided by the sum of its |values|: each pixel's share of the
+    map's total, summing to 1 (in absolute value); an all-zero map stays all zeros."""
+    values = np.nan_to_num(np.asarray(attribution, dtype=np.float64))
+    total = float(np.abs(values).sum())
+    return values / total if total > 0 else values
+
+
+def difference_map(dense_map: np.ndarray, pruned_map: np.ndarray) -> np.ndarray:
+    """float64 (H, W) ``shares(pruned) - shares(dense)``, in [-1, 1]: > 0 where the pruned
+    model puts a larger share of its attribution on a pixel than the dense one did. It sums
+    to 0 for non-negative maps: reliance that moved somewhere left somewhere else."""
+    return shares(pruned_map) - shares(dense_map)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,10 +76,19 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (Pearson of their average ranks), in [-1, 1]:
-    1 = the pixels are in the same order of importance; nan when either map is flat. Unlike
-    Pearson's, it does not care how peaked the maps are, only about their order."""
-    return correlation(average_ranks(a), average_ranks(b))
+    """Spearman rank correlation of two maps of one shape over ``RANKED_PIXELS`` (the pixels
+    where either is nonzero; Pearson of their average ranks there), in [-1, 1]: 1 = those
+    pixels in the same order of importance; nan when fewer than two such pixels or either map is
+    flat on them. Unlike Pearson's, it does not care how peaked the maps are, only about
+    their order. Pixels both maps give exactly 0 are left out: ties in both, they would
+    count as agreement (see the module doc)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"maps must have one shape, got {a.shape} and {b.shape}")
+    either = (a != 0) | (b != 0)
+    if either.sum() < 2:
+        return float("nan")
+    return correlation(average_ranks(a[either]), average_ranks(b[either]))
 
 
 def top_pixels(attribution: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
@@ -88,6 +123,8 @@ def undefined_reason(
         return f"the {which} map is ≈ 0, so there is no pattern to compare"
     if np.ptp(dense_map) == 0 or np.ptp(pruned_map) == 0:
         return "a map is flat (e.g. the pruned model no longer reacts to its input)"
+    if not np.isfinite(rank_correlation(dense_map, pruned_map)):
+        return f"a map is flat over {RANKED_PIXELS}, so they have no order to compare"
     return ""
 
 
@@ -108,17 +145,19 @@ def compare_maps(
             nothing is computed on it: default (False, False).
 
     Returns:
-        ``difference``: float64 (H, W), ``scaled(pruned) - scaled(dense)`` in [-2, 2];
-            > 0 where the pruned model relies on a pixel more than the dense one did; all
-            zeros when a map is negligible.
+        ``difference``: float64 (H, W), ``difference_map``: ``shares(pruned) -
+            shares(dense)`` in [-1, 1], > 0 where the pruned model puts a larger share of
+            its attribution on a pixel than the dense one did; all zeros when a map is
+            negligible.
         ``correlation``: Pearson correlation of the two maps in [-1, 1] (1 = same pattern up
             to scale); nan when a map is negligible or flat.
-        ``rank_correlation``: Spearman correlation (``rank_correlation``) in [-1, 1] (1 = the
-            pixels in the same order of importance); nan when a map is negligible or flat.
+        ``rank_correlation``: ``rank_correlation``, Spearman's over ``RANKED_PIXELS``, in
+            [-1, 1] (1 = those pixels in the same order of importance); nan when a map is
+            negligible or flat (there).
         ``top_iou``: intersection over union of the two maps' top-``fraction`` pixels in
             [0, 1]; nan when a map is negligible or flat.
         ``top_fraction``: the ``fraction`` used.
-        ``reason``: why correlation and overlap are nan, "" when they are not.
+        ``reason``: why (some of) the numbers are nan, "" when none is.
     """
     dense_map, pruned_map = np.asarray(dense_map), np.asarray(pruned_map)
     if dense_map.shape != pruned_map.shape or dense_map.ndim != 2:
@@ -141,7 +180,7 @@ def compare_maps(
             "reason": reason,
         }
     return {
-        "difference": scaled(pruned_map) - scaled(dense_map),
+        "difference": difference_map(dense_map, pruned_map),
         "correlation": correlation(dense_map, pruned_map),
         "rank_correlation": rank_correlation(dense_map, pruned_map),
         "top_iou": top_overlap(dense_map, pruned_map, fraction),

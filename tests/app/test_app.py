@@ -412,7 +412,8 @@ def test_own_weights_and_data_are_checked_then_become_the_subject(tmp_path, monk
     text = " ".join(m.value for m in at.markdown)
     assert "MNIST" not in text and "Split once by class (seed 0)" in text
     assert not at.warning  # no "run train.py": these are the user's weights
-    assert subject.label in [c.value for c in at.sidebar.caption]  # whole, not cut short
+    # whole, not cut short, and the uploads by the names they were uploaded as, not hashes
+    assert "lenet5 · weights init.pt · data digits.npz" in [c.value for c in at.sidebar.caption]
     at.switch_page("pages/prune.py").run()
     assert_clean(at)
     assert metric(at, "Accuracy") == f"{expected:.2%}"

@@ -97,7 +97,7 @@ def test_gradual_pruning_reaches_the_plans_amount_and_is_drawn_against_one_shot(
     finals = {m.label: m for m in at.metric if m.label.endswith(", final")}
     assert set(finals) == {"one-shot, final", "gradual (agp), final"}
     for tile in finals.values():
-        assert tile.delta == "sparsity 90.0%"  # AGP reaches its target exactly
+        assert tile.delta == "90.0% weights pruned"  # AGP reaches its target exactly
     assert any("Both runs train for the same steps" in c.value for c in at.caption)
 
 
@@ -105,7 +105,7 @@ def test_snip_and_lottery_ticket_runs_show_their_numbers(home):
     at = start("recover", model="lenet300", amount="0.8")
     run_until_done(at, "snip")
     snip_tile = next(m for m in at.metric if m.label == "SNIP, trained from init")
-    assert snip_tile.delta == "sparsity 80.0%" and float(snip_tile.value.rstrip("%")) > 50
+    assert snip_tile.delta == "80.0% weights pruned" and float(snip_tile.value.rstrip("%")) > 50
     at.number_input(key="ticket_rounds").set_value(1).run()
     run_until_done(at, "ticket")
     (table,) = [d for d in at.dataframe if "ticket" in d.value]

@@ -47,6 +47,7 @@ def test_a_timm_architecture_with_weights_is_checked_on_the_users_images(tmp_pat
     at.radio(key="byo_data_kind").set_value("upload").run()
     at.file_uploader(key="byo_data").upload("photos.npz", data, "application/octet-stream")
     at.run()
+    at.selectbox(key="byo_size_from").set_value("custom").run()
     at.number_input(key="byo_size").set_value(64).run()
     at.button(key="byo_check").click().run()
     assert_clean(at)

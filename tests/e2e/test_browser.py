@@ -29,7 +29,7 @@ def test_moving_the_global_slider_updates_metrics_and_url(app_url):
         wait_until_settled(page)
         before = metric_value(page, "Accuracy")
         page.screenshot(path=SHOTS / "prune-before.png", full_page=True)
-        set_slider_by_keys(page, "Global sparsity", 40)  # 50% -> 90%
+        set_slider_by_keys(page, "Weights pruned", 40)  # 50% -> 90%
         page.wait_for_function(
             """(before) => {
                 for (const m of document.querySelectorAll('[data-testid=stMetric]')) {
@@ -87,7 +87,7 @@ def test_a_shared_link_opened_first_on_a_fresh_server_gets_the_whole_app():
             assert title in nav
         picker = page.locator("[data-testid=stSidebar] input[aria-label=Model]").input_value()
         assert picker.startswith("LeNet-5")  # the model picker, drawn by app.py: linked model
-        assert slider_thumb(page, "Global sparsity").input_value() == "70"  # the linked plan
+        assert slider_thumb(page, "Weights pruned").input_value() == "70"  # the linked plan
         assert page.locator("h1").all_inner_texts() == ["Weights"]
         assert not exceptions(page)
 
@@ -101,7 +101,7 @@ def test_the_downloaded_plan_is_the_one_on_the_sliders(app_url, tmp_path):
         page.goto(f"{app_url}/prune?model=lenet5&amount=0.5")
         wait_for_metric(page, "Accuracy")
         wait_until_settled(page)
-        set_slider_by_keys(page, "Global sparsity", 5)  # 50% -> 55%, a fragment rerun
+        set_slider_by_keys(page, "Weights pruned", 5)  # 50% -> 55%, a fragment rerun
         page.wait_for_url("**amount=0.55**", timeout=30_000)
         page.wait_for_function(
             """() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m =>

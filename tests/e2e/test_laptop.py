@@ -64,7 +64,7 @@ def test_every_layer_row_is_reachable_and_its_lock_is_labelled(app_url):
         page.goto(f"{app_url}/prune?model=vit_tiny&amount=0.5")  # 14 prunable layers
         wait_for_metric(page, "Accuracy")
         wait_until_settled(page)
-        last = 'input[type=range][aria-label^="Sparsity of head.fc"]'
+        last = 'input[type=range][aria-label^="head.fc · weights pruned"]'
         page.locator(last).wait_for(timeout=60_000)  # drawn once the numbers are in
         assert page.locator(last).count() == 1
         # No inner scroll box that hides the last rows: the page itself scrolls to them.
@@ -96,7 +96,7 @@ def test_keyboard_steps_a_layer_slider_one_press_at_a_time(app_url):
         page.goto(f"{app_url}/prune?model=lenet5&amount=0.5&scope=layer")
         wait_for_metric(page, "Accuracy")
         wait_until_settled(page)
-        thumb = slider_thumb(page, "Sparsity of fc1")
+        thumb = slider_thumb(page, "fc1 · weights pruned")
         start = int(thumb.input_value())
         thumb.focus()
         for _ in range(8):
@@ -109,5 +109,5 @@ def test_keyboard_steps_a_layer_slider_one_press_at_a_time(app_url):
         )
         wait_until_settled(page)
         focused = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
-        assert focused.startswith("Sparsity of fc1")
-        assert int(slider_thumb(page, "Sparsity of fc1").input_value()) == start + 8
+        assert focused.startswith("fc1 · weights pruned")
+        assert int(slider_thumb(page, "fc1 · weights pruned").input_value()) == start + 8

@@ -96,7 +96,7 @@ def test_an_uploaded_onnx_model_and_npz_are_checked_adopted_and_pruned(tmp_path,
             raise
         wait_until_settled(page)
         before = metric_value(page, "Accuracy")
-        set_slider_by_keys(page, "Global sparsity", 60)
+        set_slider_by_keys(page, "Weights pruned", 60)
         page.wait_for_function(
             """() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m =>
                 m.innerText.startsWith('Sparsity') && m.innerText.includes('60.0%'))""",

@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     set_slider_by_keys,
     wait_for_metric,
     wait_until_idle,
+    wait_until_settled,
 )
 
 pytestmark = browser_test_marks()
@@ -51,13 +52,13 @@ def prune_and_export(page, shot: str) -> None:
     page.wait_for_url("**/prune**", timeout=30_000)
     wait_for_metric(page, "Accuracy", 240_000)
     wait_until_idle(page, 240_000)
-    set_slider_by_keys(page, "Global sparsity", 50)
+    set_slider_by_keys(page, "Weights pruned", 50)
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m =>
             m.innerText.startsWith('Sparsity') && !m.innerText.includes('0.0%'))""",
         timeout=240_000,
     )
-    wait_until_idle(page, 240_000)
+    wait_until_settled(page, 240_000)
     page.screenshot(path=SHOTS / f"{shot}-pruned.png", full_page=True)
     assert re.match(r"^\d+(\.\d+)?%$", metric_value(page, "Accuracy"))
     chooser = page.locator("[data-testid=stSelectbox]", has_text="Format").locator("input")

@@ -104,6 +104,10 @@ def test_a_heads_plan_marks_exactly_its_removed_heads(vit, eval_set):
         np.testing.assert_array_equal(flags, expected)
     comparison = compare_attention(vit.model, pruned, eval_set.images[:1], removed)
     assert comparison.dense.shape == comparison.pruned.shape == (4, 4)
+    # like with like: each rollout map as a share of its own total, not of its own maximum
+    shares = comparison.pruned / comparison.pruned.sum() - comparison.dense / comparison.dense.sum()
+    np.testing.assert_allclose(comparison.difference, shares)
+    assert comparison.difference.sum() == pytest.approx(0.0, abs=1e-12)
     # a removed head attends uniformly: its q and k rows are zero
     module = next(m for m, flags in removed.items() if flags.any())
     head = int(np.flatnonzero(removed[module])[0])

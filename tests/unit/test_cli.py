@@ -568,7 +568,8 @@ def test_app_starts_streamlit_on_the_given_files(tmp_path):
     command = cli.app_command(args)
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("app.py")
     assert command[5:7] == ["--server.port", "8700"]
-    assert command[7:10] == ["--", "--model", "lenet5"]
+    end = command.index("--")  # streamlit's own options, then the app's
+    assert command[end : end + 3] == ["--", "--model", "lenet5"]
     assert command[command.index("--weights") + 1] == str(weights)
     assert command[command.index("--data") + 1] == "mnist"
 

@@ -62,7 +62,7 @@ def test_a_format_the_plan_cannot_take_is_one_line_before_any_model_loads(
     [
         (["--format", "nope", "--out", "x"], "invalid choice: 'nope'"),
         (["--format", "plan", "--out", "/no/such/dir/p.json"], "directory /no/such/dir"),
-        (["--format", "plan"], "--out"),
+        (["--format", "zeros", "--out", ""], "--out needs a file name"),
     ],
 )
 def test_export_mistakes_are_one_line(capsys, extra, message):

@@ -223,3 +223,40 @@ def test_flip_counts_figure_stacks_kinds_per_class(tiny):
     only_two = flip_counts_figure({"broken": [2, 0], "fixed": [0, 3]})
     assert [bar.name for bar in only_two.data] == ["broken", "fixed"]
     assert list(only_two.data[0].x) == ["0", "1"]
+
+
+# --- right and wrong: one colour each, wherever a prediction is shown -------------------------
+
+
+def test_flip_kinds_take_the_colour_of_what_the_pruned_model_now_says(tiny):
+    from explorer.plots.common import RIGHT_COLOR, WRONG_COLOR
+
+    assert RIGHT_COLOR != WRONG_COLOR
+    fig = flip_counts_figure(tiny.per_class, CLASSES)
+    colors = {bar.name: bar.marker.color for bar in fig.data}
+    assert colors["broken"] == WRONG_COLOR and colors["fixed"] == RIGHT_COLOR
+    # the confusion change: better (more right) is the right colour, worse the wrong one
+    off, on = confusion_change_figure(tiny.confusion_change, CLASSES).data
+    assert off.colorscale[0][1] == on.colorscale[0][1] == RIGHT_COLOR
+    assert off.colorscale[-1][1] == WRONG_COLOR
+
+
+@pytest.mark.parametrize(
+    ("dense", "pruned", "colours"),
+    [
+        ("4", "9", ("wrong", "right")),  # fixed (issue 18, item 3: was grey and red)
+        ("9", "4", ("right", "wrong")),  # broken
+        ("4", "7", ("wrong", "wrong")),  # changed
+        ("9", "9", ("right", "right")),  # not flipped
+    ],
+)
+def test_the_saliency_titles_are_coloured_by_right_and_wrong(dense, pruned, colours):
+    from explorer.plots.common import RIGHT_COLOR, WRONG_COLOR
+    from explorer.plots.saliency import saliency_figure
+
+    maps = np.zeros((4, 4))
+    fig = saliency_figure(maps, maps, maps, maps, "9", "9", (dense, 0.6), (pruned, 0.7))
+    expected = {"right": RIGHT_COLOR, "wrong": WRONG_COLOR}
+    titles = fig.layout.annotations[1:3]
+    assert "Dense" in titles[0].text and "Pruned" in titles[1].text
+    assert (titles[0].font.color, titles[1].font.color) == tuple(expected[c] for c in colours)

@@ -32,7 +32,7 @@ from explorer.loading import data as loader
 from explorer.loading.archives import check_members, extract_zip
 from explorer.loading.data import FORMATS, LoadedData, load_data, stratified_split
 from explorer.loading.errors import LoadError
-from explorer.subject import DataSpec
+from explorer.subject import DataSpec, ModelSource
 
 FUZZ = settings(max_examples=40, deadline=None)
 
@@ -625,7 +625,7 @@ def test_bad_image_folders_name_the_file(tmp_path):
         load(root, size=(3, 3))  # the sizes differ: only decoding can find the damage
 
     root = image_folder(tmp_path / "d", {"x": ok, "y": [np.zeros((5, 4), np.uint8)] * 2})
-    with pytest.raises(LoadError, match=r"different sizes.*pass --size"):
+    with pytest.raises(LoadError, match=r"different sizes.*set --size"):
         load(root)
     assert load(root, size=(4, 4), mean=0.0, std=1.0).fit.images.shape[-2:] == (4, 4)
 
@@ -840,3 +840,37 @@ def test_the_fuzzed_files_load_when_whole(kind):
 def test_formats_registry_names_are_unique():
     names = [f.name for f in FORMATS]
     assert len(names) == len(set(names)) and names[-1] == "imagefolder"
+
+
+def test_from_images_keeps_their_size_and_statistics_where_the_model_declares_imagenet(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 6, 7, 3), dtype=np.uint8)
+    path = write_npz(tmp_path / "d.npz", images=images, labels=np.repeat([0, 1], 10))
+    imagenet = {"size": (224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    declared = load(path, imagenet)
+    assert declared.fit.images.shape[-2:] == (224, 224)
+    assert declared.fit.mean == pytest.approx(imagenet["mean"])
+    own = load(path, imagenet, from_images=("size", "normalisation"))
+    assert own.fit.images.shape[-2:] == (6, 7)
+    # the oracle: the fit images' own per-channel statistics, computed here by hand
+    pixels = images[list(own.fit_indices)].astype(np.float64) / 255
+    assert own.fit.mean == pytest.approx(tuple(pixels.mean(axis=(0, 1, 2))), abs=1e-5)
+    assert own.fit.std == pytest.approx(tuple(pixels.std(axis=(0, 1, 2))), abs=1e-5)
+    assert any("not the model's declared size 224×224" in n for n in own.notes)
+    # a size given by the user wins over both
+    given = load(path, imagenet, size=(5, 5), from_images=("size",))
+    assert given.fit.images.shape[-2:] == (5, 5) and given.fit.mean == pytest.approx(
+        imagenet["mean"]
+    )
+
+
+def test_from_images_round_trips_through_json_and_the_url_and_refuses_unknown_names():
+    from explorer.subject import Subject, subject_from_query, subject_to_query
+
+    spec = DataSpec("d.npz", from_images=("normalisation", "size"))
+    assert spec.from_images == ("size", "normalisation")  # one order: one key
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    assert "from_images" not in DataSpec().to_dict()  # older specs keep their JSON
+    subject = Subject(ModelSource.parse("resnet18"), None, spec)
+    assert subject_from_query(subject_to_query(subject)) == subject
+    with pytest.raises(ValueError, match="from_images takes size, channels, normalisation"):
+        DataSpec("d.npz", from_images=("colour",))

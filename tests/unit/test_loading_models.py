@@ -512,7 +512,8 @@ def test_a_pickled_module_needs_trust_pickle(files, tmp_path):
     path = tmp_path / "evil.pt"
     torch.save(_pickle_payload_class(marker)(), path)
     for model_file in (files["whole.pt"], path):
-        with pytest.raises(LoadError, match=r"--trust-pickle only for files you trust.*--weights"):
+        trust = r"only for files you trust: run with --trust-pickle.*--weights"
+        with pytest.raises(LoadError, match=trust):
             load_model(source(f"pickle:{model_file}"), resolve=LOCAL)
     assert not marker.exists()
 

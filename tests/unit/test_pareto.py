@@ -15,8 +15,10 @@ from explorer.pareto import (
     Point,
     deployed_bytes,
     latency_ms,
+    latency_speed,
     pareto_figure,
     pareto_front,
+    speed_up,
 )
 
 # (cost, accuracy), worked out by hand:
@@ -131,3 +133,53 @@ def test_figure_draws_every_point_and_marks_the_front():
     assert list(markers[0].marker.symbol) == ["diamond", "diamond", "circle"]
     assert list(lines[0].x) == pytest.approx([50.0, 90.0])  # the front, by sparsity
     assert list(lines[0].y) == pytest.approx([98.0, 95.0])
+
+
+def _saved(form: str, dense_ms: list[float], form_ms: list[float], **more: object) -> dict:
+    """Metrics as a save stores them: the dense model and the deployable form, batch 32,
+    timed in the same rounds (medians in ms, every round's sample)."""
+
+    def row(model: str, samples: list[float]) -> dict:
+        ordered = sorted(samples)
+        return {
+            "model": model,
+            "batch": 32,
+            "median_ms": ordered[len(ordered) // 2],
+            "p25_ms": ordered[0],
+            "p75_ms": ordered[-1],
+            "repeats": len(samples),
+            "threads": 2,
+            "samples_ms": samples,
+            "notes": [],
+            "spread_ms": ordered[-1] - ordered[0],
+        }
+
+    rows = [row("dense", dense_ms), row(form, form_ms)]
+    return json.loads(json.dumps({"params_total": 100, **more, "latency": rows}))
+
+
+def test_the_speed_up_compares_plans_saved_at_different_times():
+    # issue 18, item 5: a compacted plan saved while the machine was slow (its dense 1.91 ms)
+    # shows more ms than a masked plan saved later (1.42 ms), yet it is the faster one
+    compacted = _saved("compacted", [1.91, 1.92, 1.90], [1.50, 1.48, 1.49], params_compacted=40)
+    masked = _saved("masked", [1.42, 1.41, 1.43], [1.42, 1.43, 1.41])
+    assert latency_ms(compacted) > latency_ms(masked)  # milliseconds mislead across runs
+    speed = latency_speed(compacted)
+    assert speed.ratio == pytest.approx(1.91 / 1.49, rel=0.01) and not speed.same_kernels
+    assert speed_up(speed) == pytest.approx(1.28, abs=0.01)
+    assert latency_speed(masked).same_kernels and speed_up(latency_speed(masked)) == 1.0
+    # a compacted model that lost no unit runs the dense kernels too
+    unchanged = _saved("compacted", [1.0, 1.0, 1.0], [0.9, 0.9, 0.9], params_compacted=100)
+    assert speed_up(latency_speed(unchanged)) == 1.0
+    assert AXES["speed-up"].value(compacted) == speed_up(speed)
+    # no dense timing stored (or none at all): no ratio, never one against another run
+    alone = {"latency": [r for r in compacted["latency"] if r["model"] != "dense"]}
+    assert latency_speed(alone) is None and latency_speed({}) is None
+    assert speed_up(None) is None
+
+
+def test_sizes_are_drawn_in_human_units():
+    fig = pareto_figure([Point("a", "lenet5", 250_309.0, 0.98)], AXES["size"])
+    assert fig.layout.xaxis.tickformat == "~s" and fig.layout.xaxis.ticksuffix == "B"
+    assert "KiB" not in fig.layout.xaxis.title.text
+    assert "%{x:.3~s}B" in fig.data[-1].hovertemplate  # 250kB, not 244.4 KiB

@@ -98,6 +98,32 @@ def test_a_tiny_mlp_by_hand():
         decision_path(model, x, 0, ["nope"])
 
 
+class PositionBias(nn.Module):
+    """A layer computed from fixed coordinates, not from the input (Swin V2's position-bias
+    MLP): it carries no decision, so it is no column of a path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden, self.bias_mlp, self.out = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(3, 2)
+        self.register_buffer("coords", torch.tensor([[0.5, -1.0]]))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x)) + self.bias_mlp(self.coords))
+
+
+def test_a_layer_that_does_not_depend_on_the_input_is_no_column():
+    model, x = PositionBias().eval(), torch.randn(1, 4)
+    path = decision_path(model, x, 0)
+    assert [layer.name for layer in path.layers] == ["hidden"]
+    alone = decision_path(model, x, 0, ["hidden"])
+    np.testing.assert_array_equal(
+        path.layer("hidden").contributions, alone.layer("hidden").contributions
+    )
+    with pytest.raises(ValueError, match="on the way from the input"):
+        decision_path(model, x, 0, ["bias_mlp"])
+
+
 def test_default_columns_are_the_hidden_layers_and_heads_in_execution_order(benches):
     for bench in benches.values():
         structure = bench.pruner.structure
@@ -150,7 +176,7 @@ def test_the_path_changes_when_its_top_unit_is_cut(benches, eval_set):
     notes = [a.text for a in figure.layout.annotations]
     # after the two panel titles, per column: kept (dense panel), still on the path (pruned)
     assert notes[2] == "5/5" and notes[4] == "4/5"
-    assert figure.layout.height <= 450
+    assert figure.layout.height <= 480  # two columns of five units: no scrolling at 800 px
 
 
 def test_a_plan_compared_without_its_pruned_model_gives_the_same_paths(benches, eval_set):
@@ -235,7 +261,10 @@ def test_the_vision_transformer_has_a_path_through_its_heads_and_linear_layers(b
         kept = float(state.keeps[heads.name].double().mean()) if heads.name in state.keeps else 1
         assert comparison.removed[heads.qkv].mean() == pytest.approx(1 - kept)
     figure = path_graph_figure(comparison, bench.eval_set.classes)
-    assert "block1.attn heads" in figure.layout.xaxis.ticktext
+    ticks = list(figure.layout.xaxis.ticktext)
+    groups = [a.text for a in figure.layout.annotations]
+    # grouped under their module's bracket, or written whole (vertically) when crowded
+    assert "block1.attn heads" in ticks or ("heads" in ticks and "block1.attn" in groups)
     assert_unchanged(bench.model, before)
     assert hooks_of(bench.model) == [] and hooks_of(pruned) == []
 
@@ -293,3 +322,17 @@ def test_no_hooks_gradients_or_changes_are_left_on_any_model(benches, eval_set):
         compare_paths(bench.model, None, bench.resolve(PruningPlan(amount=0.5)), x[:1], 2)
         assert hooks_of(bench.model) == []
         assert_unchanged(bench.model, before)
+
+
+def test_column_names_stay_whole_short_under_their_module_or_vertical():
+    from explorer.plots.paths import column_ticks
+
+    names = ["features.3.attn.qkv", "features.3.attn:heads", "features.3.attn.proj", "head"]
+    columns = column_ticks(names)
+    assert columns.ticks == ["qkv", "heads", "proj", "head"] and not columns.vertical
+    assert columns.groups == [("features.3.attn", 1, 3)]  # column 0 is the input
+    # each group with its tick gives the full name back
+    many = [f"encoder.layers.encoder_layer_{i}.mlp.{j}" for i in range(12) for j in (0, 3)]
+    crowded = column_ticks(many)
+    assert crowded.vertical and crowded.groups == [] and crowded.ticks == many
+    assert column_ticks(["fc1"], {"fc1": "hidden 1"}).ticks == ["hidden 1"]

@@ -28,6 +28,7 @@ from explorer.saliency import (
     is_negligible,
     predict_one,
 )
+from explorer.saliency.compare import difference_map, scaled
 from explorer.saliency.gradcam import UPSAMPLE_MODE, last_conv
 from explorer.saliency.tokens import TokenLayout, token_layout
 from tests.unit.conftest import (
@@ -233,9 +234,43 @@ def test_correlation_and_difference_by_hand():
     assert compare_maps(dense, -dense)["correlation"] == pytest.approx(-1.0)
     flat = np.full((2, 2), 2.0)
     out = compare_maps(dense, flat)
-    np.testing.assert_allclose(out["difference"], 1 - dense / 4)  # each scaled to max 1
+    # each map as a share of its total: 1/4 each against (1, 2, 3, 4) / 10
+    np.testing.assert_allclose(out["difference"], 0.25 - dense / 10)
     assert math.isnan(out["correlation"])  # a flat map has no pattern to correlate
     assert math.isnan(out["top_iou"])
+
+
+def test_a_flatter_pruned_map_is_not_more_reliance_everywhere():
+    # The pruned map is the dense one at half strength plus a uniform floor: it relies less
+    # on the peak and more on the rest. Scaled each to its own maximum, the difference is
+    # >= 0 on every pixel (red everywhere: "more reliance"); as shares of each map's total
+    # it has the right signs and sums to 0.
+    dense = np.array([[6.0, 2.0], [0.0, 0.0]])
+    pruned = 0.5 * dense + 1  # (4, 2, 1, 1)
+    per_max = scaled(pruned) - scaled(dense)  # (0, 1/6, 1/4, 1/4): nothing is blue
+    assert (per_max >= 0).all() and (per_max > 0).sum() == 3
+    # by hand: shares (.5, .25, .125, .125) - (.75, .25, 0, 0)
+    out = compare_maps(dense, pruned)
+    np.testing.assert_allclose(out["difference"], [[-0.25, 0.0], [0.125, 0.125]])
+    assert out["difference"].sum() == pytest.approx(0.0)
+    np.testing.assert_allclose(difference_map(dense, pruned), out["difference"])
+    # the same map at another strength has no difference at all
+    assert not compare_maps(dense, 3 * dense)["difference"].any()
+
+
+def test_the_difference_panel_says_what_its_colours_are():
+    image = np.zeros((2, 2))
+    dense = np.array([[6.0, 2.0], [0.0, 0.0]])
+    difference = difference_map(dense, 0.5 * dense + 1)
+    fig = saliency_figure(
+        image, scaled(dense), scaled(0.5 * dense + 1), difference, "7", "7", ("7", 0.9), ("7", 0.8)
+    )
+    bar = fig.layout.coloraxis2.colorbar
+    assert "share of each map's total" in bar.title.text and bar.tickformat.endswith("%")
+    assert fig.layout.coloraxis2.cmin == pytest.approx(-0.25)  # symmetric around 0
+    heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    np.testing.assert_allclose(heatmaps[-1].z, difference)
+    assert "%" in heatmaps[-1].hovertemplate
 
 
 def test_compare_maps_rejects_mismatched_shapes():
@@ -257,7 +292,11 @@ def test_explain_pair_on_dense_and_pruned(models, image):
     assert out.pruned.label == int(probabilities.argmax())
     assert out.pruned.confidence == pytest.approx(float(probabilities.max()))
     assert out.dense.label == predict_one(dense, image).label
-    np.testing.assert_allclose(out.comparison["difference"], out.pruned_scaled - out.dense_scaled)
+    dense_map, pruned_map = out.dense_map.astype(np.float64), out.pruned_map.astype(np.float64)
+    np.testing.assert_allclose(  # each map's share of its own total (both sum to 1)
+        out.comparison["difference"],
+        pruned_map / pruned_map.sum() - dense_map / dense_map.sum(),
+    )
     assert_unchanged(dense, before)
 
 

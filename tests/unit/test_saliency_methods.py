@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.models import lenet5, load_model
+from explorer.plan import PruningPlan
 from explorer.plots.saliency import agreement_curve_figure
+from explorer.pruning import Pruner
 from explorer.saliency import (
     ATTRIBUTIONS,
     AgreementCurve,
@@ -259,6 +261,66 @@ def test_rank_correlation_by_hand_with_ties():
     out = compare_maps(a, np.array([[0.0, 0.0], [3.0, 4.0]]))
     assert out["rank_correlation"] == pytest.approx(expected)
     assert {"difference", "correlation", "top_iou", "top_fraction", "reason"} <= set(out)
+
+
+def strokes_on_a_blank(values: list[float]) -> np.ndarray:
+    """A 10 x 10 map that is exactly 0 but on a 2 x 2 "stroke" (rows 4-5, columns 4-5), the
+    way Integrated Gradients from the ink-free image is 0 on an MNIST background."""
+    out = np.zeros((10, 10))
+    out[4:6, 4:6] = np.reshape(values, (2, 2))
+    return out
+
+
+def test_shared_zeros_do_not_make_opposite_strokes_agree():
+    # The same zero background, the stroke's pixels in the opposite order: no agreement.
+    # Ranked over all 100 pixels, the 96 shared zeros tie in both maps and the correlation
+    # would read +1.00 (0.999); over the 4 pixels where either map is nonzero it is -1.
+    dense, pruned = strokes_on_a_blank([1, 2, 3, 4]), strokes_on_a_blank([4, 3, 2, 1])
+    assert rank_correlation(dense, pruned) == pytest.approx(-1.0)
+    assert compare_maps(dense, pruned)["rank_correlation"] == pytest.approx(-1.0)
+    # identical maps on the same background agree exactly
+    assert rank_correlation(dense, dense.copy()) == pytest.approx(1.0)
+    assert compare_maps(dense, dense.copy())["rank_correlation"] == pytest.approx(1.0)
+
+
+def test_rank_correlation_over_either_maps_nonzero_pixels_by_hand():
+    # dense is nonzero on stroke pixels a, b, c; pruned on b, c, d (a gone, d new). Pixels
+    # where either is nonzero: a, b, c, d (the other 96 are left out).
+    dense, pruned = strokes_on_a_blank([1, 2, 3, 0]), strokes_on_a_blank([0, 3, 1, 2])
+    # by hand: dense (1, 2, 3, 0) ranks (2, 3, 4, 1); pruned (0, 3, 1, 2) ranks (1, 4, 2, 3);
+    # deviations from 2.5: (-.5, .5, 1.5, -1.5) and (-1.5, 1.5, -.5, .5);
+    # products .75 + .75 - .75 - .75 = 0 -> Spearman 0
+    assert rank_correlation(dense, pruned) == pytest.approx(0.0)
+    # swap c and d in pruned: ranks (1, 4, 3, 2); products .75 + .75 + .75 + .75 = 3 over
+    # sqrt(5 * 5) = 0.6
+    assert rank_correlation(dense, strokes_on_a_blank([0, 3, 2, 1])) == pytest.approx(0.6)
+    # fewer than two such pixels, or a map flat there: no order to compare
+    one = strokes_on_a_blank([0, 0, 0, 5])
+    assert np.isnan(rank_correlation(one, 2 * one))
+    out = compare_maps(strokes_on_a_blank([1, 1, 1, 1]), strokes_on_a_blank([1, 2, 3, 4]))
+    assert np.isnan(out["rank_correlation"]) and "no order" in out["reason"]
+
+
+def test_integrated_gradients_agreement_of_a_changed_model_is_not_one(trained, eval_set):
+    # The issue's case: IG is 0 on the background of both maps, so ranked over every pixel
+    # a pruned model that looks elsewhere on the stroke still read +1.00.
+    model = trained["lenet5"]
+    pruned = Pruner(model, INPUT_SHAPE).pruned_model(PruningPlan(amount=0.7))
+    x = eval_set.images[16:17]
+    target = int(model(x).argmax())
+    assert int(pruned(x).argmax()) != target  # the pruned model gets this image wrong
+    pair = explain_pair("integrated", model, pruned, x, target)
+    dense, changed = pair.dense_map, pair.pruned_map
+    background = (dense == 0) & (changed == 0)
+    assert background.mean() > 0.7  # most of the image: no ink, so exactly 0 in both maps
+    # the old reading, ranks over every pixel: the shared zeros make it look perfect
+    everywhere = np.corrcoef(average_ranks(dense), average_ranks(changed))[0, 1]
+    assert everywhere > 0.99
+    # over the ink, where the two maps can differ, they agree much less
+    ink = ~background
+    expected = np.corrcoef(average_ranks(dense[ink]), average_ranks(changed[ink]))[0, 1]
+    assert pair.comparison["rank_correlation"] == pytest.approx(expected)
+    assert pair.comparison["rank_correlation"] < 0.9
 
 
 def top_hidden_unit(model: nn.Module, x: torch.Tensor, target: int) -> int:

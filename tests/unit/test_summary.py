@@ -3,6 +3,8 @@ verdict; each against hand-computed values or an independent computation."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -17,11 +19,14 @@ from explorer.summary import (
     Quality,
     against_dense,
     flipped_estimate,
+    human_bytes,
     latency_verdict,
     progressive,
     runs_dense_kernels,
     short_count,
     short_flops,
+    time_side_by_side,
+    timings_from_rows,
 )
 from explorer.workbench import Workbench
 from tests.unit.conftest import seeded
@@ -228,3 +233,50 @@ def test_short_count_by_hand(n, text):
 )
 def test_short_flops_by_hand(n, text):
     assert short_flops(n) == text
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (812, "812 B"),
+        (1_000, "1 KB"),
+        (25_029, "25 KB"),
+        (353_119, "353.1 KB"),
+        (999_960, "1 MB"),  # rounds up into the next unit, never "1000 KB"
+        (27_031 * 1024, "27.7 MB"),  # the "27,031 KiB" of a 26-MiB model (issue 18, item 16)
+        (1_400_000_000, "1.4 GB"),
+    ],
+)
+def test_human_bytes_by_hand(n, text):
+    assert human_bytes(n) == text
+
+
+# --- latency as an experiment stores it, and timed side by side --------------------------------
+
+
+def test_stored_latency_rows_read_back_as_the_timings_they_were():
+    timings = _timings(compacted=True)
+    rows = [{**asdict(t), "spread_ms": t.spread_ms} for t in timings]
+    rows[0]["samples_ms"] = list(rows[0]["samples_ms"])  # as JSON gives them back
+    assert timings_from_rows([*rows, "not a row", {"model": "dense"}]) == timings
+
+
+def test_plans_timed_side_by_side_share_every_round_with_dense(bench):
+    plans = {
+        "masked": PruningPlan(amount=0.7),
+        "small": PruningPlan(method="filters", amount=0.5),
+    }
+    timing = time_side_by_side(bench, plans, batch=4, repeats=6)
+    assert set(timing.timed) == set(plans) and timing.dense.model == "dense"
+    for key, timed in timing.timed.items():
+        # one measurement: as many rounds as dense, so the ratios pair run i with run i
+        assert timed.batch == timing.dense.batch == 4
+        assert len(timed.samples_ms) == len(timing.dense.samples_ms) == 6
+        assert timing.speed[key] == compare_speed(
+            timing.dense, timed, timing.speed[key].same_kernels
+        )
+    assert timing.speed["masked"].same_kernels  # masked: the dense kernels
+    assert not timing.speed["small"].same_kernels  # compacted: smaller kernels
+    with pytest.raises(ValueError, match="dense"):
+        time_side_by_side(bench, {"dense": PruningPlan()})

@@ -135,3 +135,40 @@ def test_a_bad_sweep_in_a_link_is_named():
         sweeps_from_query("magnitude")
     with pytest.raises(ValueError, match="no amount to sweep"):
         sweeps_from_query("method=nm")
+
+
+def test_a_sweep_keeps_its_colour_whichever_plan_is_current():
+    from explorer.plots import CurveSeries, curve_figure
+    from explorer.plots.common import SERIES_COLORS
+
+    plans = [
+        PruningPlan(),
+        PruningPlan(criterion="random"),
+        PruningPlan(method="filters"),
+        PruningPlan(method="filters", scope="layer"),
+        PruningPlan(criterion="taylor"),
+    ]
+    store: dict = {}
+    sweeps = Sweeps(store, AMOUNTS)
+    for plan in plans:
+        sweeps.entry(plan)
+    colors = {sweep_label(plan): store[sweep_key(plan)]["color"] for plan in plans}
+    assert len(set(colors.values())) == len(plans)  # sweeps kept together never share one
+    assert set(colors.values()) <= set(SERIES_COLORS)
+    # the chart draws each sweep in its colour, first (the current plan) or not
+    for plan in plans:
+        store[sweep_key(plan)]["points"] = {a: (a, 1 - a) for a in AMOUNTS}
+    for order in (plans[:2], plans[1::-1]):
+        lines = sweeps.series([sweep_key(p) for p in order])
+        fig = curve_figure(lines, (0.5, 0.5), 0.99)
+        drawn = {t.name: t.line.color for t in fig.data if t.mode == "lines+markers"}
+        assert drawn == {sweep_label(p): colors[sweep_label(p)] for p in order}
+    # a series that brings no colour of its own gets the one of its label, never a position
+    a, b = CurveSeries("a", [0.0], [1.0]), CurveSeries("b", [0.0], [1.0])
+    first = {t.name: t.line.color for t in curve_figure([a, b], (0, 1), 1).data if t.name in "ab"}
+    again = {t.name: t.line.color for t in curve_figure([b, a], (0, 1), 1).data if t.name in "ab"}
+    assert first == again
+    # a fresh session (a shared link) gives the first sweep the colour its label hashes to
+    other: dict = {}
+    Sweeps(other, AMOUNTS).entry(plans[0])
+    assert other[sweep_key(plans[0])]["color"] == colors[sweep_label(plans[0])]
