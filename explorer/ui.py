@@ -31,6 +31,7 @@ from torch import nn
 from explorer.activations import UnitStats, observation_points, unit_statistics
 from explorer.cli import add_data_options, data_spec_from_args
 from explorer.data import ImageDataset
+from explorer.diagnosis import chance_warning, near_chance
 from explorer.dynamic import (
     DynamicPoint,
     DynamicResult,
@@ -41,6 +42,7 @@ from explorer.dynamic import (
 )
 from explorer.evaluation import IncrementalResult
 from explorer.flips import Flips, flips_for_plan
+from explorer.loading.options import read_by
 from explorer.models import ZOO, load_card, weights_path
 from explorer.paths import PathComparison, class_unit_map, compare_paths
 from explorer.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
@@ -56,11 +58,14 @@ from explorer.saliency import (
     attributions_for,
     get_attribution,
 )
+from explorer.saliency.compare import RANKED_PIXELS
 from explorer.saliency.explain import pair_of_maps
 from explorer.saliency.gradcam import conv_layers
 from explorer.saliency.occlusion import window_for
 from explorer.store import default_store
 from explorer.subject import (
+    HASH_PREFIX,
+    STORE_PREFIX,
     SUBJECT_FIELDS,
     ModelSource,
     Subject,
@@ -82,6 +87,9 @@ PLAN_VERSION_KEY = "plan_version"
 PLAN_SOURCE_KEY = "plan_source"
 DRAWN_KEY = "derived_widgets_drawn"
 DERIVED_KEYS = "derived_widget_keys"
+#: What a table cell without a value shows (``st.dataframe(placeholder=...)``), never "None";
+#: the column's help says why it can be empty.
+MISSING = "–"
 
 HELP = {
     "model": "A bundled model trained on the bundled MNIST fit split; every number is measured "
@@ -115,11 +123,12 @@ def get_workbench(subject_json: str) -> Workbench:
     Raises ``LoadError`` (a ValueError) for a subject whose files cannot be used.
     """
     settings = app_settings()
-    bench = open_workbench(
-        Subject.from_json(subject_json),
-        trust_code=settings.trust_code,
-        trust_pickle=settings.trust_pickle,
-    )
+    with read_by("app"):  # its messages and notes name the app's fields, not the CLI's flags
+        bench = open_workbench(
+            Subject.from_json(subject_json),
+            trust_code=settings.trust_code,
+            trust_pickle=settings.trust_pickle,
+        )
     bench.evaluator  # noqa: B018 - warm the dense pass once, here, behind the spinner
     return bench
 
@@ -438,7 +447,7 @@ def notify(message: str, kind: str = "warning") -> None:
 
 def show_notices() -> None:
     for kind, message in st.session_state.pop(NOTICES_KEY, []):
-        getattr(st, kind)(message)
+        getattr(st, kind)(named(message))
 
 
 def init_session() -> None:
@@ -591,6 +600,38 @@ def _store_plan(plan: PruningPlan, source: Hashable = None) -> None:
 
 
 USER_SUBJECTS_KEY = "user_subjects"
+UPLOAD_NAMES_KEY = "upload_names"
+
+
+def remember_upload(ref: str, name: str) -> None:
+    """Keep the name a file was uploaded as (``ref``: its ``store:`` reference), to show it
+    instead of the hash the store names it by. Display only: the hash stays every key."""
+    names = st.session_state.setdefault(UPLOAD_NAMES_KEY, {})
+    names[ref] = names[default_store().digest(ref)] = Path(name).name  # weights: by digest
+
+
+def upload_names() -> dict[str, str]:
+    """This session's uploads: ``store:`` reference and ``sha256:`` digest -> uploaded name."""
+    return st.session_state.get(UPLOAD_NAMES_KEY, {})
+
+
+def shown_label(subject: Subject) -> str:
+    """``subject.label`` with this session's uploads by the names they were uploaded as."""
+    return subject.label_with(upload_names())
+
+
+def named(text: str) -> str:
+    """``text`` (a message, a note) with each of this session's uploads called by the name it
+    was uploaded as wherever the text names it by its hash: the store reference, the stored
+    file's name (``<sha256>.onnx``, what the loaders see), the digest or its first digits."""
+    for ref, name in upload_names().items():
+        if not ref.startswith(STORE_PREFIX):
+            continue
+        stored = ref[len(STORE_PREFIX) :]
+        digest = stored.split(".")[0]
+        for form in (ref, stored, HASH_PREFIX + digest, digest, digest[:12] + "…"):
+            text = text.replace(form, name)
+    return text
 
 
 def remember_subject(subject: Subject) -> None:
@@ -619,7 +660,7 @@ def _open_or_say_why(subject: Subject, failed: str, advice: str = "") -> Workben
     try:
         return get_workbench(subject.to_json())
     except (ValueError, OSError) as err:
-        notify(f"{subject.label} {failed}: {err}.{advice}", "error")
+        notify(f"{shown_label(subject)} {failed}: {err}.{advice}", "error")
         return None
 
 
@@ -635,7 +676,7 @@ def set_subject(subject: Subject) -> bool:
     plan = current_plan()
     if plan.method not in usable_methods(bench):
         notify(
-            f"{subject.label} has nothing for {METHODS[plan.method].title!r}; switched to "
+            f"{shown_label(subject)} has nothing for {METHODS[plan.method].title!r}; switched to "
             "unstructured pruning.",
             "info",
         )
@@ -643,7 +684,8 @@ def set_subject(subject: Subject) -> bool:
     plan, dropped = bench.pruner.adapt(plan)
     if dropped:
         notify(
-            f"Per-layer settings for {', '.join(dropped)} do not apply to {subject.label} and "
+            f"Per-layer settings for {', '.join(dropped)} do not apply to {shown_label(subject)} "
+            "and "
             "were dropped.",
             "info",
         )
@@ -667,7 +709,7 @@ def load_state(subject: Subject, plan: PruningPlan) -> bool:
     try:
         bench.resolve(plan)
     except ValueError as err:
-        notify(f"The saved plan does not apply to {subject.label}: {err}", "error")
+        notify(f"The saved plan does not apply to {shown_label(subject)}: {err}", "error")
         return False
     st.session_state[MODEL_KEY] = subject
     st.session_state.pop(SWEEPS_KEY, None)  # a sweep is of one subject
@@ -699,7 +741,13 @@ def _saved_variants() -> dict[Subject, str]:
         return {}
 
 
-def _picker_label(subject: Subject, variants: dict[Subject, str] | None = None) -> str:
+def _picker_label(
+    subject: Subject,
+    variants: dict[Subject, str] | None = None,
+    names: dict[str, str] | None = None,
+) -> str:
+    """The picker's label of ``subject``; ``names``: the uploads' names (``upload_names()``,
+    read once by the caller: a widget's format function may run outside the script)."""
     name = (variants or {}).get(subject)
     parent = Subject(subject.model, None, subject.data)
     if name is not None and parent.is_bundled:
@@ -708,7 +756,7 @@ def _picker_label(subject: Subject, variants: dict[Subject, str] | None = None) 
         return f"{subject.model_label} · {name}"
     if subject.is_bundled and not subject.weights:
         return _short_title(subject)
-    return subject.label
+    return subject.label_with(upload_names() if names is None else names)
 
 
 def model_picker_ui() -> Subject:
@@ -725,6 +773,7 @@ def model_picker_ui() -> Subject:
     # One widget per current subject: a switch made elsewhere (an upload adopted, a link) gets
     # a fresh picker, and a stale value the browser still holds for the old one is ignored.
     key = f"model_picker::{current.key}"
+    names = upload_names()
 
     def changed() -> None:
         if key == f"model_picker::{current_subject().key}":
@@ -737,11 +786,11 @@ def model_picker_ui() -> Subject:
         key=key,
         on_change=changed,
         help=HELP["model"],
-        format_func=lambda subject: _picker_label(subject, variants),
+        format_func=lambda subject: _picker_label(subject, variants, names),
     )
     chosen = current_subject()
     if not chosen.is_bundled or chosen.weights:  # the narrow box cuts a long label short
-        st.caption(_picker_label(chosen, variants) if chosen in variants else chosen.label)
+        st.caption(_picker_label(chosen, variants, names))
     return chosen
 
 
@@ -821,20 +870,33 @@ def metric_change(value: float, spec: str, unit: str = "", color: str = "normal"
     return {"delta": text + unit, "delta_color": color}
 
 
-def dense_accuracy_ui(bench: Workbench, label: str = "Eval accuracy") -> Callable[[], None]:
+def dense_accuracy_ui(
+    bench: Workbench, label: str = "Eval accuracy", warnings: Any = None
+) -> Callable[[], None]:
     """The dense model's eval accuracy as a metric, here. A big model's dense pass is
     progressive: until it is done the metric is a preview (≈, with its 95% interval), and
     the returned ``refine`` (call it once the rest of the page is drawn) runs the pass on,
-    updating the metric; leaving the page interrupts it and keeps what was done."""
+    updating the metric; leaving the page interrupts it and keeps what was done.
+
+    ``warnings``: a placeholder (``st.empty()``, full width) where a dense accuracy at about
+    chance is said loudly, with what to check (``explorer.diagnosis``)."""
     cell = st.empty()
     total = len(bench.eval_set)
+
+    def warn(accuracy: float) -> None:
+        text = chance_warning(accuracy, bench.eval_set, bench.subject)
+        if warnings is not None and text:
+            warnings.warning(named(text), icon=":material/warning:")
 
     def show(outcome: IncrementalResult) -> None:
         accuracy = outcome.result.accuracy
         if outcome.complete:
             cell.metric(label, f"{accuracy:.2%}", help=f"Dense, on all {total:,} eval images.")
+            warn(accuracy)
             return
         low, high = outcome.accuracy_interval()
+        if near_chance(high, len(bench.eval_set.classes), total):  # sure already: said now
+            warn(high)
         cell.metric(
             label,
             f"≈{accuracy * 100:.1f}%",
@@ -860,7 +922,8 @@ def dense_accuracy_ui(bench: Workbench, label: str = "Eval accuracy") -> Callabl
 
 
 def global_amount_ui(key: str, extra_help: str = "") -> None:
-    """The global sparsity slider; it writes the shared plan (any page can show one)."""
+    """The global amount slider, labelled with what the method's amount counts ("Filters /
+    neurons removed (%)"); it writes the shared plan (any page can show one)."""
     plan = current_plan()
 
     def changed() -> None:
@@ -869,7 +932,7 @@ def global_amount_ui(key: str, extra_help: str = "") -> None:
     sync_widget(key, round(plan.amount * 100))
     switch = METHODS[plan.method].amount_is_switch
     st.slider(
-        "Global sparsity (%)",
+        METHODS[plan.method].amount_label(),
         0,
         100,
         step=1,
@@ -984,6 +1047,10 @@ def attribution_of(
     return get_attribution(method).explain(model, x, target, **json.loads(options))
 
 
+#: Width of the attribution method's select box: its longest title whole.
+METHOD_BOX_PX = 230
+
+
 def attribution_method_ui(
     model: nn.Module, input_shape: tuple[int, ...], key: str
 ) -> tuple[str, dict[str, Any]]:
@@ -993,7 +1060,10 @@ def attribution_method_ui(
     method_key = f"{key}_method"
     if st.session_state.get(method_key) not in names:
         st.session_state[method_key] = names[0]
-    cols = st.columns([3, 2], vertical_alignment="bottom")
+    # a row that wraps: the setting goes under the method where the two do not fit side by
+    # side (a narrow column at 1280 px), and the method's box is wide enough for its longest
+    # title ("Integrated Gradients ⏱") wherever it is
+    row = st.container(horizontal=True, vertical_alignment="bottom")
     # the methods that do not apply are named in the help, not on the page: it is the
     # question "where is Grad-CAM?" that looks for them
     missing = [m for name, m in ATTRIBUTIONS.items() if name not in names]
@@ -1001,7 +1071,7 @@ def attribution_method_ui(
         f" · Not for this model: {m.title}, which needs {m.requires or 'another architecture'}."
         for m in missing
     )
-    method = cols[0].selectbox(
+    method = row.selectbox(
         "Attribution method",
         names,
         key=method_key,
@@ -1009,9 +1079,10 @@ def attribution_method_ui(
         help=" · ".join(f"{ATTRIBUTIONS[n].title}: {ATTRIBUTIONS[n].help}" for n in names)
         + " · ⏱ = many passes per map: computed on request."
         + absent,
+        width=METHOD_BOX_PX,
     )
     options = {}
-    with cols[1]:
+    with row:
         for name in ATTRIBUTIONS[method].options:
             options[name] = ATTRIBUTION_SETTINGS[name](model, input_shape, f"{key}_{name}")
     return method, options
@@ -1118,8 +1189,10 @@ def agreement_ui(explanation: PairExplanation, classes: tuple[str, ...], label: 
     cols[2].metric(
         "Rank correlation",
         f"{corr:+.2f}" if math.isfinite(corr) else "n/a",
-        help="Spearman correlation of the two maps: do the pixels come in the same order of "
-        "importance? 1 = the same order, 0 = unrelated, whatever how peaked each map is."
+        help=f"Spearman correlation of the two maps over {RANKED_PIXELS} (pixels that both "
+        "give exactly 0, like the background of Integrated Gradients, would agree by "
+        "default): do they come in the same order of importance? 1 = the same order, "
+        "0 = unrelated, −1 = the opposite order, whatever how peaked each map is."
         + ("" if math.isfinite(corr) else why),
     )
     cols[3].metric(
@@ -1147,15 +1220,20 @@ def saliency_pair_ui(
     subject_json, data = current_model(), bench.eval_set
     request = (subject_json, plan_json, index, method, target, options_json)
     requested = st.session_state.setdefault(f"{key}_requested", set())
+    # One slot for the button, drawn empty once the maps are requested: in a fragment's
+    # rerun a button that is simply no longer drawn stays on the page, pressed and stale.
+    slot = st.empty()
     if not attribution.live and request not in requested:
-        cols = st.columns([1, 3], vertical_alignment="center")
-        if not cols[0].button(f"Compute {attribution.title}", key=f"{key}_compute"):
-            cols[1].caption(
+        # a row, not fixed columns: the button as wide as its label, the note beside it
+        row = slot.container(horizontal=True, vertical_alignment="center")
+        if not row.button(f"Compute {attribution.title}", key=f"{key}_compute"):
+            row.caption(
                 f"{attribution.title} runs many forward passes per map, so it runs on "
                 "request; once computed it is kept for this image, plan and settings."
             )
             return None
         requested.add(request)
+        slot.empty()
     x = data.images[index : index + 1]
     progress = st.progress(0.0, text="Dense model…")
     start = time.perf_counter()

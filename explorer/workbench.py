@@ -16,6 +16,7 @@ from torch import nn
 from explorer.compaction import CompactionError, can_compact, compact
 from explorer.cost import LayerCost, model_cost, size_report
 from explorer.data import ImageDataset, calibration_batch, load_dataset
+from explorer.diagnosis import chance_warning
 from explorer.evaluation import EvalResult, IncrementalEvaluator
 from explorer.inspection import copy_model, model_flops
 from explorer.latency import HONEST_NOTE, Latency, measure_latency
@@ -214,8 +215,11 @@ class Workbench:
             size_compacted=sizes.compacted,
             layers=[_layer_row(layer) for layer in cost.layers],
             units=units,
-            warnings=list(state.warnings)
-            + ([footprint.not_compacted] if footprint.not_compacted else []),
+            warnings=[
+                *state.warnings,
+                *([footprint.not_compacted] if footprint.not_compacted else []),
+                *filter(None, [chance_warning(dense.accuracy, self.eval_set, self.subject)]),
+            ],
             seconds=time.perf_counter() - start,
             resumed_from_stage=resumed,
         )

@@ -264,8 +264,9 @@ def candidate_ui(subject: Subject) -> None:
     layers = bench.pruner.structure.layers
     st.success(f"Understood: {type(bench.model).__name__}, {len(layers)} prunable layers.")
     cols = st.columns(4)
+    warnings = st.empty()  # under the row, full width: a model at chance is said loudly
     with cols[0]:
-        refine = ui.dense_accuracy_ui(bench)
+        refine = ui.dense_accuracy_ui(bench, warnings=warnings)
     cols[1].metric("Input", "×".join(map(str, bench.eval_set.input_shape)), help="C×H×W")
     cols[2].metric("Classes", f"{len(bench.eval_set.classes)}")
     cols[3].metric("Eval images", f"{len(bench.eval_set):,}")
@@ -320,8 +321,9 @@ def model_card_ui(card: dict, bench: ui.Workbench) -> Callable[[], None]:
         st.warning("This model has no trained weights yet: run `python sample_models/train.py`.")
     # Two by two: each value needs a quarter of a laptop's content width to stay whole.
     top, bottom = st.columns(2), st.columns(2)
+    warnings = st.empty()  # under the metrics, full width: a model at chance is said loudly
     with top[0]:
-        refine = ui.dense_accuracy_ui(bench)
+        refine = ui.dense_accuracy_ui(bench, warnings=warnings)
     params = sum(p.numel() for p in bench.model.parameters())
     top[1].metric("Parameters", f"{params:,}")
     bottom[0].metric(

@@ -411,7 +411,11 @@ def test_own_weights_and_data_are_checked_then_become_the_subject(tmp_path, monk
     # The Model & data page describes the user's subject, not the bundled model and data.
     text = " ".join(m.value for m in at.markdown)
     assert "MNIST" not in text and "Split once by class (seed 0)" in text
-    assert not at.warning  # no "run train.py": these are the user's weights
+    warnings = [w.value for w in at.warning]
+    assert not any("train.py" in w for w in warnings)  # these are the user's weights
+    # untrained weights score about chance: said loudly, with what to check, once
+    (chance,) = [w for w in warnings if "about chance for 10 classes" in w]
+    assert f"{expected:.1%}" in chance and "weights: are they the trained ones" in chance
     # whole, not cut short, and the uploads by the names they were uploaded as, not hashes
     assert "lenet5 · weights init.pt · data digits.npz" in [c.value for c in at.sidebar.caption]
     at.switch_page("pages/prune.py").run()
