@@ -11,6 +11,7 @@ grouped conv) is left out, and its layers are reported with the reason.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -132,6 +133,28 @@ def _always(module: nn.Module) -> bool:
     return True
 
 
+def _zero_norm_outputs_zero(module: nn.Module) -> bool:
+    """Whether a BatchNorm subclass with its own ``forward`` (timm's ``BatchNormAct2d``: the
+    norm, then an activation and a dropout) still outputs exactly 0 for a channel whose weight
+    and bias are 0, as a plain BatchNorm does: probed on a copy, so any activation with
+    act(0) != 0 (a sigmoid) or any extra parameter rules it out. The copy is small: a norm's
+    parameters are one number per channel."""
+    names = {name for name, _ in module.named_parameters()}
+    if not names <= {"weight", "bias"} or getattr(module, "weight", None) is None:
+        return False
+    try:
+        probe = copy.deepcopy(module).eval()
+        with torch.no_grad():
+            probe.weight.zero_()
+            if probe.bias is not None:
+                probe.bias.zero_()
+            shape = (2, module.num_features) + (3, 3) * isinstance(module, nn.BatchNorm2d)
+            out = probe(torch.randn(shape) * 3 + 1)
+    except Exception:  # a forward this probe cannot run: the rules are not known to hold
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == shape and bool((out == 0).all())
+
+
 @dataclass(frozen=True)
 class _ChannelKind:
     """What removing one channel of a kind of module removes.
@@ -152,10 +175,17 @@ class _ChannelKind:
     entries: dict[str, tuple[tuple[str, int, str], ...]] = field(default_factory=dict)
     unsupported: str | None = None
 
+    #: A subclass with its own ``forward`` matches too when this says it keeps the rules
+    #: (a BatchNorm followed by an activation of 0 = 0, timm's ``BatchNormAct2d``).
+    own_forward: Callable[[nn.Module], bool] | None = None
+
     def matches(self, module: nn.Module) -> bool:
         bases = self.base if isinstance(self.base, tuple) else (self.base,)
+        own = self.own_forward
         return any(
-            isinstance(module, base) and type(module).forward is base.forward for base in bases
+            isinstance(module, base)
+            and (type(module).forward is base.forward or (own is not None and own(module)))
+            for base in bases
         ) and self.test(module)
 
 
@@ -193,7 +223,10 @@ _CHANNEL_KINDS: tuple[_ChannelKind, ...] = (
     ),
     # Zeroing a BatchNorm's weight and bias makes its output exactly 0 whatever its statistics.
     _ChannelKind(
-        "batchnorm", (nn.BatchNorm1d, nn.BatchNorm2d), entries=dict.fromkeys(("out", "in"), _NORM)
+        "batchnorm",
+        (nn.BatchNorm1d, nn.BatchNorm2d),
+        entries=dict.fromkeys(("out", "in"), _NORM),
+        own_forward=_zero_norm_outputs_zero,
     ),
 )
 

@@ -75,3 +75,53 @@ def test_vit_heads_and_what_cannot_be_channel_pruned():
     assert "classes" in reasons["head.fc"]
     # The residual stream passes through LayerNorm (masking != removing): only MLP groups.
     assert [g.name for g in structure.channel_groups] == [f"block{i}.fc1" for i in (1, 2, 3)]
+
+
+class NormThen(torch.nn.BatchNorm2d):
+    """A BatchNorm with its activation inside its own forward, as timm's BatchNormAct2d."""
+
+    def __init__(self, channels: int, act: torch.nn.Module) -> None:
+        super().__init__(channels)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class ConvNormAct(torch.nn.Module):
+    def __init__(self, act: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(1, 8, 3), NormThen(8, act)
+        self.conv2, self.fc = torch.nn.Conv2d(8, 4, 3), torch.nn.Linear(4 * 24 * 24, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv2(self.bn1(self.conv1(x))), 1))
+
+
+@pytest.mark.parametrize(
+    ("act", "prunable"), [(torch.nn.ReLU(), True), (torch.nn.Sigmoid(), False)]
+)
+def test_a_norm_with_its_own_activation_prunes_only_when_a_zero_channel_stays_zero(act, prunable):
+    from explorer.compaction import compact
+    from explorer.plan import PruningPlan
+    from explorer.pruning import Pruner
+
+    torch.manual_seed(0)
+    model = ConvNormAct(act).eval()
+    with torch.no_grad():  # statistics unlike the defaults, so that a wrong rule shows
+        model.bn1.running_mean.uniform_(-1, 1)
+        model.bn1.running_var.uniform_(0.5, 2)
+    structure = ModelStructure(model, INPUT_SHAPE)
+    names = [g.name for g in structure.channel_groups]
+    assert ("conv1" in names) is prunable
+    if not prunable:  # sigmoid(0) = 0.5: a masked channel would still feed conv2
+        assert "NormThen 'bn1'" in structure.unsupported_channel_layers["conv1"]
+        return
+    pruner = Pruner(model, INPUT_SHAPE)
+    plan = PruningPlan(method="filters", amount=0.5, scope="layer")
+    small = compact(pruner, plan)
+    x = torch.randn(4, *INPUT_SHAPE)
+    # the oracle: the masked dense model, which zeroes the removed channels' weights
+    masked = pruner.pruned_model(pruner.resolve(plan))
+    assert small.conv1.out_channels < 8
+    torch.testing.assert_close(small(x), masked(x), atol=1e-5, rtol=1e-4)
