@@ -35,8 +35,11 @@ def _values(value: float | tuple[float, ...]) -> str:
     return ", ".join(f"{v:.3g}" for v in values)
 
 
-def chance_warning(accuracy: float, data: ImageDataset, subject: Subject) -> str | None:
-    """One paragraph naming what to check, most likely first; None when above chance."""
+def chance_warning(
+    accuracy: float, data: ImageDataset, subject: Subject, so_far: bool = False
+) -> str | None:
+    """One paragraph naming what to check, most likely first; None when above chance.
+    ``so_far``: ``accuracy`` is a preview on part of the eval images (said as "≈")."""
     classes = len(data.classes)
     if not near_chance(accuracy, classes, len(data)):
         return None
@@ -60,7 +63,8 @@ def chance_warning(accuracy: float, data: ImageDataset, subject: Subject) -> str
         "labels sorted by name)",
     ]
     return (
-        f"The dense model scores {accuracy:.1%} on the eval images: about chance for "
+        f"The dense model scores {'≈' if so_far else ''}{accuracy:.1%} on the eval images"
+        f"{' so far' if so_far else ''}: about chance for "
         f"{classes} classes ({chance_level(classes):.1%}). Every number after this means "
         "little. Check: " + "; ".join(causes) + "."
     )

@@ -883,8 +883,8 @@ def dense_accuracy_ui(
     cell = st.empty()
     total = len(bench.eval_set)
 
-    def warn(accuracy: float) -> None:
-        text = chance_warning(accuracy, bench.eval_set, bench.subject)
+    def warn(accuracy: float, so_far: bool = False) -> None:
+        text = chance_warning(accuracy, bench.eval_set, bench.subject, so_far)
         if warnings is not None and text:
             warnings.warning(named(text), icon=":material/warning:")
 
@@ -896,7 +896,7 @@ def dense_accuracy_ui(
             return
         low, high = outcome.accuracy_interval()
         if near_chance(high, len(bench.eval_set.classes), total):  # sure already: said now
-            warn(high)
+            warn(accuracy, so_far=True)  # the metric's own number, not the interval's end
         cell.metric(
             label,
             f"≈{accuracy * 100:.1f}%",

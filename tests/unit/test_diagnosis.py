@@ -55,3 +55,8 @@ def test_the_cli_eval_of_untrained_weights_warns(capsys, tmp_path):
     assert "warning: The dense model scores" in out and "about chance for 10 classes" in out
     code, out, _ = run(capsys, "eval", "lenet5", "--no-latency")
     assert code == 0 and "about chance" not in out
+
+
+def test_a_preview_is_said_as_one(eval_set):
+    text = chance_warning(0.084, eval_set, Subject.bundled("lenet5"), so_far=True)
+    assert text.startswith("The dense model scores ≈8.4% on the eval images so far: about chance")
