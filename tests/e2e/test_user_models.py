@@ -53,9 +53,10 @@ def prune_and_export(page, shot: str) -> None:
     wait_for_metric(page, "Accuracy", 240_000)
     wait_until_idle(page, 240_000)
     set_slider_by_keys(page, "Weights pruned", 50)
+    # each key press is a rerun: wait for the last one (50%), then for its numbers
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m =>
-            m.innerText.startsWith('Sparsity') && !m.innerText.includes('0.0%'))""",
+            m.innerText.startsWith('Sparsity') && m.innerText.includes('50.0%'))""",
         timeout=240_000,
     )
     wait_until_settled(page, 240_000)
@@ -68,7 +69,7 @@ def prune_and_export(page, shot: str) -> None:
     page.keyboard.press("Enter")
     wait_until_idle(page, 240_000)
     page.get_by_role("button", name="Build the file").click()
-    page.get_by_role("button", name=re.compile(r"^Download .*\.onnx")).wait_for(timeout=240_000)
+    page.get_by_role("button", name=re.compile(r"^Download .*\.onnx$")).wait_for(timeout=240_000)
     page.screenshot(path=SHOTS / f"{shot}-exported.png", full_page=True)
     assert not exceptions(page), exceptions(page)
 
