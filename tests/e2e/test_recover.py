@@ -59,7 +59,8 @@ def test_a_fine_tune_is_watched_stopped_and_opened_on_the_prune_page(tmp_path):
             assert "/prune" in page.url and "weights=sha256" in page.url
             sidebar = page.locator("[data-testid=stSidebar]")
             assert "30%" in sidebar.inner_text()  # the plan came along
-            assert "filters 30% · 20 ep" in sidebar.inner_text()  # the variant, by name
+            # the variant, by name (the picker is redrawn by the page's own rerun: wait for it)
+            sidebar.get_by_text("filters 30% · 20 ep").first.wait_for(timeout=30_000)
             assert not exceptions(page)
         except Exception:
             page.screenshot(path=str(SHOTS / "recover-failure.png"))
