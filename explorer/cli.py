@@ -73,7 +73,7 @@ from explorer.pruning import METHODS, get_method, plan_label
 from explorer.quantize import Int8Report, int8_report  # also registers the int8 export format
 from explorer.store import default_store
 from explorer.subject import FROM_IMAGES, DataSpec, ModelSource, Subject
-from explorer.summary import runs_dense_kernels
+from explorer.summary import human_bytes, runs_dense_kernels, three_digits
 from explorer.workbench import Report, Workbench, open_workbench
 
 #: Short names people type, as (method, criterion).
@@ -229,7 +229,7 @@ def _pct(value: float) -> str:
 
 
 def _bytes(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1024:,.1f} KiB"
+    return "-" if value is None else human_bytes(value)  # the app's units: the same number
 
 
 # --- plans from arguments -----------------------------------------------------------------------
@@ -286,6 +286,10 @@ def plan_from_args(args: argparse.Namespace) -> PruningPlan:
     for key in ("criterion", "scope", "amount", "seed", "norm"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.method and args.amount is None and get_method(data["method"]).amount_is_switch:
+        # `--method nm` alone means the pattern on every layer that takes it: its amount is
+        # only a switch, and a default of 0 would silently prune nothing.
+        data["amount"] = data["amount"] or 1.0
     if args.layer:
         data["layers"] = {**data["layers"], **dict(args.layer)}
     if args.dense:
@@ -793,15 +797,15 @@ def cmd_export(args: argparse.Namespace) -> Any:
         return {**result.to_dict(), "latency": speed}
     holds = "the compacted model" if result.compacted else "the masked model"
     lines = [
-        f"wrote {result.format}: {result.path} ({result.bytes / 1024:,.1f} KiB on disk)",
+        f"wrote {result.format}: {result.path} ({human_bytes(result.bytes)} on disk)",
         f"holds: {holds if result.compacted or result.masked else 'no weights'}; "
         f"{result.params_nonzero:,} nonzero of {result.params_total:,} parameters",
         f"note: {result.note}",
     ]
     if speed is not None:
         lines.append(
-            f"latency, batch {speed['batch']}: {speed['ms']:.3g} ms against dense "
-            f"{speed['dense_ms']:.3g} ms timed in the same rounds: {speed['verdict']}"
+            f"latency, batch {speed['batch']}: {three_digits(speed['ms'])} ms against dense "
+            f"{three_digits(speed['dense_ms'])} ms timed in the same rounds: {speed['verdict']}"
         )
     lines += [f"also wrote: {extra}" for extra in result.files[1:]]
     if result.sidecar:

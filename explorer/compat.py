@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from explorer.inspection import copy_model
+from explorer.summary import human_bytes
 
 #: Cell statuses, in the order a summary lists them.
 STATUSES = ("ok", "refused", "BUG", "n/a", "skipped")
@@ -412,7 +413,7 @@ def _export_round_trip(ctx: Context, fmt: str) -> str:
     runner = result.reload()
     expected = _forward_logits(ctx.workbench.pruner.pruned_model(state), x)
     assert_close(_forward_logits(runner, x), expected, f"{fmt} file vs the in-app masked model")
-    return f"{result.bytes / 2**20:.1f} MiB"
+    return human_bytes(result.bytes)
 
 
 def step_onnx(ctx: Context) -> str:

@@ -30,6 +30,9 @@ def env_megabytes(env: str, default: int) -> int:
 #: ``server.maxUploadSize``, set in .streamlit/config.toml and by ``pruning-explorer app``).
 MAX_UPLOAD_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 512
+#: A plan file is a few kB of JSON (one line per overridden unit); its uploader says this limit,
+#: not the model's.
+MAX_PLAN_UPLOAD_MB = 1
 
 
 def max_upload_bytes() -> int:

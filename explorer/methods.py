@@ -513,7 +513,7 @@ def short_plan_label(plan: PruningPlan) -> str:
     method = get_method(plan.method)
     criterion = get_criterion(plan.criterion)
     parts = [
-        f"{plan.n}:{plan.m}"
+        (f"{plan.n}:{plan.m}" if plan.amount > 0 else f"{plan.n}:{plan.m} off (dense)")
         if method.amount_is_switch
         else f"{plan.amount:.0%} {method.amount_counts}",
         criterion.name + (f" (seed {plan.seed})" if criterion.seeded else ""),
@@ -536,7 +536,7 @@ def plan_label(plan: PruningPlan, amount: bool = True) -> str:
     if criterion.seeded:
         parts[-1] += f" (seed {plan.seed})"
     if method.amount_is_switch:
-        parts.append(f"{plan.n}:{plan.m}" + (" on every layer" if plan.amount > 0 else ""))
+        parts.append(f"{plan.n}:{plan.m}" + (" on every layer" if plan.amount > 0 else " off"))
     else:
         parts.append("global" if plan.scope == "global" else "layer-wise")
         if amount:  # what the amount counts: 70% of the filters can be 91% of the weights

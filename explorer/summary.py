@@ -269,6 +269,14 @@ def human_bytes(n: float) -> str:
     return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
+def three_digits(x: float) -> str:
+    """A measured value to 3 significant digits, trailing zeros kept (7.00, 12.3, 143): "7"
+    would claim less precision than 7.04 and look unlike its neighbours."""
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def short_count(n: int) -> str:
     """A count short enough for a metric tile: 9,999 / 121.5k / 12.35M."""
     if n < 10_000:

@@ -36,6 +36,7 @@ from explorer.export import (
 )
 from explorer.importance import CRITERIA, criteria_for
 from explorer.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
+from explorer.limits import MAX_PLAN_UPLOAD_MB
 from explorer.plan import PruningPlan
 from explorer.plots import curve_figure, layer_sparsity_figure
 from explorer.pruning import METHODS, Method, Unit, plan_label
@@ -50,6 +51,7 @@ from explorer.summary import (
     progressive,
     short_count,
     short_flops,
+    three_digits,
 )
 from explorer.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key
 
@@ -243,7 +245,7 @@ def _unit_tag(plan: PruningPlan, unit: Unit, method: Method, pruned: int) -> str
         return f"{plan.n}:{plan.m}" if pruned else "dense"
     if unit.name in plan.overrides:
         return "own setting"
-    return "global ranking" if plan.scope == "global" else "global amount"
+    return "global ranking" if plan.scope == "global" else "layer-wise"
 
 
 def _unit_members(unit: Unit, state: ui.PrunedState) -> str:
@@ -291,9 +293,9 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
         pruned = state.pruned[unit.name]
         tag = _unit_tag(plan, unit, method, pruned)
         coupled = _unit_members(unit, state)
-        row = st.columns([3, 5, 1.2, 1.2], vertical_alignment="center")
-        row[0].markdown(
-            f"**{unit.name}**  \n:gray[{unit.size:,} {unit.kind} · {tag}]",
+        row = st.columns([3.4, 4.6, 1.2, 1.2], vertical_alignment="center")
+        row[0].markdown(  # a short count keeps the caption and its help on one line
+            f"**{unit.name}**  \n:gray[{short_count(unit.size)} {unit.kind} · {tag}]",
             help=f"{pruned:,} of {unit.size:,} {unit.kind} pruned "
             f"({sparsity[unit.name]:.1%}).{coupled}",
         )
@@ -504,7 +506,7 @@ def latency_metric(cell: object, verdict: LatencyVerdict, cached: bool) -> None:
     name, speed, timed, dense = verdict.form, verdict.speed, verdict.timed, verdict.dense
     cell.metric(
         "Latency",
-        f"{timed.median_ms:.3g} ms",
+        f"{three_digits(timed.median_ms)} ms",
         speed.summary(),
         delta_color="off" if speed.same_speed else "normal",
         delta_arrow="off" if speed.same_speed else ("up" if speed.ratio > 1 else "down"),
@@ -765,7 +767,12 @@ def plan_file_ui() -> None:
     """Upload a plan as JSON (a bad file gives an error, the plan stays); its download is
     drawn inside the workbench fragment (``plan_download_ui``)."""
     cols = st.columns(2)
-    upload = cols[0].file_uploader("Upload a plan (JSON)", type=["json"], key="plan_upload")
+    upload = cols[0].file_uploader(
+        "Upload a plan (JSON)",
+        type=["json"],
+        key="plan_upload",
+        max_upload_size=MAX_PLAN_UPLOAD_MB,
+    )
     if upload is None:
         return
     if st.session_state.get(UPLOAD_SEEN_KEY, (None,))[0] != upload.file_id:

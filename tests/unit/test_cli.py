@@ -577,3 +577,17 @@ def test_app_starts_streamlit_on_the_given_files(tmp_path):
 def test_app_checks_its_files_before_starting(capsys):
     code, _, err = run(capsys, "app", "lenet5", "--weights", "/nonexistent/w.pt")
     assert code == 2 and err.strip() == "error: weights file /nonexistent/w.pt does not exist"
+
+
+def test_method_nm_alone_applies_the_pattern_rather_than_pruning_nothing():
+    def plan_of(*flags: str) -> PruningPlan:
+        return cli.plan_from_args(cli.build_parser().parse_args(["eval", "lenet5", *flags]))
+
+    alone = plan_of("--method", "nm")
+    assert alone.amount > 0  # on: the pattern's switch, not a default of 0
+    assert plan_of("--method", "nm", "--amount", "0").amount == 0  # off, when asked for
+    assert "off" in cli.plan_label(plan_of("--method", "nm", "--amount", "0"))
+    state = Pruner(load_model("lenet5"), (1, 28, 28)).resolve(alone)
+    fc1 = state.masks["fc1.weight"].reshape(-1, 4)
+    # the oracle: 2 of every 4 consecutive inputs kept, no more, no fewer
+    assert torch.equal(fc1.sum(dim=1), torch.full((fc1.shape[0],), 2.0))

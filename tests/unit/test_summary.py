@@ -25,6 +25,7 @@ from explorer.summary import (
     runs_dense_kernels,
     short_count,
     short_flops,
+    three_digits,
     time_side_by_side,
     timings_from_rows,
 )
@@ -280,3 +281,18 @@ def test_plans_timed_side_by_side_share_every_round_with_dense(bench):
     assert not timing.speed["small"].same_kernels  # compacted: smaller kernels
     with pytest.raises(ValueError, match="dense"):
         time_side_by_side(bench, {"dense": PruningPlan()})
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (7.0, "7.00"),
+        (7.004, "7.00"),
+        (1.114, "1.11"),
+        (12.34, "12.3"),
+        (143.2, "143"),
+        (1234.5, "1,234"),
+    ],
+)
+def test_a_measured_value_keeps_three_significant_digits_with_its_trailing_zeros(value, shown):
+    assert three_digits(value) == shown
