@@ -29,7 +29,7 @@ def env_megabytes(env: str, default: int) -> int:
 #: file uploaders take the same number (``upload_limit_mb``; Streamlit's own
 #: ``server.maxUploadSize``, set in .streamlit/config.toml and by ``pruning-explorer app``).
 MAX_UPLOAD_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
-DEFAULT_MAX_UPLOAD_MB = 512
+DEFAULT_MAX_UPLOAD_MB = 1024  # 1 GiB: Streamlit's uploaders print it "1GB" on every platform
 #: A plan file is a few kB of JSON (one line per overridden unit); its uploader says this limit,
 #: not the model's.
 MAX_PLAN_UPLOAD_MB = 1
@@ -37,6 +37,18 @@ MAX_PLAN_UPLOAD_MB = 1
 
 def max_upload_bytes() -> int:
     return env_megabytes(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)
+
+
+def upload_limit_text(megabytes: int) -> str:
+    """``megabytes`` (MiB, as ``server.maxUploadSize`` counts them) as Streamlit's uploader
+    prints it beside its button ("… per file"): decimal units, no decimals, the next unit once
+    past half of it (512 MiB reads "1GB"). A page that states the limit says this, so the two
+    never disagree."""
+    value, units = float(megabytes * 2**20), ("B", "KB", "MB", "GB")
+    unit = 0
+    while unit < len(units) - 1 and value > 500:
+        value, unit = value / 1000, unit + 1
+    return f"{value:.0f} {units[unit]}"
 
 
 def max_upload_mb() -> int:

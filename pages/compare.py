@@ -311,8 +311,8 @@ def retime_ui(shown: list[Experiment]) -> None:
     kept = st.session_state.get(RETIMED_KEY)
     if kept is None or kept[0] != ids:
         row.caption(
-            "Milliseconds saved with different experiments were measured at different times; "
-            "re-time them side by side to compare them."
+            "Each speed-up pairs a plan with its dense model timed in the same rounds, when it "
+            "was saved. Re-time side by side to time every listed plan now, in one run."
         )
         return
     st.dataframe(

@@ -11,7 +11,7 @@ import streamlit as st
 import torchvision
 
 from explorer import ui
-from explorer.limits import max_upload_mb
+from explorer.limits import max_upload_mb, upload_limit_text
 from explorer.loading.options import allow
 from explorer.plots import sample_grid_figure
 from explorer.store import default_store
@@ -159,14 +159,17 @@ def model_source_ui() -> tuple[ModelSource | None, str | None]:
 
 
 #: Where each preprocessing setting comes from, as the Preprocessing choices say it.
-MODEL_CHOICE, IMAGES_CHOICE = "the model's, if declared", "the images' own"
+#: Short enough for a half of the panel at 1280 px; each help says what "the model's" falls
+#: back to when the model declares nothing.
+MODEL_CHOICE, IMAGES_CHOICE = "the model's", "the images' own"
 SIZE_CHOICES = {"model": MODEL_CHOICE, "images": IMAGES_CHOICE, "custom": "custom"}
 CHANNEL_CHOICES = {"model": MODEL_CHOICE, "images": IMAGES_CHOICE, 1: "1 (grey)", 3: "3 (RGB)"}
-NORMALISATION_CHOICES = {
-    "model": "the model's, else the images'",
-    "images": "the images' own statistics",
-    "custom": "custom",
-}
+NORMALISATION_CHOICES = {"model": MODEL_CHOICE, "images": IMAGES_CHOICE, "custom": "custom"}
+
+
+def _choice(column: object, label: str, choices: dict, key: str, help: str) -> object:
+    """One preprocessing setting: where it comes from, shown in words."""
+    return column.selectbox(label, list(choices), key=key, format_func=choices.get, help=help)
 
 
 def data_spec_ui() -> DataSpec | None:
@@ -188,13 +191,13 @@ def data_spec_ui() -> DataSpec | None:
             return None
         source = _stored(upload)
     with st.expander("Preprocessing", expanded=kind == "upload"):
-        cols = st.columns(3)
-        size_from = cols[0].selectbox(
+        cols = st.columns(2)  # two a row: each choice stays whole in half of the page
+        size_from = _choice(
+            cols[0],
             "Size",
-            list(SIZE_CHOICES),
-            key="byo_size_from",
-            format_func=SIZE_CHOICES.get,
-            help="What the images are resized to. **The model's**: the size a torchvision or "
+            SIZE_CHOICES,
+            "byo_size_from",
+            "What the images are resized to. **The model's**: the size a torchvision or "
             "timm model declares (e.g. 224×224); a model that declares none sees the images as "
             "they are. **The images' own**: never resized, whatever the model declares (they "
             "must then all have one size). **Custom**: a square of the side you give.",
@@ -202,33 +205,32 @@ def data_spec_ui() -> DataSpec | None:
         side = 0
         if size_from == "custom":
             side = cols[0].number_input("Side (px)", 1, 1024, 32, key="byo_size")
-        channels = cols[1].selectbox(
+        channels = _choice(
+            cols[1],
             "Channels",
-            list(CHANNEL_CHOICES),
-            key="byo_channels",
-            format_func=CHANNEL_CHOICES.get,
-            help="Grey images are repeated to 3 channels, colour ones averaged to 1. **The "
+            CHANNEL_CHOICES,
+            "byo_channels",
+            "Grey images are repeated to 3 channels, colour ones averaged to 1. **The "
             "model's**: what the model's first layer takes (a 3-value mean means RGB); **the "
             "images' own**: as they are.",
         )
-        fraction = cols[2].slider("Held out for eval", 0.1, 0.9, 0.3, 0.05, key="byo_eval")
-        cols = st.columns(3)
-        normalisation = cols[0].selectbox(
+        cols = st.columns(2)
+        normalisation = _choice(
+            cols[0],
             "Mean and std",
-            list(NORMALISATION_CHOICES),
-            key="byo_normalisation",
-            format_func=NORMALISATION_CHOICES.get,
-            help="Each channel becomes (pixel / 255 − mean) / std. **The model's**: what a "
+            NORMALISATION_CHOICES,
+            "byo_normalisation",
+            "Each channel becomes (pixel / 255 − mean) / std. **The model's**: what a "
             "torchvision or timm model declares (ImageNet's mean and std), else the images' "
             "own. **The images' own**: the fit images' statistics, whatever the model "
             "declares. **Custom**: the numbers you give.",
         )
+        fraction = cols[1].slider("Held out for eval", 0.1, 0.9, 0.3, 0.05, key="byo_eval")
         mean = std = ""
         if normalisation == "custom":
-            mean = cols[1].text_input(
-                "Mean", "", key="byo_mean", placeholder="0.5 or 0.49,0.48,0.45"
-            )
-            std = cols[2].text_input("Std", "", key="byo_std", placeholder="0.5 or 0.25,0.25,0.25")
+            cols = st.columns(2)
+            mean = cols[0].text_input("Mean", "", key="byo_mean", placeholder="0.5 or 0.49,0.48")
+            std = cols[1].text_input("Std", "", key="byo_std", placeholder="0.5 or 0.25,0.25")
     chosen = {"size": size_from, "channels": channels, "normalisation": normalisation}
     own = [name for name, choice in chosen.items() if choice == "images"]
     try:
@@ -286,7 +288,7 @@ def candidate_ui(subject: Subject) -> None:
 def bring_your_own_ui() -> None:
     """Upload a model (and weights) and data; check; adopt."""
     st.caption(
-        f"Files up to {upload_limit_mb():,} MB each. Nothing you upload is run "
+        f"Files up to {upload_limit_text(upload_limit_mb())} each. Nothing you upload is run "
         "unless the operator allowed it (--trust-code): weights load with weights_only=True, "
         "ONNX files are graphs."
     )
