@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from explorer.models import weights_path
@@ -483,3 +484,22 @@ def test_the_app_reads_the_same_data_options_as_the_cli(tmp_path, monkeypatch):
     assert settings.subject == cli.subject_from_args(args)
     assert settings.subject.data.size == (28, 28) and settings.subject.data.seed == 3
     assert settings.subject.data.mean == (0.5,) and settings.subject.data.eval_fraction == 0.4
+
+
+def test_home_says_what_the_bundled_digits_become_for_a_model_fed_otherwise(tmp_path, monkeypatch):
+    """MNIST is 28×28 grey; a torchvision model given --size 32 --channels 3 sees 32×32 RGB,
+    and Home must not describe the digits as what this model is fed."""
+    import torchvision
+
+    monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "w.pt"
+    torch.save(torchvision.models.squeezenet1_1(num_classes=10).state_dict(), weights)
+    argv = ("--model", "torchvision:squeezenet1_1", "--weights", str(weights))
+    with started_with(monkeypatch, *argv, "--size", "32", "--channels", "3"):
+        at = start("home")
+        assert_clean(at)
+        text = " ".join(m.value for m in at.markdown)
+        assert "28×28 grey, fed to this model as 32×32 with 3 channels" in text
+    with started_with(monkeypatch):  # the bundled LeNet-5 is fed the digits as they are
+        at = start("home")
+    assert "28×28 grey. The" in " ".join(m.value for m in at.markdown)
