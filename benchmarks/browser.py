@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.models import ZOO, weights_path
+from explorer.models import ZOO, load_card, weights_path
 from tests.e2e.harness import (
     ROOT,
     browser_page,
@@ -148,18 +148,93 @@ def time_activations(page: object, url: str, model: str, moves: int) -> tuple[fl
     return opened, times
 
 
+NUMBERS = """(before) => {
+    // [first numbers of a new subject, exact]: the Nonzero tile (value and "of N") differs
+    // from ``before`` and Accuracy shows a number; exact once it is not the "≈" preview.
+    const tile = (label) => [...document.querySelectorAll('[data-testid=stMetric]')].find(
+        m => (m.querySelector('[data-testid=stMetricLabel]') || {}).innerText?.trim() === label);
+    const nonzero = tile('Nonzero'), accuracy = tile('Accuracy');
+    if (!nonzero || !accuracy) return [false, false];
+    const value = accuracy.querySelector('[data-testid=stMetricValue]').innerText.trim();
+    const fresh = nonzero.innerText !== before && value !== '…';
+    return [fresh, fresh && !value.startsWith('≈')];
+}"""
+NONZERO = """() => ([...document.querySelectorAll('[data-testid=stMetric]')].find(
+    m => (m.querySelector('[data-testid=stMetricLabel]') || {}).innerText?.trim() === 'Nonzero'
+) || {}).innerText || ''"""
+
+
+def _until_numbers(page: object, before: str, started: float) -> tuple[float, float]:
+    page.wait_for_function(f"(b) => ({NUMBERS})(b)[0]", arg=before, timeout=300_000, polling=10)
+    first = time.perf_counter() - started
+    page.wait_for_function(f"(b) => ({NUMBERS})(b)[1]", arg=before, timeout=300_000, polling=10)
+    return first, time.perf_counter() - started
+
+
+def time_shared_links(page: object, url: str, model: str, rounds: int) -> list[tuple]:
+    """(first, exact) seconds from opening a shared link to the Prune page of ``model`` in a
+    fresh browser context (no cached page, no session: what a student's first click costs) on
+    a server that has served the model before."""
+    browser, times = page.context.browser, []
+    for i in range(rounds + 1):
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        fresh = context.new_page()
+        started = time.perf_counter()
+        fresh.goto(f"{url}/prune?model={model}&method=filters&amount=0.{30 + i}")
+        times.append(_until_numbers(fresh, "", started))
+        wait_until_settled(fresh, 300_000)
+        context.close()
+    return times[1:]  # the first warms the server's caches for this plan family
+
+
+def time_model_switches(page: object, url: str, models: list[str], rounds: int) -> list[tuple]:
+    """(first, exact) seconds from choosing another model in the sidebar's picker on the
+    Prune page to its numbers, switching round the bundled models."""
+    page.goto(f"{url}/prune?model={models[0]}&amount=0.5")
+    wait_for_metric(page, "Nonzero", 300_000)
+    wait_until_settled(page, 300_000)
+    times = []
+    for i in range(rounds * len(models)):
+        target = models[(i + 1) % len(models)]
+        before = page.evaluate(NONZERO)
+        picker = page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first
+        picker.click()
+        option = page.get_by_role("option", name=_title(target)).first
+        started = time.perf_counter()
+        option.click()
+        times.append(_until_numbers(page, before, started))
+        wait_until_settled(page, 300_000)
+    return times[len(models) :]  # the first round opens each model once
+
+
+def _title(model: str) -> str:
+    return load_card(model).get("title", model).split(" (")[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(ZOO))
     parser.add_argument("--moves", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="shared links / model switches")
+    parser.add_argument("--skip-links", action="store_true", help="only the slider timings")
+    parser.add_argument("--only-links", action="store_true", help="only links and switches")
     args = parser.parse_args(argv)
     (ROOT / "artifacts").mkdir(exist_ok=True)
-    rows = []
+    rows, links, switches = [], {}, []
     with running_app() as url, browser_page() as page:
+        models = [m for m in args.models if weights_path(m).exists()]
+        if not args.skip_links:
+            print("timing shared links and model switches...", flush=True)
+            for model in models:
+                links[model] = time_shared_links(page, url, model, args.rounds)
+            if len(models) > 1:
+                switches = time_model_switches(page, url, models, args.rounds)
         for model in args.models:
             if not weights_path(model).exists():
                 print(f"{model}: no trained weights, skipped")
                 continue
+            if args.only_links:
+                break
             print(f"timing {model}...", flush=True)
             first, exact, server, previews = time_prune_moves(
                 page, url, f"model={model}&amount=0.5", args.moves
@@ -167,6 +242,20 @@ def main(argv: list[str] | None = None) -> None:
             figures = time_weights_moves(page, url, model, args.moves)
             opened, samples = time_activations(page, url, model, args.moves)
             rows.append((model, first, exact, server, previews, figures, opened, samples))
+    if links:
+        print("\nshared link -> Prune page numbers, fresh browser context, median (max) s")
+        print(f"{'model':<12} {'first numbers':>14} {'exact numbers':>14}")
+        for model, times in links.items():
+            print(
+                f"{model:<12} {_cell([t[0] for t in times]):>14} {_cell([t[1] for t in times]):>14}"
+            )
+    if switches:
+        print(
+            f"model switch in the sidebar -> numbers: first {_cell([t[0] for t in switches])}, "
+            f"exact {_cell([t[1] for t in switches])} ({len(switches)} switches)"
+        )
+    if not rows:
+        return
     print(
         f"\nslider -> metrics in chromium, {args.moves} one-step moves, median (max) seconds "
         "(goal: <= 0.5 s; weights page <= 1 s)"
