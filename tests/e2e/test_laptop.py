@@ -111,3 +111,32 @@ def test_keyboard_steps_a_layer_slider_one_press_at_a_time(app_url):
         focused = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
         assert focused.startswith("fc1 · weights pruned")
         assert int(slider_thumb(page, "fc1 · weights pruned").input_value()) == start + 8
+
+
+#: Every other page in a state with its longest texts: a structured plan's titles, a ViT's
+#: attention and heads, a flip list, the saved experiments of several subjects.
+PAGES = (
+    "recover?model=resnet_mini&method=filters&amount=0.3",
+    "weights?model=resnet_mini&method=filters&amount=0.3",
+    "activations?model=vit_tiny&method=heads&amount=0.5",
+    "saliency?model=vit_tiny&method=heads&amount=0.5",
+    "decisions?model=lenet5&amount=0.8",
+    "compare?model=lenet5",
+)
+
+
+@pytest.mark.parametrize(("width", "height"), SIZES[:1] + SIZES[-1:])
+def test_every_page_shows_its_values_labels_and_choices_whole(app_url, width, height):
+    with browser_page(width, height) as page:
+        for path in PAGES:
+            page.goto(f"{app_url}/{path}")
+            page.get_by_text("Model & data").first.wait_for(timeout=120_000)
+            wait_until_idle(page, 240_000)
+            page.wait_for_timeout(500)  # the last fragment's elements
+            wait_until_idle(page, 240_000)
+            name = path.split("?")[0]
+            page.screenshot(path=SHOTS / f"{name}-{width}x{height}.png")
+            for part in ("stMetric", "stSelectbox", "stButton", "stSidebar", "stRadio"):
+                assert cut_off_text(page, f"[data-testid={part}]") == [], (path, part)
+            assert clipped_tables(page) == [], path
+            assert not exceptions(page), path
