@@ -375,12 +375,10 @@ def data_ui(bench: ui.Workbench) -> None:
     data, card = bench.eval_set, bench.card
     if bench.subject.data.bundled:
         channels, height, width = data.input_shape
-        fed = (  # what the model sees, when its preprocessing changed the digits
-            ""
-            if (channels, height, width) == (1, 28, 28)
-            else f", fed to this model as {width}×{height} "
-            + ("grey" if channels == 1 else f"with {channels} channels")
-        )
+        fed = ""  # what the model sees, when its preprocessing changed the digits
+        if (channels, height, width) != (1, 28, 28):
+            colour = "grey" if channels == 1 else f"with {channels} channels"
+            fed = f", fed to this model as {width}×{height} {colour}"
         st.write(
             f"**MNIST** handwritten digits, 28×28 grey{fed}. The **fit** split (10,000 images) "
             f"trains and calibrates; the **eval** split ({len(data):,} images) is only ever "
