@@ -1047,6 +1047,10 @@ def attribution_of(
     return get_attribution(method).explain(model, x, target, **json.loads(options))
 
 
+#: What marks an attribution computed on request, in words: a symbol (a stopwatch) is not in
+#: every browser's fonts and shows as a box where it is missing.
+SLOW_TAG = " (slow)"
+
 #: Width of the attribution method's select box: its longest title whole.
 METHOD_BOX_PX = 230
 
@@ -1062,7 +1066,7 @@ def attribution_method_ui(
         st.session_state[method_key] = names[0]
     # a row that wraps: the setting goes under the method where the two do not fit side by
     # side (a narrow column at 1280 px), and the method's box is wide enough for its longest
-    # title ("Integrated Gradients ⏱") wherever it is
+    # title ("Integrated Gradients (slow)") wherever it is
     row = st.container(horizontal=True, vertical_alignment="bottom")
     # the methods that do not apply are named in the help, not on the page: it is the
     # question "where is Grad-CAM?" that looks for them
@@ -1075,9 +1079,9 @@ def attribution_method_ui(
         "Attribution method",
         names,
         key=method_key,
-        format_func=lambda n: ATTRIBUTIONS[n].title + ("" if ATTRIBUTIONS[n].live else " ⏱"),
+        format_func=lambda n: ATTRIBUTIONS[n].title + ("" if ATTRIBUTIONS[n].live else SLOW_TAG),
         help=" · ".join(f"{ATTRIBUTIONS[n].title}: {ATTRIBUTIONS[n].help}" for n in names)
-        + " · ⏱ = many passes per map: computed on request."
+        + f" · {SLOW_TAG.strip()}: many passes per map, computed on request."
         + absent,
         width=METHOD_BOX_PX,
     )

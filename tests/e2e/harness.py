@@ -8,11 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from explorer.store import HOME_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -45,7 +48,14 @@ def running_app(
     """``streamlit run app.py`` headless on a loopback port; yields its base URL.
 
     ``app_args`` go to the app after ``--`` (e.g. ``--model``, ``--data``); ``env`` is added
-    to this process's environment."""
+    to this process's environment. The app keeps its experiments and uploads in a fresh
+    temporary home unless ``env`` names one: a test never reads or writes the user's own."""
+    env = dict(env or {})
+    if HOME_ENV not in env:
+        scratch = tempfile.TemporaryDirectory(prefix="pruning-explorer-home-")
+        env[HOME_ENV] = scratch.name
+    else:
+        scratch = None
     port = free_port()
     (ROOT / "artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "artifacts" / f"streamlit-{port}.log", "w")  # noqa: SIM115
@@ -65,7 +75,7 @@ def running_app(
             *(["--", *app_args] if app_args else []),
         ],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -90,6 +100,8 @@ def running_app(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 @contextmanager
@@ -213,6 +225,31 @@ CUT_TEXT = """(selector) => {
 def cut_off_text(page: object, selector: str) -> list[str]:
     """Texts cut off (ellipsis or clipped) inside the elements matching ``selector``."""
     return page.evaluate(CUT_TEXT, selector)
+
+
+MISSING_GLYPHS = """async (chars) => {
+    // A character no font has is drawn as the font's "missing glyph" box: the same pixels as
+    // a private-use character, which no font maps. Drawn in the family of the app's text.
+    const text = document.querySelector('[data-testid=stMarkdownContainer]') || document.body;
+    const family = getComputedStyle(text).fontFamily;
+    await document.fonts.load('24px ' + family, chars.join(''));
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 40;
+    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    const pixels = (c) => {
+        ctx.clearRect(0, 0, 40, 40);
+        ctx.font = '24px ' + family;
+        ctx.fillText(c, 4, 30);
+        return ctx.getImageData(0, 0, 40, 40).data.join(',');
+    };
+    const box = pixels('\\uE000');
+    return chars.filter((c) => pixels(c) === box);
+}"""
+
+
+def missing_glyphs(page: object, chars: Sequence[str]) -> list[str]:
+    """The characters of ``chars`` that the page's text font (with its fallbacks) cannot draw."""
+    return page.evaluate(MISSING_GLYPHS, list(chars))
 
 
 def clipped_tables(page: object) -> list[int]:

@@ -3,10 +3,17 @@ every headline value whole, every control labelled and reachable, keyboard stepp
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
 
 import pytest
 
+from explorer.store import HOME_ENV
 from tests.e2e.harness import (
     SHOTS,
     browser_page,
@@ -14,6 +21,8 @@ from tests.e2e.harness import (
     clipped_tables,
     cut_off_text,
     exceptions,
+    missing_glyphs,
+    running_app,
     scroll_parent_is_the_page,
     slider_thumb,
     wait_for_metric,
@@ -125,13 +134,50 @@ PAGES = (
 )
 
 
+#: What every page draws once its numbers are in (a number, a table or a figure).
+PAGE_CONTENT = ", ".join(
+    f"[data-testid=stMain] [data-testid={part}]"
+    for part in ("stMetric", "stDataFrame", "stPlotlyChart")
+)
+
+
+#: Saved experiments of two subjects, the longest rows Compare draws (CLI arguments).
+SAVED = (
+    ("lenet5", "--amount", "0.5", "--save", "lenet5 global fifty"),
+    ("resnet_mini", "--method", "filters", "--amount", "0.3", "--save", "resnet mini filters"),
+)
+
+
+@pytest.fixture(scope="module")
+def saved_app_url(tmp_path_factory):
+    """An app whose home holds the ``SAVED`` experiments, saved through the CLI."""
+    home = tmp_path_factory.mktemp("saved-home")
+    for args in SAVED:
+        subprocess.run(
+            [sys.executable, "-m", "explorer.cli", "eval", *args],
+            env={**os.environ, HOME_ENV: str(home)},
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    with running_app(env={HOME_ENV: str(home)}) as url:
+        yield url
+
+
 @pytest.mark.parametrize(("width", "height"), SIZES[:1] + SIZES[-1:])
-def test_every_page_shows_its_values_labels_and_choices_whole(app_url, width, height):
+def test_every_page_shows_its_values_labels_and_choices_whole(saved_app_url, width, height):
     with browser_page(width, height) as page:
         for path in PAGES:
-            page.goto(f"{app_url}/{path}")
+            page.goto(f"{saved_app_url}/{path}")
             page.get_by_text("Model & data").first.wait_for(timeout=120_000)
             wait_until_idle(page, 240_000)
+            # the page's own content, drawn by a fragment after the first idle: checking
+            # before it is there would pass on an empty page
+            page.wait_for_function(
+                "(sel) => [...document.querySelectorAll(sel)].some((e) => e.offsetHeight > 0)",
+                arg=PAGE_CONTENT,
+                timeout=120_000,
+            )
             page.wait_for_timeout(500)  # the last fragment's elements
             wait_until_idle(page, 240_000)
             name = path.split("?")[0]
@@ -140,3 +186,38 @@ def test_every_page_shows_its_values_labels_and_choices_whole(app_url, width, he
                 assert cut_off_text(page, f"[data-testid={part}]") == [], (path, part)
             assert clipped_tables(page) == [], path
             assert not exceptions(page), path
+
+
+#: String tokens: an f-string's text is its own token from Python 3.12 on
+STRING_TOKENS = {tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+
+
+def _symbols_the_app_writes() -> dict[str, str]:
+    """Every non-ASCII character in a string of the app's code (labels, options, help texts,
+    figure titles: also those a browser shows only on hover or in an open dropdown), with
+    where it first appears."""
+    root = Path(__file__).resolve().parents[2]
+    symbols: dict[str, str] = {}
+    for path in sorted([root / "app.py", *root.glob("pages/*.py"), *root.glob("explorer/**/*.py")]):
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        for token in tokens:
+            if token.type in STRING_TOKENS:
+                for char in token.string:
+                    if ord(char) > 127:
+                        symbols.setdefault(char, f"{path.relative_to(root)}:{token.start[0]}")
+    return symbols
+
+
+def test_every_symbol_the_app_writes_has_a_glyph(app_url):
+    # A symbol outside the text font and the usual fallbacks (a stopwatch, an emoji) shows as
+    # an empty box: "Integrated Gradients ▯" read as a stray glyph at every size.
+    symbols = _symbols_the_app_writes()
+    assert "×" in symbols  # the scan sees the app's strings
+    with browser_page() as page:
+        page.goto(f"{app_url}/?model=lenet5")
+        page.get_by_text("Model & data").first.wait_for(timeout=120_000)
+        wait_until_idle(page)
+        missing = missing_glyphs(page, sorted(symbols))
+    assert {c: symbols[c] for c in missing} == {}
+    # emoji are drawn from colour fonts that many servers' browsers lack
+    assert {c: where for c, where in symbols.items() if ord(c) >= 0x1F000} == {}
