@@ -199,7 +199,7 @@ def time_model_switches(page: object, url: str, models: list[str], rounds: int) 
         before = page.evaluate(NONZERO)
         picker = page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first
         picker.click()
-        option = page.get_by_role("option", name=_title(target)).first
+        option = page.get_by_role("option", name=_title(target), exact=True)
         started = time.perf_counter()
         option.click()
         times.append(_until_numbers(page, before, started))

@@ -759,6 +759,10 @@ def _picker_label(
     return subject.label_with(upload_names() if names is None else names)
 
 
+#: (the subject the sidebar's picker was made for, how many pickers this session has had)
+PICKER_MOUNT_KEY = "model_picker_mount"
+
+
 def model_picker_ui() -> Subject:
     """Sidebar model choice: the bundled models and the subjects opened in this session;
     switching keeps the parts of the plan that still apply."""
@@ -770,13 +774,21 @@ def model_picker_ui() -> Subject:
     if current not in options:
         options.append(current)
 
-    # One widget per current subject: a switch made elsewhere (an upload adopted, a link) gets
-    # a fresh picker, and a stale value the browser still holds for the old one is ignored.
-    key = f"model_picker::{current.key}"
+    # A fresh widget after every switch, however it was made (this picker, an upload adopted,
+    # a link): a key per subject alone is not enough, because going back to a subject brought
+    # back its old widget with the value last chosen in it (the other model), so choosing that
+    # model again was no change and did nothing. The old widgets' values are dropped with them.
+    mounted_for, mount = st.session_state.get(PICKER_MOUNT_KEY, (None, 0))
+    if mounted_for != current.key:
+        mount += 1
+        st.session_state[PICKER_MOUNT_KEY] = (current.key, mount)
+        for stale in [k for k in st.session_state if str(k).startswith("model_picker::")]:
+            del st.session_state[stale]
+    key = f"model_picker::{mount}"
     names = upload_names()
 
     def changed() -> None:
-        if key == f"model_picker::{current_subject().key}":
+        if st.session_state.get(PICKER_MOUNT_KEY) == (current_subject().key, mount):
             set_subject(st.session_state[key])
 
     st.selectbox(

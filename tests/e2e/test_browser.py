@@ -144,3 +144,18 @@ def test_a_shared_link_redraws_its_sweeps_on_the_chart(app_url):
         assert any("magnitude" in name for name in names), names
         assert any("random (seed 0)" in name for name in names), names
         assert not exceptions(page)
+
+
+def test_the_sidebar_switches_models_back_and_forth(app_url):
+    # Going back to a model used to bring back its old picker, still holding the model last
+    # chosen in it: choosing that model again was no change, and the page stayed on the old one.
+    with browser_page() as page:
+        page.goto(f"{app_url}/prune?model=lenet5&amount=0.5")
+        wait_for_metric(page, "Accuracy")
+        wait_until_settled(page)
+        for target, title in [("resnet_mini", "Mini ResNet"), ("lenet5", "LeNet-5")] * 2:
+            page.locator("[data-testid=stSidebar] [data-testid=stSelectbox]").first.click()
+            page.get_by_role("option", name=title, exact=True).click()
+            page.wait_for_url(f"**/prune?model={target}&**", timeout=60_000)
+            wait_until_settled(page)
+        assert not exceptions(page)
