@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st
 
-from explorer import ui
+from explorer.app import ui
 
 PAGES = [
     st.Page("pages/home.py", title="Model & data", icon=":material/model_training:", default=True),

@@ -30,12 +30,12 @@ import torch
 import torchvision
 from torch import nn
 
-from explorer.compaction import compact
-from explorer.inspection import model_flops
-from explorer.latency import Latency, compare_speed, measure_latency
-from explorer.models import load_model, resnet_mini, weights_path
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.compaction import compact
+from explorer.engine.inspection import model_flops
+from explorer.engine.latency import Latency, compare_speed, measure_latency
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.zoo.models import load_model, resnet_mini, weights_path
 
 BISECTION_STEPS = 12
 BATCHES = (1, 32)

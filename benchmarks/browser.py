@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.models import ZOO, load_card, weights_path
+from explorer.zoo.models import ZOO, load_card, weights_path
 from tests.e2e.harness import (
     ROOT,
     browser_page,

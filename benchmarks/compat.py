@@ -4,7 +4,7 @@ Models: every torchvision classification architecture (random weights, 10 classe
 input each takes; googlenet and inception_v3 also without their aux heads), about fifty timm
 architectures across families (``timm:NAME``; built here with ``timm.create_model`` while explorer
 has no timm source), and the user-style idiom models of ``tests/idiom_models.py`` (untrained).
-Each runs ``explorer.compat.check_model`` in its own process, with a wall-clock limit and a
+Each runs ``explorer.engine.compat.check_model`` in its own process, with a wall-clock limit and a
 memory cap, so that one model cannot end the run: a killed process is a ``BUG`` in the step it
 was in. Models whose parameters alone would not fit (counted on the meta device) are skipped.
 
@@ -37,8 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.compat import STEPS, Cell, CompatRow, check_model, liven  # noqa: E402
-from explorer.limits import MAX_UPLOAD_ENV  # noqa: E402
+from explorer.engine.compat import STEPS, Cell, CompatRow, check_model, liven  # noqa: E402
+from explorer.engine.limits import MAX_UPLOAD_ENV  # noqa: E402
 
 IDIOMS_FILE = ROOT / "tests" / "idiom_models.py"
 BYTES_PER_PARAM = 80  # a check holds ~10 fp32 copies of the weights plus score tables
@@ -176,7 +176,7 @@ def all_entries() -> dict[str, Entry]:
 
 
 def timm_source_available() -> bool:
-    from explorer.subject import MODEL_KINDS
+    from explorer.engine.subject import MODEL_KINDS
 
     return "timm" in MODEL_KINDS
 
@@ -198,8 +198,8 @@ def subject_of(entry: Entry, workdir: Path) -> tuple[Any, Callable[[], Any] | No
     file in ``workdir`` (an idiom model is loaded with its own random initialisation)."""
     import torch
 
-    from explorer.store import Store
-    from explorer.subject import DataSpec, ModelSource, Subject
+    from explorer.engine.subject import DataSpec, ModelSource, Subject
+    from explorer.loading.store import Store
 
     if entry.family == "idioms":
         return Subject(ModelSource("python", f"{IDIOMS_FILE}:{entry.name}")), None, None

@@ -34,21 +34,21 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from explorer.compaction import compact
-from explorer.data import ImageDataset
-from explorer.evaluation import (
+from explorer.engine.compaction import compact
+from explorer.engine.evaluation import (
     EvalResult,
     IncrementalEvaluator,
     IncrementalResult,
     evaluate,
     predict,
 )
-from explorer.inspection import model_flops
-from explorer.latency import measure_latency
-from explorer.models import ZOO, weights_path
-from explorer.plan import PruningPlan
-from explorer.pruning import PrunedState, Pruner
-from explorer.workbench import Workbench, open_workbench
+from explorer.engine.inspection import model_flops
+from explorer.engine.latency import measure_latency
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import PrunedState, Pruner
+from explorer.engine.workbench import Workbench, open_workbench
+from explorer.zoo.mnist import ImageDataset
+from explorer.zoo.models import ZOO, weights_path
 
 GOAL_FULL = 1.2  # FULL plan change -> metrics, at most this many floors
 GOAL_INCREMENTAL = 0.3  # INCREMENTAL plan change -> metrics, at most this many floors

@@ -2,8 +2,8 @@
 
 Per bundled model and two plans (structured ``filters`` 50%, unstructured magnitude 70%):
 
-1. every deployable format (``pt2``, ``onnx``, ``int8``) written by ``explorer.export``: bytes on
-   disk next to the dense fp32 state_dict, and the largest |output difference| of the file
+1. every deployable format (``pt2``, ``onnx``, ``int8``) written by ``explorer.keep.export``: bytes
+   on disk next to the dense fp32 state_dict, and the largest |output difference| of the file
    reloaded against the in-app pruned model on 64 eval images (the round trip);
 2. ``int8_report``: eval accuracy of dense, pruned fp32 and pruned int8, bytes, the combined
    reduction (dense fp32 / pruned int8) and latency at batch 32 of pruned fp32 and int8, timed in
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from explorer.export import FORMATS, OnnxRunner, export
-from explorer.plan import PruningPlan
-from explorer.quantize import int8_report, pruned_fp32, saved_bytes
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.keep.export import FORMATS, OnnxRunner, export
+from explorer.keep.quantize import int8_report, pruned_fp32, saved_bytes
 
 PLANS = {
     "filters 50%": PruningPlan(method="filters", amount=0.5),

@@ -45,11 +45,11 @@ import numpy as np
 import torch
 import torchvision
 
-from explorer.data import mnist_pixels
-from explorer.plan import PruningPlan
-from explorer.store import default_store
-from explorer.subject import DataSpec, ModelSource, Subject
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.subject import DataSpec, ModelSource, Subject
+from explorer.engine.workbench import open_workbench
+from explorer.loading.store import default_store
+from explorer.zoo.mnist import mnist_pixels
 
 
 def user_files(folder: Path, arch: str, eval_images: int) -> tuple[Path, Path]:

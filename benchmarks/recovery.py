@@ -3,15 +3,15 @@
 Part 1, ``recovery``: for each model (``lenet300``, ``lenet5``), a global unstructured magnitude
 plan at each sparsity (of the prunable layers' weights; biases stay dense), its eval-split
 accuracy right after pruning (``pruned``), after fine-tuning with the masks held (``+ft``:
-``explorer.training.fine_tune``, ``default_recipe(model)`` for ``--epochs`` epochs over the
+``explorer.recovery.training.fine_tune``, ``default_recipe(model)`` for ``--epochs`` epochs over the
 10,000 fit images) and, with ``--gradual N`` (default 3), after AGP gradual pruning to the same
 sparsity in N steps with the same total optimizer steps (``AGP``:
-``explorer.schedules.gradual_prune``). Then the highest sparsity whose accuracy stays within
-0.5 points of dense, and the parameters kept (biases included), next to Han et al. 2015
+``explorer.recovery.schedules.gradual_prune``). Then the highest sparsity whose accuracy stays
+within 0.5 points of dense, and the parameters kept (biases included), next to Han et al. 2015
 (iterative pruning + retraining, 12x on both LeNets, with 60,000 training images; here 10,000).
 
 Part 2, ``tickets``: iterative magnitude pruning with rewinding on ``lenet300``
-(``explorer.tickets.iterative_ticket``) with Frankle & Carbin's LeNet recipe (Adam 1.2e-3,
+(``explorer.recovery.tickets.iterative_ticket``) with Frankle & Carbin's LeNet recipe (Adam 1.2e-3,
 batch 60, constant rate; ``--ticket-epochs`` per run): round 0 trains the dense network from the
 bundled ``init.pt``, each round prunes ``--per-round`` of the surviving weights (global
 magnitude of the retrained weights), rewinds the survivors to ``init.pt`` and retrains; the
@@ -47,12 +47,12 @@ from dataclasses import replace
 
 import torch
 
-from explorer.evaluation import evaluate
-from explorer.plan import PruningPlan
-from explorer.schedules import gradual_prune, with_weights
-from explorer.tickets import iterative_ticket
-from explorer.training import Recipe, default_recipe, fine_tune
-from explorer.workbench import open_workbench
+from explorer.engine.evaluation import evaluate
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.recovery.schedules import gradual_prune, with_weights
+from explorer.recovery.tickets import iterative_ticket
+from explorer.recovery.training import Recipe, default_recipe, fine_tune
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.92, 0.95, 0.97)
 QUICK_SPARSITIES = (0.5, 0.9, 0.95)

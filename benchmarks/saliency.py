@@ -31,15 +31,15 @@ from functools import partial
 import torch
 from torch import nn
 
-from explorer.dynamic import dynamic_curve, gate_points, static_plan, static_point
-from explorer.paths import class_unit_map, compare_paths, path_layers
-from explorer.plan import PruningPlan
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import PrunedState
+from explorer.engine.workbench import Workbench, open_workbench
+from explorer.inside.decision_paths import class_unit_map, compare_paths, path_layers
+from explorer.inside.dynamic import dynamic_curve, gate_points, static_plan, static_point
+from explorer.inside.saliency import attributions_for, get_attribution
+from explorer.inside.saliency.attention import compare_attention, removed_heads
 from explorer.plots.paths import path_graph_figure
-from explorer.pruning import PrunedState
-from explorer.recovery import balanced_indices
-from explorer.saliency import attributions_for, get_attribution
-from explorer.saliency.attention import compare_attention, removed_heads
-from explorer.workbench import Workbench, open_workbench
+from explorer.recovery.jobs import balanced_indices
 
 MODELS = ("lenet5", "lenet300", "resnet_mini", "vit_tiny")
 #: The issue's goals for LeNet-5, in ms (method or view -> goal).

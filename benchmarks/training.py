@@ -1,7 +1,7 @@
 """What holding the masks costs: one fine-tuning epoch with masks next to the same epoch without.
 
 Per bundled model, one epoch over the 10,000 fit images (``len(fit) // batch`` steps of the
-model's default recipe, ``explorer.training.default_recipe``) is timed twice:
+model's default recipe, ``explorer.recovery.training.default_recipe``) is timed twice:
 
 - **masked**: ``fine_tune(model, masks, fit, recipe)`` with the masks of a global 70% unstructured
   magnitude plan (gradients masked after ``backward``, parameters re-masked after every step);
@@ -17,9 +17,9 @@ the progress callback's ``elapsed_s``; the minimum over rounds) and their ratio,
 ms``: the two masking multiplies alone (``HeldMasks.hold_gradients`` + ``hold_parameters``),
 timed on a copy of the model, i.e. what holding the masks adds to every step.
 
-The optimizers are fused (``explorer.training.make_optimizer``). With torch's default for-loop
-Adam / AdamW the masked epoch of lenet300 took about 1.3-1.6x the plain one: its ``sqrt`` of the
-second moment is about 9x slower on exact zeros (the pruned weights') on x86 CPUs.
+The optimizers are fused (``explorer.recovery.training.make_optimizer``). With torch's default
+for-loop Adam / AdamW the masked epoch of lenet300 took about 1.3-1.6x the plain one: its ``sqrt``
+of the second moment is about 9x slower on exact zeros (the pruned weights') on x86 CPUs.
 
 Benchmarks print figures; they never assert. Run on a quiet machine (the load average is printed
 at the start and the end).
@@ -39,11 +39,11 @@ from dataclasses import replace
 
 import torch
 
-from explorer.data import load_mnist
-from explorer.models import ZOO, weights_path
-from explorer.plan import PruningPlan
-from explorer.training import HeldMasks, default_recipe, fine_tune, steps_per_epoch
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.recovery.training import HeldMasks, default_recipe, fine_tune, steps_per_epoch
+from explorer.zoo.mnist import load_mnist
+from explorer.zoo.models import ZOO, weights_path
 
 PLAN = PruningPlan(amount=0.7)
 GOAL = 1.2

@@ -8,12 +8,12 @@ from collections.abc import Callable
 import streamlit as st
 import torch
 
-from explorer import ui
-from explorer.activations import (
+from explorer.app import ui
+from explorer.engine.plan import PruningPlan
+from explorer.inside.activations import (
     compare_sample,
     pruned_outputs,
 )
-from explorer.plan import PruningPlan
 from explorer.plots.activations import (
     divergence_figure,
     feature_maps_figure,

@@ -10,17 +10,19 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from explorer import ui
-from explorer.experiments import (
+from explorer.app import ui
+from explorer.engine.latency import SpeedComparison
+from explorer.engine.methods import short_plan_label
+from explorer.engine.pruning import plan_label
+from explorer.engine.summary import SideBySide, time_side_by_side
+from explorer.keep.experiments import (
     Experiment,
     ExperimentsError,
     ExperimentStore,
     csv_text,
     default_experiments,
 )
-from explorer.latency import SpeedComparison
-from explorer.methods import short_plan_label
-from explorer.pareto import (
+from explorer.keep.pareto import (
     AXES,
     LATENCY_BATCH,
     Point,
@@ -30,8 +32,6 @@ from explorer.pareto import (
     speed_up,
     stored_verdict,
 )
-from explorer.pruning import plan_label
-from explorer.summary import SideBySide, time_side_by_side
 
 ALL = ""  # the subject filter's "every subject"
 SUBJECT_KEY = "cmp_subject"

@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import ui
-from explorer.dynamic import HONEST_NOTE, DynamicPoint, static_dense_layers
-from explorer.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
-from explorer.paths import (
+from explorer.app import ui
+from explorer.inside.decision_paths import (
     HEADS_SUFFIX,
     TOP_K,
     PathComparison,
@@ -21,12 +19,14 @@ from explorer.paths import (
     path_layers,
     removed_units,
 )
+from explorer.inside.dynamic import HONEST_NOTE, DynamicPoint, static_dense_layers
+from explorer.inside.flips import FLIP_KINDS, Flip, Flips, filter_flips, sort_flips
+from explorer.inside.saliency import predict_one
 from explorer.plots.common import prediction_color
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from explorer.plots.paths import class_unit_figure, path_graph_figure
 from explorer.plots.prune import CurveSeries
-from explorer.saliency import predict_one
 
 CHART = {"displayModeBar": False}
 AMOUNT_KEY = "dec_amount"

@@ -10,12 +10,12 @@ import pandas as pd
 import streamlit as st
 import torchvision
 
-from explorer import ui
-from explorer.limits import max_upload_mb, upload_limit_text
+from explorer.app import ui
+from explorer.engine.limits import max_upload_mb, upload_limit_text
+from explorer.engine.subject import DataSpec, ModelSource, Subject
 from explorer.loading.options import allow
+from explorer.loading.store import default_store
 from explorer.plots import sample_grid_figure
-from explorer.store import default_store
-from explorer.subject import DataSpec, ModelSource, Subject
 
 # --- bring your own: upload a model, its weights and data; check; adopt -----------------------
 # Uploads go into the content-addressed store; the subject names them by hash, so a link to it

@@ -14,33 +14,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from explorer import ui
-from explorer.cost import ModelCost, model_cost
-from explorer.experiments import (
-    MAX_NAME_LENGTH,
-    MAX_NOTE_LENGTH,
-    Experiment,
-    ExperimentExists,
-    ExperimentsError,
-    check_name,
-    default_experiments,
-    from_report,
-)
-from explorer.export import (
-    FORMATS,
-    ExportError,
-    export,
-    export_file_name,
-    formats_for,
-    model_stem,
-)
-from explorer.importance import CRITERIA, criteria_for
-from explorer.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
-from explorer.limits import MAX_PLAN_UPLOAD_MB
-from explorer.plan import PruningPlan
-from explorer.plots import curve_figure, layer_sparsity_figure
-from explorer.pruning import METHODS, Method, Unit, plan_label
-from explorer.summary import (
+from explorer.app import ui
+from explorer.engine.cost import ModelCost, model_cost
+from explorer.engine.importance import CRITERIA, criteria_for
+from explorer.engine.latency import HONEST_NOTE, PRACTICAL_DIFFERENCE
+from explorer.engine.limits import MAX_PLAN_UPLOAD_MB
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import METHODS, Method, Unit, plan_label
+from explorer.engine.summary import (
     VERDICT_BATCH,
     Footprint,
     LatencyVerdict,
@@ -53,7 +34,26 @@ from explorer.summary import (
     short_flops,
     three_digits,
 )
-from explorer.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key
+from explorer.engine.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key
+from explorer.keep.experiments import (
+    MAX_NAME_LENGTH,
+    MAX_NOTE_LENGTH,
+    Experiment,
+    ExperimentExists,
+    ExperimentsError,
+    check_name,
+    default_experiments,
+    from_report,
+)
+from explorer.keep.export import (
+    FORMATS,
+    ExportError,
+    export,
+    export_file_name,
+    formats_for,
+    model_stem,
+)
+from explorer.plots import curve_figure, layer_sparsity_figure
 
 # --- callbacks: widgets write the plan, the plan is the only truth ------------------------------
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import streamlit as st
 
-from explorer import ui
-from explorer.plan import PruningPlan
+from explorer.app import ui
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import METHODS
 from explorer.plots.recovery import Trajectory, training_figure, trajectory_figure
-from explorer.pruning import METHODS
-from explorer.recovery import FineTuneOutcome, finetune_job, finetune_outcome
-from explorer.schedules import (
+from explorer.recovery.jobs import FineTuneOutcome, finetune_job, finetune_outcome
+from explorer.recovery.schedules import (
     DEFAULT_SCHEDULE,
     SPARSITY_SCHEDULES,
     GradualResult,
@@ -22,9 +22,9 @@ from explorer.schedules import (
     gradual_prune,
     one_shot_vs_gradual,
 )
-from explorer.tickets import TicketResult, iterative_ticket, snip
-from explorer.training import BN_MODES, OPTIMIZERS, SCHEDULES, Recipe, default_recipe
-from explorer.variants import name_taken, save_variant
+from explorer.recovery.tickets import TicketResult, iterative_ticket, snip
+from explorer.recovery.training import BN_MODES, OPTIMIZERS, SCHEDULES, Recipe, default_recipe
+from explorer.recovery.variants import name_taken, save_variant
 
 JOB_KEY = "recover_job"  # kind -> the id of this session's latest run of that kind
 OUTCOME_KEY = "recover_outcomes"  # job id -> FineTuneOutcome (plain data)

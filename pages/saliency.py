@@ -8,18 +8,18 @@ import math
 import numpy as np
 import streamlit as st
 
-from explorer import ui
-from explorer.evaluation import predict
-from explorer.inspection import attention_heads
+from explorer.app import ui
+from explorer.engine.evaluation import predict
+from explorer.engine.inspection import attention_heads
+from explorer.engine.pruning import METHODS
+from explorer.inside.saliency import ATTRIBUTIONS, Prediction, attributions_for, predict_one
+from explorer.inside.saliency.agreement import agreement_curve
+from explorer.inside.saliency.attention import compare_attention, head_maps, removed_heads
+from explorer.inside.saliency.compare import RANKED_PIXELS, scaled
+from explorer.inside.saliency.tokens import token_layout
 from explorer.plots.attention import attention_heads_figure
 from explorer.plots.saliency import agreement_curve_figure, saliency_figure
-from explorer.pruning import METHODS
-from explorer.recovery import balanced_indices
-from explorer.saliency import ATTRIBUTIONS, Prediction, attributions_for, predict_one
-from explorer.saliency.agreement import agreement_curve
-from explorer.saliency.attention import compare_attention, head_maps, removed_heads
-from explorer.saliency.compare import RANKED_PIXELS, scaled
-from explorer.saliency.tokens import token_layout
+from explorer.recovery.jobs import balanced_indices
 
 AMOUNT_KEY = "sal_amount"
 HOW_TO_READ = """

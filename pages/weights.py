@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explorer import ui
-from explorer.cost import model_cost
-from explorer.importance import CRITERIA
-from explorer.plan import PruningPlan
+from explorer.app import ui
+from explorer.engine.cost import model_cost
+from explorer.engine.importance import CRITERIA
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import METHODS
+from explorer.inside.weight_views import score_histogram, unit_of_layer, weight_grid, why_no_unit
 from explorer.plots.weights import (
     SMALL_UNIT,
     ranked_scores_figure,
@@ -17,8 +19,6 @@ from explorer.plots.weights import (
     sparsity_overview_figure,
     weight_heatmap_figure,
 )
-from explorer.pruning import METHODS
-from explorer.weights import score_histogram, unit_of_layer, weight_grid, why_no_unit
 
 CHART = {"displayModeBar": False}
 LAYOUT_NOTE = {

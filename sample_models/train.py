@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.data import ImageDataset, load_mnist
-from explorer.evaluation import evaluate
-from explorer.inspection import model_flops
-from explorer.models import ZOO, ZOO_DIR, get_spec
+from explorer.engine.evaluation import evaluate
+from explorer.engine.inspection import model_flops
+from explorer.zoo.mnist import ImageDataset, load_mnist
+from explorer.zoo.models import ZOO, ZOO_DIR, get_spec
 
 
 @dataclass(frozen=True)

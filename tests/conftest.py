@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from explorer.store import HOME_ENV
+from explorer.loading.store import HOME_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,7 +5,7 @@ unpickled except CIFAR batches, through an unpickler that only builds numpy arra
 
 **Formats** (``FORMATS``: the first whose detector accepts the path reads it):
 
-- ``mnist``: the bundled MNIST and its fixed split (``explorer.data``), exactly as
+- ``mnist``: the bundled MNIST and its fixed split (``explorer.zoo.mnist``), exactly as
   ``load_mnist`` gives it unless the spec sets size, channels, mean or std.
 - ``.npz``: arrays ``images`` and ``labels`` (N,) of integers, optional ``classes`` (K,) of
   names; read with ``allow_pickle=False``. ``images`` is N×H×W (grey), N×H×W×C when the last
@@ -64,12 +64,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from explorer.data import ImageDataset, load_mnist, mnist_pixels, read_idx
+from explorer.engine.subject import DataSpec
 from explorer.loading.archives import MAX_TOTAL_BYTES, check_members, extract_zip
 from explorer.loading.errors import LoadError, check_file
 from explorer.loading.options import option
-from explorer.store import default_store
-from explorer.subject import DataSpec
+from explorer.loading.store import default_store
+from explorer.zoo.mnist import ImageDataset, load_mnist, mnist_pixels, read_idx
 
 #: Most images in the fit part (calibration, fine-tuning); more are subsampled.
 FIT_CAP = 20_000

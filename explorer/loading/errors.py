@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from explorer.limits import MAX_UPLOAD_ENV, max_upload_bytes
+from explorer.engine.limits import MAX_UPLOAD_ENV, max_upload_bytes
 
 
 class LoadError(ValueError):

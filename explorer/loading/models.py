@@ -55,13 +55,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.inspection import attention_heads
+from explorer.engine.inspection import attention_heads
+from explorer.engine.structure import unpack_multihead_attention
+from explorer.engine.subject import STORE_PREFIX, ModelSource, cached_file_digest, file_digest
 from explorer.loading.archives import MAX_TOTAL_BYTES, check_members
 from explorer.loading.errors import LoadError, check_file
 from explorer.loading.options import allow, option, reader
-from explorer.store import default_store
-from explorer.structure import unpack_multihead_attention
-from explorer.subject import STORE_PREFIX, ModelSource, cached_file_digest, file_digest
+from explorer.loading.store import default_store
 
 
 def trust_code_hint() -> str:
@@ -439,7 +439,7 @@ def _as_state_dict(obj: Any, name: str) -> dict[str, torch.Tensor]:
 
 def _load_zoo(request: _Request) -> _Built:
     """A bundled architecture with its committed weights, or the request's."""
-    from explorer.models import get_spec, load_card, weights_path
+    from explorer.zoo.models import get_spec, load_card, weights_path
 
     name = request.source.ref
     try:

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.engine.outputs import OutputError, adapt_classifier
+from explorer.engine.subject import Subject
 from explorer.loading.data import LoadedData, load_data
 from explorer.loading.errors import LoadError
 from explorer.loading.models import LoadedModel, load_model
 from explorer.loading.options import option
-from explorer.outputs import OutputError, adapt_classifier
-from explorer.store import default_store
-from explorer.subject import Subject
+from explorer.loading.store import default_store
 
 #: Images the compatibility check runs through the model (a forward pass of a small batch).
 PROBE_BATCH = 2
@@ -97,7 +97,8 @@ def load_subject(
 
 
 def _adapt_output(model: nn.Module, images: torch.Tensor, subject: Subject) -> list[str]:
-    """Make ``model`` return class scores (``explorer.outputs``); notes on what it returns."""
+    """Make ``model`` return class scores (``explorer.engine.outputs``); notes on what it
+    returns."""
     try:
         _, notes = adapt_classifier(model, images)
     except OutputError as err:

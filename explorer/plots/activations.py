@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.activations import UnitStats
+from explorer.inside.activations import UnitStats
 from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
 
 ACTIVATION_SCALE = "RdBu_r"  # diverging, centred at 0

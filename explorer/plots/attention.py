@@ -1,6 +1,6 @@
 """Figures of attention: each head's [CLS] map, dense above pruned, removed heads greyed.
 
-Data in (``explorer.saliency.attention`` results), ``go.Figure`` out; nothing runs a model.
+Data in (``explorer.inside.saliency.attention`` results), ``go.Figure`` out; nothing runs a model.
 """
 
 from __future__ import annotations

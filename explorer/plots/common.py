@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from explorer.data import ImageDataset
+from explorer.zoo.mnist import ImageDataset
 
 #: Pruned is dark grey on every page: red and blue already mean the sign of a weight or an
 #: activation, and a pale grey would read as "near zero".

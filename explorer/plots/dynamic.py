@@ -1,5 +1,5 @@
 """Figures of dynamic pruning: accuracy against the share computed, and which units each
-class keeps. Data in (``explorer.dynamic`` results), ``go.Figure`` out."""
+class keeps. Data in (``explorer.inside.dynamic`` results), ``go.Figure`` out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from explorer.dynamic import DynamicPoint
+from explorer.inside.dynamic import DynamicPoint
 from explorer.plots.common import PLAN_COLOR, PRUNED_COLOR, add_dense_line, compact_layout
 from explorer.plots.prune import SERIES_COLORS, CurveSeries
 

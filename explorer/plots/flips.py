@@ -1,6 +1,6 @@
 """Figures of flips: how the confusion matrix moved and which classes lost or gained samples.
 
-Data in (arrays from ``explorer.flips``), ``go.Figure`` out; nothing here runs a model.
+Data in (arrays from ``explorer.inside.flips``), ``go.Figure`` out; nothing here runs a model.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Figures of decision paths: the units that carry one decision, and which the plan cut.
 
-Data in (``explorer.paths`` results), ``go.Figure`` out; nothing here runs a model.
+Data in (``explorer.inside.decision_paths`` results), ``go.Figure`` out; nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.paths import HEADS_SUFFIX, DecisionPath, PathComparison, is_heads_column
+from explorer.inside.decision_paths import (
+    HEADS_SUFFIX,
+    DecisionPath,
+    PathComparison,
+    is_heads_column,
+)
 from explorer.plots.common import CHANGED_COLOR, DENSE_COLOR, PLAN_COLOR, compact_layout
 
 EDGE_COLOR = "#d0d0d0"

@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from explorer.inside.saliency.agreement import AgreementPoint
 from explorer.plots.common import compact_layout, prediction_color
-from explorer.saliency.agreement import AgreementPoint
 
 MAP_SCALE = "Viridis"
 DIFFERENCE_SCALE = "RdBu_r"  # red: the pruned model relies on a pixel more; blue: less

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from explorer.inside.weight_views import ScoreHistogram, WeightGrid
 from explorer.plots.common import DENSE_COLOR, PLAN_COLOR, PRUNED_COLOR, compact_layout
 from explorer.plots.prune import layer_bars_height, layer_sparsity_figure
-from explorer.weights import ScoreHistogram, WeightGrid
 
 WEIGHT_SCALE = "RdBu_r"  # diverging, centred at 0: blue negative, red positive
 SMALL_UNIT = 128  # up to this many elements, scores are drawn one bar each, ranked
@@ -26,7 +26,8 @@ def weight_heatmap_figure(grid: WeightGrid, height: int | None = None) -> go.Fig
     """The masked weights as a heatmap, pruned entries as a grey trace named ``"pruned"``.
 
     Args:
-        grid: from ``explorer.weights.weight_grid``: values (H, W), pruned (H, W), owners.
+        grid: from ``explorer.inside.weight_views.weight_grid``: values (H, W), pruned (H, W),
+        owners.
         height: figure height in px; by default from the image's aspect (260-640 px).
     """
     values = np.where(grid.pruned, np.nan, grid.values).astype(np.float32)
@@ -148,7 +149,7 @@ def score_histogram_figure(
     """Stacked histogram of scores, pruned part in dark grey, a dashed line at the threshold.
 
     Args:
-        hist: binned scores from ``explorer.weights.score_histogram``.
+        hist: binned scores from ``explorer.inside.weight_views.score_histogram``.
         threshold: the highest pruned score (raw, not log), or None when nothing is pruned.
         element: what one score belongs to, e.g. ``"weights"`` or ``"channels"``.
     """

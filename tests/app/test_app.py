@@ -12,10 +12,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from explorer.models import weights_path
-from explorer.plan import PruningPlan
-from explorer.subject import DataSpec, Subject
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.subject import DataSpec, Subject
+from explorer.engine.workbench import open_workbench
+from explorer.zoo.models import weights_path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES_DIR = "pages"
@@ -186,7 +186,7 @@ def test_link_reopens_the_same_state():
         dense_layers=("fc1",),
     )
     query = {"model": "lenet5", **json.loads(json.dumps(plan.to_dict()))}
-    from explorer.plan import plan_to_query
+    from explorer.engine.plan import plan_to_query
 
     at = start("prune", model="lenet5", **plan_to_query(plan))
     assert_clean(at)
@@ -362,7 +362,7 @@ def _mnist_npz(count: int = 300) -> bytes:
 
     import numpy as np
 
-    from explorer.data import mnist_pixels
+    from explorer.zoo.mnist import mnist_pixels
 
     images, labels = mnist_pixels("eval")
     buffer = io.BytesIO()
@@ -383,10 +383,10 @@ def _upload_own(at: AppTest, weights: bytes, data: bytes) -> AppTest:
 def test_own_weights_and_data_are_checked_then_become_the_subject(tmp_path, monkeypatch):
     import torch
 
-    from explorer.evaluation import evaluate
+    from explorer.engine.evaluation import evaluate
     from explorer.loading.data import load_data
-    from explorer.models import load_model
-    from explorer.store import default_store
+    from explorer.loading.store import default_store
+    from explorer.zoo.models import load_model
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
     weights = weights_path("lenet5", "init").read_bytes()  # the untrained initial weights
@@ -438,7 +438,7 @@ def started_with(monkeypatch, *argv: str) -> Iterator[None]:
     """The app as the operator started it: ``streamlit run app.py -- ARGV`` (settings re-read)."""
     import sys
 
-    from explorer import ui
+    from explorer.app import ui
 
     monkeypatch.setattr(sys, "argv", ["app.py", *argv])
     ui.app_settings.clear()
@@ -469,7 +469,8 @@ def test_the_app_reads_the_same_data_options_as_the_cli(tmp_path, monkeypatch):
     same subject (preprocessing and split included)."""
     import numpy as np
 
-    from explorer import cli, ui
+    from explorer.app import ui
+    from explorer.cli import main as cli
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))
     data = tmp_path / "digits.npz"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.flips import filter_flips, flips_for_plan, sort_flips
-from explorer.plan import PruningPlan
+from explorer.engine.plan import PruningPlan
+from explorer.inside.flips import filter_flips, flips_for_plan, sort_flips
 from tests.app.test_app import assert_clean, metric, start
 
 
@@ -17,7 +17,7 @@ def flips_at_80(lenet5_bench):
 
 @pytest.fixture(scope="module")
 def lenet5_bench():
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
 
     return open_workbench("lenet5")
 
@@ -72,7 +72,7 @@ def test_a_dense_plan_says_nothing_flipped():
 
 
 def test_the_selected_flip_shows_both_maps_and_both_paths(flips_at_80, lenet5_bench):
-    from explorer.paths import compare_paths
+    from explorer.inside.decision_paths import compare_paths
 
     at = start("decisions", model="lenet5", amount="0.8")
     first = sort_flips(flips_at_80.flips)[0]
@@ -108,9 +108,9 @@ def test_the_selected_flip_shows_both_maps_and_both_paths(flips_at_80, lenet5_be
 def test_units_by_class_lists_the_carriers_the_plan_cut():
     import numpy as np
 
-    from explorer.paths import class_unit_map, removed_units
-    from explorer.recovery import balanced_indices
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
+    from explorer.inside.decision_paths import class_unit_map, removed_units
+    from explorer.recovery.jobs import balanced_indices
 
     bench = open_workbench("resnet_mini")
     at = start("decisions", model="resnet_mini", method="filters", amount="0.5")
@@ -131,9 +131,9 @@ def test_units_by_class_lists_the_carriers_the_plan_cut():
 
 
 def test_dynamic_pruning_reports_what_explorer_measures():
-    from explorer.dynamic import dynamic_predict, gate_points
-    from explorer.recovery import balanced_indices
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
+    from explorer.inside.dynamic import dynamic_predict, gate_points
+    from explorer.recovery.jobs import balanced_indices
 
     bench = open_workbench("lenet300")
     at = start("decisions", model="lenet300")
@@ -184,9 +184,9 @@ def test_a_vision_transformer_shows_its_heads_and_rollout():
 def test_units_by_class_counts_a_vits_heads_and_the_heads_the_plan_removed():
     import numpy as np
 
-    from explorer.paths import class_unit_map, removed_units
-    from explorer.recovery import balanced_indices
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
+    from explorer.inside.decision_paths import class_unit_map, removed_units
+    from explorer.recovery.jobs import balanced_indices
 
     bench = open_workbench("vit_tiny")
     at = start("decisions", model="vit_tiny", method="heads", amount="0.5")
@@ -219,8 +219,8 @@ def test_a_users_torchvision_model_and_images_get_every_decisions_view(tmp_path,
     import torch
     import torchvision
 
-    from explorer import ui
-    from explorer.workbench import open_workbench
+    from explorer.app import ui
+    from explorer.engine.workbench import open_workbench
     from tests.app.test_app import started_with
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.experiments import FILE_NAME, ExperimentStore
-from explorer.export import export_file_name
-from explorer.plan import PruningPlan
-from explorer.subject import Subject
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.subject import Subject
+from explorer.engine.workbench import open_workbench
+from explorer.keep.experiments import FILE_NAME, ExperimentStore
+from explorer.keep.export import export_file_name
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 120
@@ -240,7 +240,7 @@ def test_a_saved_model_that_cannot_be_opened_is_a_message_and_nothing_changes(ho
 
 
 def test_subjects_are_filtered_and_missing_numbers_do_not_break_the_page(home):
-    from explorer.experiments import from_report
+    from explorer.keep.experiments import from_report
 
     store = ExperimentStore(home / FILE_NAME)
     for model, amount in (("lenet5", 0.5), ("lenet300", 0.5), ("lenet300", 0.8)):
@@ -280,7 +280,7 @@ def test_a_snippet_with_its_masks_file_comes_as_one_zip(home):
 
 
 def test_int8_figures_are_shown_next_to_fp32_and_saved_with_the_experiment(home, lenet5):
-    from explorer.quantize import int8_report
+    from explorer.keep.quantize import int8_report
 
     at = start("prune", model="lenet5", method="filters", amount="0.3")
     labels = lambda: [m.label for m in at.metric]  # noqa: E731

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from explorer.plan import PruningPlan
-from explorer.recovery import masks_held
-from explorer.variants import list_variants
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.recovery.jobs import masks_held
+from explorer.recovery.variants import list_variants
 from tests.app.test_app_experiments import assert_clean, metric, start
 
 DEADLINE_S = 180
@@ -115,7 +115,7 @@ def test_snip_and_lottery_ticket_runs_show_their_numbers(home):
 
 
 def test_the_server_keeps_a_bounded_number_of_finished_runs_and_refuses_a_third_running():
-    from explorer import ui
+    from explorer.app import ui
 
     class Run:  # the part of a job the registry uses
         def __init__(self, done: bool) -> None:

@@ -3,7 +3,7 @@ button will do, and name the pixels the rank correlation ranks."""
 
 from __future__ import annotations
 
-from explorer.saliency.compare import RANKED_PIXELS
+from explorer.inside.saliency.compare import RANKED_PIXELS
 from tests.app.test_app import assert_clean, start
 
 AGREEMENT_NOTE = "· 16 images · at"  # the note beside "Measure agreement"

@@ -26,10 +26,10 @@ def _rgb_npz(count: int = 80, classes: int = 4) -> bytes:
 def test_a_timm_architecture_with_weights_is_checked_on_the_users_images(tmp_path, monkeypatch):
     import torch
 
-    from explorer.evaluation import evaluate
+    from explorer.engine.evaluation import evaluate
+    from explorer.engine.subject import DataSpec
     from explorer.loading.data import load_data
-    from explorer.store import default_store
-    from explorer.subject import DataSpec
+    from explorer.loading.store import default_store
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
     torch.manual_seed(0)
@@ -83,10 +83,10 @@ def test_a_timm_model_from_the_command_line_gets_explorers_flips(tmp_path, monke
     ResNet-18 (4 classes) and RGB images; the Decisions page shows explorer's flips."""
     import torch
 
-    from explorer import ui
-    from explorer.flips import flips_for_plan, sort_flips
-    from explorer.plan import PruningPlan
-    from explorer.workbench import open_workbench
+    from explorer.app import ui
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.workbench import open_workbench
+    from explorer.inside.flips import flips_for_plan, sort_flips
     from tests.app.test_app import started_with
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path / "home"))

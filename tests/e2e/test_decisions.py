@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from explorer.flips import flips_for_plan, sort_flips
-from explorer.plan import PruningPlan
-from explorer.workbench import open_workbench
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.inside.flips import flips_for_plan, sort_flips
 from tests.e2e.harness import (
     SHOTS,
     browser_page,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.store import HOME_ENV
+from explorer.loading.store import HOME_ENV
 from tests.e2e.harness import (
     SHOTS,
     browser_page,

@@ -9,8 +9,8 @@ import re
 import numpy as np
 import torch
 
-from explorer.data import mnist_pixels
-from explorer.models import load_model
+from explorer.zoo.mnist import mnist_pixels
+from explorer.zoo.models import load_model
 from tests.e2e.harness import (
     SHOTS,
     browser_page,

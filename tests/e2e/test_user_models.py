@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.data import load_dataset
+from explorer.zoo.mnist import load_dataset
 from tests import idiom_models
 from tests.e2e.harness import (
     SHOTS,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.data import ImageDataset, calibration_batch, load_mnist
-from explorer.models import weights_path
+from explorer.zoo.mnist import ImageDataset, calibration_batch, load_mnist
+from explorer.zoo.models import weights_path
 
 INPUT_SHAPE = (1, 28, 28)
 
@@ -129,7 +129,7 @@ BUNDLED = ("lenet300", "lenet5", "resnet_mini", "vit_tiny")
 @pytest.fixture(scope="module")
 def benches():
     """A CPU workbench of every bundled model (their trained weights required)."""
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
 
     for name in BUNDLED:
         require_trained(name)

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.activations import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.inside.activations import (
     compare_sample,
     forward_with_activations,
     layer_activations,
@@ -19,8 +21,6 @@ from explorer.activations import (
     pruned_outputs,
     unit_statistics,
 )
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
 from explorer.plots.activations import (
     divergence_figure,
     feature_maps_figure,
@@ -28,7 +28,7 @@ from explorer.plots.activations import (
     unit_stats_figure,
     unit_strip_figure,
 )
-from explorer.pruning import Pruner
+from explorer.zoo.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, seeded, snapshot
 
 ATOL = 1e-5

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.plan import PruningPlan
-from explorer.plots.attention import attention_heads_figure
-from explorer.saliency.attention import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.inside.saliency.attention import (
     AttentionMaps,
     attention_maps,
     attention_rollout,
@@ -18,7 +18,7 @@ from explorer.saliency.attention import (
     head_maps,
     removed_heads,
 )
-from explorer.workbench import open_workbench
+from explorer.plots.attention import attention_heads_figure
 from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, snapshot
 
 

@@ -1,6 +1,6 @@
 """Whole-block pruning: a removed block is exactly its skip connection, masked and compacted.
 
-Oracles: a skip-only model built here by hand (independently of ``explorer.blocks``), the
+Oracles: a skip-only model built here by hand (independently of ``explorer.engine.blocks``), the
 dense model, FLOPs measured by ``torch.utils.flop_counter``, scores computed by hand.
 """
 
@@ -18,16 +18,16 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 
-from explorer.blocks import Block, SkipBlock, block_kind
-from explorer.compaction import can_compact, compact
-from explorer.cost import model_cost
-from explorer.data import ImageDataset
-from explorer.export import export_program
-from explorer.importance import criteria_for
-from explorer.inspection import layer_flops, model_flops
-from explorer.models import ResidualBlock, TransformerBlock, lenet5, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.blocks import Block, SkipBlock, block_kind
+from explorer.engine.compaction import can_compact, compact
+from explorer.engine.cost import model_cost
+from explorer.engine.importance import criteria_for
+from explorer.engine.inspection import layer_flops, model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.keep.export import export_program
+from explorer.zoo.mnist import ImageDataset
+from explorer.zoo.models import ResidualBlock, TransformerBlock, lenet5, resnet_mini, vit_tiny
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

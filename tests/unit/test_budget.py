@@ -12,12 +12,12 @@ import pytest
 import torch
 import torchvision
 
-from explorer.budget import BudgetExceeded, StepFailed, within_budget
-from explorer.compaction import compact
-from explorer.inspection import model_flops
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.structure import ModelStructure
+from explorer.engine.budget import BudgetExceeded, StepFailed, within_budget
+from explorer.engine.compaction import compact
+from explorer.engine.inspection import model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.structure import ModelStructure
 from tests.unit.conftest import randomize_batchnorm
 
 

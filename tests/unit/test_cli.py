@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer import cli
-from explorer.cli import main
-from explorer.compaction import compact
-from explorer.data import ImageDataset, load_mnist
-from explorer.evaluation import evaluate
-from explorer.models import ZOO, lenet5, lenet_300_100, list_models, load_card, load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.subject import Subject
-from explorer.workbench import Workbench
+from explorer.cli import main as cli
+from explorer.cli.main import main
+from explorer.engine.compaction import compact
+from explorer.engine.evaluation import evaluate
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.subject import Subject
+from explorer.engine.workbench import Workbench
+from explorer.zoo.mnist import ImageDataset, load_mnist
+from explorer.zoo.models import ZOO, lenet5, lenet_300_100, list_models, load_card, load_model
 from tests.unit.conftest import INPUT_SHAPE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -457,7 +457,7 @@ def cli_into_pipe(argv: list[str], read_one_line: bool) -> tuple[int, bytes, str
     else:
         os.close(read_fd)
     with subprocess.Popen(
-        [sys.executable, "-m", "explorer.cli", *argv],
+        [sys.executable, "-m", "explorer.cli.main", *argv],
         stdout=write_fd,
         stderr=subprocess.PIPE,
         cwd=ROOT,

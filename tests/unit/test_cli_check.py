@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from explorer.cli import main
+from explorer.cli.main import main
 from tests import idiom_models
 
 MODELS = Path(idiom_models.__file__).resolve()

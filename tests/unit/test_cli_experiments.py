@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from explorer import cli
-from explorer.cli import main
-from explorer.experiments import ExperimentStore, default_experiments
-from explorer.plan import PruningPlan
-from explorer.pruning import plan_label
-from explorer.store import HOME_ENV
-from explorer.subject import Subject
+from explorer.cli import main as cli
+from explorer.cli.main import main
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import plan_label
+from explorer.engine.subject import Subject
+from explorer.keep.experiments import ExperimentStore, default_experiments
+from explorer.loading.store import HOME_ENV
 
 
 @pytest.fixture(autouse=True)
@@ -200,8 +200,8 @@ def test_a_damaged_database_is_one_line_naming_the_file(capsys, home):
 
 
 def test_eval_int8_reports_the_int8_variant_and_saves_its_figures(capsys, home, tmp_path):
-    from explorer.quantize import int8_report
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
+    from explorer.keep.quantize import int8_report
 
     argv = ["eval", "lenet300", "--amount", "0.6", "--int8", "--no-latency", "--json"]
     code, out, _ = run(capsys, *argv, "--save", "q60")

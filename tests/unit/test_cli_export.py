@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import cli
-from explorer.compaction import compact
-from explorer.export import OnnxRunner
-from explorer.plan import PruningPlan
-from explorer.workbench import open_workbench
+from explorer.cli import main as cli
+from explorer.engine.compaction import compact
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.keep.export import OnnxRunner
 from tests.unit.test_cli import error_line, run
 
 
@@ -73,7 +73,7 @@ def test_export_mistakes_are_one_line(capsys, extra, message):
 def test_the_int8_format_writes_a_program_that_computes_the_quantized_pruned_model(
     capsys, tmp_path
 ):
-    from explorer.quantize import pruned_fp32, quantize_int8
+    from explorer.keep.quantize import pruned_fp32, quantize_int8
 
     out = tmp_path / "small_int8.pt2"
     argv = ["export", "lenet5", "--method", "filters", "--amount", "0.4", "--format", "int8"]

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from explorer import cli
-from explorer.cli_recovery import add_finetune_parser, build_parser, cmd_finetune, finetune_output
-from explorer.cli_recovery import main as finetune_main
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.store import HOME_ENV
-from explorer.subject import file_digest
-from explorer.variants import get_variant, list_variants
+from explorer.cli import main as cli
+from explorer.cli.recovery import add_finetune_parser, build_parser, cmd_finetune, finetune_output
+from explorer.cli.recovery import main as finetune_main
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.subject import file_digest
+from explorer.loading.store import HOME_ENV
+from explorer.recovery.variants import get_variant, list_variants
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE, require_trained
 
 #: A short fine-tune: 20 steps of 64 images.
@@ -199,14 +199,14 @@ def test_cmd_finetune_takes_a_namespace(capsys, tmp_path):
 
 
 def test_registered_in_the_main_cli(capsys, tmp_path, monkeypatch):
-    """The two lines proposed for explorer/cli.py, applied by monkeypatching: ``finetune`` runs
+    """The two lines proposed for explorer/cli/main.py, applied by monkeypatching: ``finetune`` runs
     through cli.main's own error handling and printing."""
     build = cli.build_parser
 
     def with_finetune() -> argparse.ArgumentParser:
         parser = build()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "finetune" not in sub.choices:  # once explorer/cli.py registers it, as is
+        if "finetune" not in sub.choices:  # once explorer/cli/main.py registers it, as is
             add_finetune_parser(sub)
         return parser
 
@@ -238,22 +238,22 @@ def test_registered_in_the_main_cli(capsys, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(
-    "finetune" not in cli.COMMANDS, reason="explorer/cli.py does not register it yet"
+    "finetune" not in cli.COMMANDS, reason="explorer/cli/main.py does not register it yet"
 )
 def test_python_m_explorer_cli_finetune(tmp_path):
-    """As a user runs it (``python -m`` loads explorer.cli as __main__, a second copy of the
-    module beside the one explorer.cli_recovery imports): errors still exit 2 in one line."""
+    """As a user runs it (``python -m`` loads explorer.cli.main as __main__, a second copy of the
+    module beside the one explorer.cli.recovery imports): errors still exit 2 in one line."""
     env = {**os.environ, HOME_ENV: str(tmp_path / "home")}
     out = tmp_path / "w.pt"
     argv = ["finetune", "lenet300", "--amount", "0.5", "--steps", "2", "--out", str(out), "--quiet"]
     done = subprocess.run(
-        [sys.executable, "-m", "explorer.cli", *argv], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "explorer.cli.main", *argv], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
     assert out.is_file() and "pruned + fine-tuned" in done.stdout
     argv = ["finetune", "lenet300", "--out", str(tmp_path / "none" / "w.pt")]
     done = subprocess.run(
-        [sys.executable, "-m", "explorer.cli", *argv], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "explorer.cli.main", *argv], capture_output=True, text=True, env=env
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: --out")

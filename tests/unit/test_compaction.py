@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.compaction import can_compact, compact
-from explorer.inspection import model_flops
-from explorer.models import lenet5, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.compaction import can_compact, compact
+from explorer.engine.inspection import model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.zoo.models import lenet5, resnet_mini, vit_tiny
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

@@ -1,5 +1,5 @@
 """The CI slice of the compatibility matrix (``benchmarks/compat.py --quick``): one model per
-family through every step of ``explorer.compat.check_model``, and no step may be a BUG."""
+family through every step of ``explorer.engine.compat.check_model``, and no step may be a BUG."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from explorer.compat import STEPS, Cell, CompatRow, check_model, classify, liven
+from explorer.engine.compat import STEPS, Cell, CompatRow, check_model, classify, liven
+from explorer.engine.subject import MODEL_KINDS, DataSpec, ModelSource, Subject
 from explorer.loading.errors import LoadError
-from explorer.store import Store
-from explorer.subject import MODEL_KINDS, DataSpec, ModelSource, Subject
+from explorer.loading.store import Store
 
 EVAL_IMAGES = 32
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.compaction import compact
-from explorer.cost import decode_sparse, model_cost, size_report, sparse_encoding
-from explorer.models import lenet_300_100
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.compaction import compact
+from explorer.engine.cost import decode_sparse, model_cost, size_report, sparse_encoding
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.zoo.models import lenet_300_100
 from tests.unit.conftest import INPUT_SHAPE, seeded
 
 TOTAL = 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10

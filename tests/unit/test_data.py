@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.data import (
+from explorer.zoo.mnist import (
     DATA_DIR,
     MNIST_MEAN,
     MNIST_STD,

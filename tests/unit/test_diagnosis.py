@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.diagnosis import chance_warning, near_chance
-from explorer.evaluation import evaluate
-from explorer.models import load_model
-from explorer.subject import DataSpec, ModelSource, Subject
+from explorer.engine.diagnosis import chance_warning, near_chance
+from explorer.engine.evaluation import evaluate
+from explorer.engine.subject import DataSpec, ModelSource, Subject
+from explorer.zoo.models import load_model
 
 
 def test_chance_bounds_by_hand():
@@ -39,13 +39,13 @@ def test_a_library_model_without_weights_is_told_it_is_random(eval_set):
 
 @pytest.fixture(scope="module")
 def eval_set():
-    from explorer.data import load_dataset
+    from explorer.zoo.mnist import load_dataset
 
     return load_dataset("mnist", "eval")
 
 
 def test_the_cli_eval_of_untrained_weights_warns(capsys, tmp_path):
-    from explorer.models import weights_path
+    from explorer.zoo.models import weights_path
     from tests.unit.test_cli import run
 
     code, out, _ = run(

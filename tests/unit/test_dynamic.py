@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.dynamic import (
+from explorer.inside.decision_paths import path_layers
+from explorer.inside.dynamic import (
     HONEST_NOTE,
     default_layers,
     dynamic_curve,
@@ -21,7 +22,6 @@ from explorer.dynamic import (
     static_plan,
     static_point,
 )
-from explorer.paths import path_layers
 from explorer.plots.dynamic import class_usage_figure, dynamic_curve_figure
 from explorer.plots.prune import CurveSeries
 from tests.unit.conftest import (

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.evaluation import (
+from explorer.engine.evaluation import (
     IncrementalEvaluator,
     evaluate,
     metrics_from_logits,
     predict,
 )
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, snapshot
 
 
@@ -397,7 +397,7 @@ def test_a_slow_models_dense_pass_is_progressive_and_ends_equal_to_a_full_one(
 
 
 def test_wilson_interval_by_hand_and_its_edges():
-    from explorer.evaluation import wilson_interval
+    from explorer.engine.evaluation import wilson_interval
 
     # 81 of 100 at z = 1.96, by the textbook formula
     p, n, z = 0.81, 100, 1.96
@@ -416,7 +416,7 @@ def test_wilson_interval_by_hand_and_its_edges():
 def test_preview_intervals_cover_the_full_accuracy_about_95_percent_of_the_time():
     # The oracle is the population itself: draw many previews without replacement from a
     # fixed set of right / wrong answers and count how often the interval holds the truth.
-    from explorer.evaluation import wilson_interval
+    from explorer.engine.evaluation import wilson_interval
 
     generator = torch.Generator().manual_seed(0)
     population = (torch.rand(5000, generator=generator) < 0.93).int()
@@ -430,7 +430,7 @@ def test_preview_intervals_cover_the_full_accuracy_about_95_percent_of_the_time(
 
 
 def test_a_slow_model_previews_on_a_small_class_balanced_first_chunk(mlp, mlp_pruner, eval_set):
-    from explorer.evaluation import chunk_layout
+    from explorer.engine.evaluation import chunk_layout
 
     data = eval_set.subset(range(1000))
     chunks = chunk_layout(data.labels, batch_size=300, first=40)

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from explorer import experiments as ex
-from explorer.experiments import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import plan_label
+from explorer.engine.subject import DataSpec, ModelSource, Subject
+from explorer.keep import experiments as ex
+from explorer.keep.experiments import (
     ExperimentExists,
     ExperimentNotFound,
     ExperimentsError,
@@ -25,10 +28,7 @@ from explorer.experiments import (
     default_experiments,
     from_report,
 )
-from explorer.plan import PruningPlan
-from explorer.pruning import plan_label
-from explorer.store import HOME_ENV
-from explorer.subject import DataSpec, ModelSource, Subject
+from explorer.loading.store import HOME_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,7 +156,7 @@ def test_delete_returns_the_experiment_and_removes_only_it(store):
 
 
 def test_from_report_keeps_the_scalar_metrics_and_latency_rows():
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
 
     report = open_workbench("lenet300").report(PruningPlan(amount=0.5))
     metrics = from_report(report)
@@ -259,9 +259,9 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from explorer.experiments import ExperimentStore
-    from explorer.plan import PruningPlan
-    from explorer.subject import Subject
+    from explorer.keep.experiments import ExperimentStore
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.subject import Subject
 
     path, who, count, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     Path(f"{go}.ready.{who}").touch()

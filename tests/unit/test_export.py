@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.compaction import compact
-from explorer.export import ExportError, export_program, first_line
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.compaction import compact
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.keep.export import ExportError, export_program, first_line
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE
 
 

@@ -21,9 +21,13 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from explorer.compaction import can_compact, compact
-from explorer.cost import model_cost
-from explorer.export import (
+from explorer.engine.compaction import can_compact, compact
+from explorer.engine.cost import model_cost
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.structure import unpack_multihead_attention
+from explorer.engine.workbench import Workbench
+from explorer.keep.export import (
     FORMATS,
     ExportError,
     ExportResult,
@@ -33,11 +37,7 @@ from explorer.export import (
     load_export,
     masked_state_dict,
 )
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.structure import unpack_multihead_attention
-from explorer.workbench import Workbench
+from explorer.zoo.models import load_model
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

@@ -9,7 +9,10 @@ import json
 import onnxruntime
 import pytest
 
-from explorer.export import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.subject import Subject
+from explorer.engine.workbench import open_workbench
+from explorer.keep.export import (
     PREPROCESSING_KEY,
     ExportError,
     export,
@@ -18,9 +21,6 @@ from explorer.export import (
     plan_tag,
     read_preprocessing,
 )
-from explorer.plan import PruningPlan
-from explorer.subject import Subject
-from explorer.workbench import open_workbench
 from tests.unit.test_cli import run
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.evaluation import evaluate, metrics_from_logits
-from explorer.flips import (
+from explorer.engine.evaluation import evaluate, metrics_from_logits
+from explorer.engine.plan import PruningPlan
+from explorer.inside.flips import (
     Flips,
     compute_flips,
     filter_flips,
@@ -19,7 +20,6 @@ from explorer.flips import (
     flips_from_results,
     sort_flips,
 )
-from explorer.plan import PruningPlan
 from explorer.plots.flips import confusion_change_figure, flip_counts_figure
 from tests.unit.conftest import assert_unchanged, require_trained, snapshot
 
@@ -150,7 +150,7 @@ def test_from_eval_results_counts_exactly_and_leaves_unknown_probabilities_nan(t
 @pytest.fixture(scope="module")
 def bench():
     require_trained("lenet5")
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
 
     return open_workbench("lenet5", torch.device("cpu"))
 

@@ -1,6 +1,6 @@
 """Models written the ways users write them (``tests/idiom_models.py``), trained for a few
 seconds on the bundled MNIST, loaded as Python sources and run through every step of
-``explorer.compat.check_model``: each applicable step must be ``ok``, and explorer's dense
+``explorer.engine.compat.check_model``: each applicable step must be ``ok``, and explorer's dense
 accuracy must equal a plain-torch oracle's and be well above chance."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.compat import CompatRow, check_model, eval_indices
-from explorer.data import load_dataset
-from explorer.store import Store
-from explorer.subject import ModelSource, Subject
+from explorer.engine.compat import CompatRow, check_model, eval_indices
+from explorer.engine.subject import ModelSource, Subject
+from explorer.loading.store import Store
+from explorer.zoo.mnist import load_dataset
 from tests import idiom_models
 from tests.idiom_models import IDIOMS, training_logits
 
@@ -92,9 +92,9 @@ def test_dense_accuracy_equals_the_plain_torch_oracle(name, checked):
 def test_a_hard_coded_flatten_width_keeps_its_layer_and_the_rest_compact():
     # ClassicLeNet flattens with x.view(-1, 16 * 4 * 4): conv2 cannot lose filters (a smaller
     # model would not run), conv1 and fc1 can, and the compacted model equals the masked one.
-    from explorer.compaction import compact
-    from explorer.plan import PruningPlan
-    from explorer.pruning import Pruner
+    from explorer.engine.compaction import compact
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.pruning import Pruner
 
     torch.manual_seed(0)
     model = idiom_models.ClassicLeNet().eval()

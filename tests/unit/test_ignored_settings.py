@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from explorer.methods import METHODS, get_method, unused_settings
-from explorer.plan import PruningPlan
-from explorer.workbench import open_workbench
+from explorer.engine.methods import METHODS, get_method, unused_settings
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
 from tests.unit.test_cli import run
 
 #: A value other than the default, for each setting a method can ignore.
@@ -77,7 +77,7 @@ def test_used_flags_give_no_warning(capsys):
 
 
 def test_app_flags_without_a_model_are_named(capsys, monkeypatch):
-    from explorer import cli
+    from explorer.cli import main as cli
 
     started = []
     monkeypatch.setattr(cli.os, "execv", lambda *a: started.append(a))

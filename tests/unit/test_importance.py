@@ -11,21 +11,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from explorer import importance
-from explorer.data import calibration_batch
-from explorer.evaluation import evaluate
-from explorer.importance import (
+from explorer.engine import importance
+from explorer.engine.evaluation import evaluate
+from explorer.engine.importance import (
     CRITERIA,
     TAYLOR_BATCH,
     ScoringContext,
     UnsupportedCriterion,
     get_criterion,
 )
-from explorer.models import lenet5, lenet_300_100, load_model, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.structure import ModelStructure
-from explorer.workbench import CALIBRATION_SIZE
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.structure import ModelStructure
+from explorer.engine.workbench import CALIBRATION_SIZE
+from explorer.zoo.mnist import calibration_batch
+from explorer.zoo.models import lenet5, lenet_300_100, load_model, vit_tiny
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from explorer.inspection import (
+from explorer.engine.inspection import (
     attention_modules,
     execution_order,
     layer_flops,
     model_flops,
     prunable_layers,
 )
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
+from explorer.zoo.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from tests.unit.conftest import INPUT_SHAPE, seeded
 
 
@@ -133,7 +133,7 @@ def test_multihead_attention_is_counted_on_its_fast_path_too():
 def test_every_model_card_states_the_flops_the_app_counts():
     # One number everywhere: the Model & data page and `info` read the card, Prune and `eval`
     # count the model; they must agree.
-    from explorer.models import ZOO, load_card, load_model
+    from explorer.zoo.models import ZOO, load_card, load_model
 
     for name in ZOO:
         card = load_card(name)

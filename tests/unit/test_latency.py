@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.latency import (
+from explorer.engine.latency import (
     Latency,
     compare_speed,
     fixed_threads,
     measure_latency,
     same_architecture,
 )
-from explorer.models import lenet_300_100
+from explorer.zoo.models import lenet_300_100
 from tests.unit.conftest import INPUT_SHAPE, seeded
 
 

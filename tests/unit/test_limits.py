@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.limits import DEFAULT_MAX_UPLOAD_MB, upload_limit_text
+from explorer.engine.limits import DEFAULT_MAX_UPLOAD_MB, upload_limit_text
 
 ROOT = Path(__file__).resolve().parents[2]
 

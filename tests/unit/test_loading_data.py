@@ -27,12 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from explorer.data import ImageDataset, load_mnist, mnist_pixels
+from explorer.engine.subject import DataSpec, ModelSource
 from explorer.loading import data as loader
 from explorer.loading.archives import check_members, extract_zip
 from explorer.loading.data import FORMATS, LoadedData, load_data, stratified_split
 from explorer.loading.errors import LoadError
-from explorer.subject import DataSpec, ModelSource
+from explorer.zoo.mnist import ImageDataset, load_mnist, mnist_pixels
 
 FUZZ = settings(max_examples=40, deadline=None)
 
@@ -864,7 +864,7 @@ def test_from_images_keeps_their_size_and_statistics_where_the_model_declares_im
 
 
 def test_from_images_round_trips_through_json_and_the_url_and_refuses_unknown_names():
-    from explorer.subject import Subject, subject_from_query, subject_to_query
+    from explorer.engine.subject import Subject, subject_from_query, subject_to_query
 
     spec = DataSpec("d.npz", from_images=("normalisation", "size"))
     assert spec.from_images == ("size", "normalisation")  # one order: one key

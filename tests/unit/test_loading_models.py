@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 from torch import nn
 
+from explorer.engine.subject import MODEL_KINDS, ModelSource, file_digest
 from explorer.loading.errors import LoadError
 from explorer.loading.models import (
     LOADERS,
@@ -32,9 +33,8 @@ from explorer.loading.models import (
     load_model,
     load_weights,
 )
-from explorer.models import lenet5, weights_path
-from explorer.store import Store
-from explorer.subject import MODEL_KINDS, ModelSource, file_digest
+from explorer.loading.store import Store
+from explorer.zoo.models import lenet5, weights_path
 from tests.unit.conftest import seeded
 
 #: Sources name plain paths in these tests; no store is involved unless a test makes one.
@@ -758,10 +758,10 @@ TINY_VIT = textwrap.dedent(
 def test_multihead_attention_is_unpacked_so_weight_pruning_reaches_q_k_v(tmp_path):
     """torchvision's ViT keeps q, k, v in nn.MultiheadAttention's packed in_proj_weight, which
     no module call reads: the loader swaps in an equal module whose projections are Linears."""
-    from explorer.inspection import prunable_layers
-    from explorer.plan import PruningPlan
-    from explorer.pruning import Pruner
-    from explorer.structure import source_names
+    from explorer.engine.inspection import prunable_layers
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.pruning import Pruner
+    from explorer.engine.structure import source_names
 
     (tmp_path / "tiny_vit.py").write_text(TINY_VIT)
     sys.path.insert(0, str(tmp_path))
@@ -798,9 +798,9 @@ def test_multihead_attention_is_unpacked_so_weight_pruning_reaches_q_k_v(tmp_pat
 
 
 def test_pruned_weights_of_an_unpacked_attention_load_into_the_users_class(tmp_path):
-    from explorer.export import masked_state_dict
-    from explorer.plan import PruningPlan
-    from explorer.pruning import Pruner
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.pruning import Pruner
+    from explorer.keep.export import masked_state_dict
 
     (tmp_path / "tiny_vit2.py").write_text(TINY_VIT)
     source = ModelSource.parse(f"{tmp_path / 'tiny_vit2.py'}:TinyViT")

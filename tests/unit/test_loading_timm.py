@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorer.engine.subject import DataSpec, ModelSource, Subject
 from explorer.loading.errors import LoadError
 from explorer.loading.models import load_model
-from explorer.subject import DataSpec, ModelSource, Subject
 from tests.unit.conftest import seeded
 
 timm = pytest.importorskip("timm")
@@ -163,8 +163,8 @@ def test_without_timm_installed_the_loader_names_the_extra(monkeypatch):
 def test_a_timm_subject_opens_as_a_workbench_on_mnist(tmp_path, monkeypatch):
     """Grey 28 px digits as 3×32×32 inputs; the dense accuracy is the original model's on the
     workbench's eval images (a small ViT: ResNet-18 on 5,000 images takes too long here)."""
-    from explorer.store import default_store
-    from explorer.workbench import open_workbench
+    from explorer.engine.workbench import open_workbench
+    from explorer.loading.store import default_store
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
     original = seeded(lambda: timm.create_model("vit_tiny_patch16_224", num_classes=10, **VIT_ARGS))
@@ -194,7 +194,7 @@ def test_a_timm_subject_opens_as_a_workbench_on_mnist(tmp_path, monkeypatch):
 def test_cli_mistakes_are_one_error_line_and_exit_code_2(
     capsys, tmp_path, monkeypatch, argv, message
 ):
-    from explorer.cli import main
+    from explorer.cli.main import main
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
     vit = tmp_path / "vit.pt"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import explorer.models as models
-from explorer.evaluation import evaluate
-from explorer.inspection import model_flops
-from explorer.models import (
+import explorer.zoo.models as models
+from explorer.engine.evaluation import evaluate
+from explorer.engine.inspection import model_flops
+from explorer.zoo.models import (
     ZOO,
     Attention,
     get_spec,

@@ -15,8 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.evaluation import evaluate
-from explorer.outputs import OutputError, adapt_classifier, is_adapted, logits_of, output_kind
+from explorer.engine.evaluation import evaluate
+from explorer.engine.outputs import (
+    OutputError,
+    adapt_classifier,
+    is_adapted,
+    logits_of,
+    output_kind,
+)
 from tests.unit.conftest import seeded
 
 SHAPE = (1, 8, 8)
@@ -132,7 +138,7 @@ def test_an_output_without_class_scores_is_refused_with_its_keys():
 
 
 def test_evaluation_of_an_adapted_model_equals_its_logits():
-    from explorer.data import ImageDataset
+    from explorer.zoo.mnist import ImageDataset
 
     model, _ = adapt_classifier(seeded(TupleOut), images())
     x = images(20)
@@ -152,8 +158,8 @@ class AuxInTraining(Base):
 
 
 def test_fine_tuning_trains_a_model_that_returns_aux_outputs_in_training():
-    from explorer.data import ImageDataset
-    from explorer.training import Recipe, fine_tune
+    from explorer.recovery.training import Recipe, fine_tune
+    from explorer.zoo.mnist import ImageDataset
 
     model = seeded(AuxInTraining)
     data = ImageDataset("random", "fit", images(32), torch.arange(32) % 5, tuple("abcde"))
@@ -181,8 +187,8 @@ class AuxNeedsLargerInputs(Base):
 
 
 def test_a_training_only_part_that_cannot_take_the_images_is_a_clear_message():
-    from explorer.data import ImageDataset
-    from explorer.training import Recipe, fine_tune
+    from explorer.recovery.training import Recipe, fine_tune
+    from explorer.zoo.mnist import ImageDataset
 
     model = seeded(AuxNeedsLargerInputs)
     data = ImageDataset("random", "fit", images(32), torch.arange(32) % 5, tuple("abcde"))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from explorer.pareto import (
+from explorer.keep.pareto import (
     AXES,
     Point,
     deployed_bytes,

@@ -9,8 +9,9 @@ import torch
 from captum.attr import LayerGradientXActivation
 from torch import nn
 
-from explorer.models import load_model
-from explorer.paths import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import PrunedState
+from explorer.inside.decision_paths import (
     class_unit_map,
     compare_paths,
     decision_path,
@@ -20,9 +21,8 @@ from explorer.paths import (
     top_units,
     unit_contributions,
 )
-from explorer.plan import PruningPlan
 from explorer.plots.paths import class_unit_figure, path_graph_figure
-from explorer.pruning import PrunedState
+from explorer.zoo.models import load_model
 from tests.unit.conftest import BUNDLED, assert_unchanged, hooks_of, snapshot
 
 MODELS = BUNDLED

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from explorer.plan import PLAN_VERSION, PruningPlan, check_amount
+from explorer.engine.plan import PLAN_VERSION, PruningPlan, check_amount
 
 
 @pytest.mark.parametrize("amount", [0, 0.0, 0.25, 1, 1.0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.plan import PruningPlan, plan_from_query, plan_to_query
+from explorer.engine.plan import PruningPlan, plan_from_query, plan_to_query
 
 PLANS = [
     PruningPlan(),

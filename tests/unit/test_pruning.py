@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from explorer.compaction import compact
-from explorer.cost import model_cost, size_report
-from explorer.export import masked_state_dict
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.pruning import METHODS, Pruner
+from explorer.engine.compaction import compact
+from explorer.engine.cost import model_cost, size_report
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import METHODS, Pruner
+from explorer.keep.export import masked_state_dict
+from explorer.zoo.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

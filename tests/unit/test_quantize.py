@@ -16,10 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.evaluation import predict
-from explorer.export import FORMATS, export, load_export
-from explorer.plan import PruningPlan
-from explorer.quantize import (
+from explorer.engine.evaluation import predict
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import Workbench, open_workbench
+from explorer.keep.export import FORMATS, export, load_export
+from explorer.keep.quantize import (
     QMAX,
     Int8Conv2d,
     Int8Linear,
@@ -33,7 +34,6 @@ from explorer.quantize import (
     save_int8,
     saved_bytes,
 )
-from explorer.workbench import Workbench, open_workbench
 from tests.unit.conftest import assert_unchanged, require_trained, snapshot
 
 #: int8 accuracy on the eval split is within this of the pruned fp32 model's (half a point).
@@ -262,7 +262,7 @@ def test_save_and_load_int8_round_trip(tmp_path):
 
 def test_int8_export_format_writes_a_program_with_int8_weights(tmp_path):
     workbench = bench("lenet5")
-    assert "int8" in FORMATS  # registered by explorer.quantize
+    assert "int8" in FORMATS  # registered by explorer.keep.quantize
     result = export(workbench, FILTERS, "int8", tmp_path / "m.pt2")
     fp32_program = export(workbench, FILTERS, "pt2", tmp_path / "f.pt2")
     assert result.compacted and not result.masked

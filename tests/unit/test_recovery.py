@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from explorer.evaluation import evaluate
-from explorer.plan import PruningPlan
-from explorer.recovery import balanced_indices, finetune_job, finetune_outcome, masks_held
-from explorer.training import Recipe
-from explorer.workbench import open_workbench
+from explorer.engine.evaluation import evaluate
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import open_workbench
+from explorer.recovery.jobs import balanced_indices, finetune_job, finetune_outcome, masks_held
+from explorer.recovery.training import Recipe
 
 
 def test_balanced_indices_take_as_many_of_each_class():

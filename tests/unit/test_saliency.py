@@ -14,11 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.models import lenet5, lenet_300_100, load_model, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.plots.saliency import saliency_figure
-from explorer.pruning import Pruner
-from explorer.saliency import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.inside.saliency import (
     ATTRIBUTIONS,
     NEGLIGIBLE_SHARE,
     attributions_for,
@@ -28,9 +26,11 @@ from explorer.saliency import (
     is_negligible,
     predict_one,
 )
-from explorer.saliency.compare import difference_map, scaled
-from explorer.saliency.gradcam import UPSAMPLE_MODE, last_conv
-from explorer.saliency.tokens import TokenLayout, token_layout
+from explorer.inside.saliency.compare import difference_map, scaled
+from explorer.inside.saliency.gradcam import UPSAMPLE_MODE, last_conv
+from explorer.inside.saliency.tokens import TokenLayout, token_layout
+from explorer.plots.saliency import saliency_figure
+from explorer.zoo.models import lenet5, lenet_300_100, load_model, resnet_mini, vit_tiny
 from tests.unit.conftest import (
     INPUT_SHAPE,
     assert_unchanged,

@@ -9,11 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.models import lenet5, load_model
-from explorer.plan import PruningPlan
-from explorer.plots.saliency import agreement_curve_figure
-from explorer.pruning import Pruner
-from explorer.saliency import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.inside.saliency import (
     ATTRIBUTIONS,
     AgreementCurve,
     AgreementPoint,
@@ -24,10 +22,12 @@ from explorer.saliency import (
     get_attribution,
     top_k_overlap,
 )
-from explorer.saliency.compare import average_ranks, compare_maps, rank_correlation
-from explorer.saliency.gradcam import UPSAMPLE_MODE, conv_layers
-from explorer.saliency.integrated import dark_baseline, integrated_gradients
-from explorer.saliency.occlusion import window_for
+from explorer.inside.saliency.compare import average_ranks, compare_maps, rank_correlation
+from explorer.inside.saliency.gradcam import UPSAMPLE_MODE, conv_layers
+from explorer.inside.saliency.integrated import dark_baseline, integrated_gradients
+from explorer.inside.saliency.occlusion import window_for
+from explorer.plots.saliency import agreement_curve_figure
+from explorer.zoo.models import lenet5, load_model
 from tests.unit.conftest import assert_unchanged, hooks_of, require_trained, seeded, snapshot
 
 INPUT_SHAPE = (1, 28, 28)

@@ -9,12 +9,10 @@ import threading
 import pytest
 import torch
 
-from explorer import schedules
-from explorer.data import ImageDataset
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.schedules import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.recovery import schedules
+from explorer.recovery.schedules import (
     SPARSITY_SCHEDULES,
     GradualJob,
     ProgressJob,
@@ -24,7 +22,9 @@ from explorer.schedules import (
     sparsity_targets,
     with_weights,
 )
-from explorer.training import Recipe, TrainingResult
+from explorer.recovery.training import Recipe, TrainingResult
+from explorer.zoo.mnist import ImageDataset
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, require_trained, snapshot
 
 #: Two optimizer steps of 32 images: enough to move the weights, fast on a busy CPU.

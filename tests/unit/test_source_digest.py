@@ -8,9 +8,15 @@ import os
 
 import pytest
 
+from explorer.engine.subject import (
+    ModelSource,
+    Subject,
+    file_digest,
+    subject_from_query,
+    subject_to_query,
+)
 from explorer.loading.errors import LoadError
 from explorer.loading.models import load_model
-from explorer.subject import ModelSource, Subject, file_digest, subject_from_query, subject_to_query
 
 NET = """
 import torch

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.data import ImageDataset
-from explorer.evaluation import IncrementalEvaluator, predict
-from explorer.latency import measure_latency
-from explorer.quantize import quantize_int8
-from explorer.speed_tricks import checked_copy
+from explorer.engine.evaluation import IncrementalEvaluator, predict
+from explorer.engine.latency import measure_latency
+from explorer.engine.speed_tricks import checked_copy
+from explorer.keep.quantize import quantize_int8
+from explorer.zoo.mnist import ImageDataset
 from tests.unit.conftest import seeded
 
 SHAPE = (1, 12, 12)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
-from explorer.structure import ModelStructure
+from explorer.engine.structure import ModelStructure
+from explorer.zoo.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from tests.unit.conftest import INPUT_SHAPE, seeded
 
 
@@ -102,9 +102,9 @@ class ConvNormAct(torch.nn.Module):
     ("act", "prunable"), [(torch.nn.ReLU(), True), (torch.nn.Sigmoid(), False)]
 )
 def test_a_norm_with_its_own_activation_prunes_only_when_a_zero_channel_stays_zero(act, prunable):
-    from explorer.compaction import compact
-    from explorer.plan import PruningPlan
-    from explorer.pruning import Pruner
+    from explorer.engine.compaction import compact
+    from explorer.engine.plan import PruningPlan
+    from explorer.engine.pruning import Pruner
 
     torch.manual_seed(0)
     model = ConvNormAct(act).eval()

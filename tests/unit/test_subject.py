@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from explorer.store import Store
-from explorer.subject import DataSpec, ModelSource, Subject, file_digest
+from explorer.engine.subject import DataSpec, ModelSource, Subject, file_digest
+from explorer.loading.store import Store
 
 
 @pytest.mark.parametrize(

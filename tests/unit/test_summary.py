@@ -8,14 +8,13 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from explorer.compaction import compact
-from explorer.cost import size_report
-from explorer.evaluation import EvalResult, IncrementalEvaluator, IncrementalResult, evaluate
-from explorer.latency import Latency, compare_speed
-from explorer.models import get_spec, load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.summary import (
+from explorer.engine.compaction import compact
+from explorer.engine.cost import size_report
+from explorer.engine.evaluation import EvalResult, IncrementalEvaluator, IncrementalResult, evaluate
+from explorer.engine.latency import Latency, compare_speed
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.summary import (
     Quality,
     against_dense,
     flipped_estimate,
@@ -29,7 +28,8 @@ from explorer.summary import (
     time_side_by_side,
     timings_from_rows,
 )
-from explorer.workbench import Workbench
+from explorer.engine.workbench import Workbench
+from explorer.zoo.models import get_spec, load_model
 from tests.unit.conftest import seeded
 
 # --- quality ------------------------------------------------------------------------------------

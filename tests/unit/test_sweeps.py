@@ -1,16 +1,16 @@
 """Accuracy-vs-sparsity sweeps: labels, points and resumption, against independent evaluations
-of the masked model and ``explorer.cost.model_cost``."""
+of the masked model and ``explorer.engine.cost.model_cost``."""
 
 from __future__ import annotations
 
 import pytest
 
-from explorer.cost import model_cost
-from explorer.evaluation import evaluate
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key, sweep_label
-from explorer.workbench import Workbench
+from explorer.engine.cost import model_cost
+from explorer.engine.evaluation import evaluate
+from explorer.engine.plan import PruningPlan
+from explorer.engine.sweeps import SWEEP_AMOUNTS, Sweeps, can_sweep, sweep_key, sweep_label
+from explorer.engine.workbench import Workbench
+from explorer.zoo.models import load_model
 
 AMOUNTS = (0.0, 0.5, 0.9)  # a short sweep: the points are under test, not the resolution
 
@@ -110,7 +110,7 @@ def test_forgetting_sweeps_keeps_the_others(bench):
 
 
 def test_a_link_carries_the_sweeps_of_a_chart_and_reads_them_back():
-    from explorer.sweeps import sweeps_from_query, sweeps_to_query
+    from explorer.engine.sweeps import sweeps_from_query, sweeps_to_query
 
     plans = [
         PruningPlan(amount=0.7),
@@ -125,7 +125,7 @@ def test_a_link_carries_the_sweeps_of_a_chart_and_reads_them_back():
 
 
 def test_a_bad_sweep_in_a_link_is_named():
-    from explorer.sweeps import sweeps_from_query
+    from explorer.engine.sweeps import sweeps_from_query
 
     with pytest.raises(ValueError, match=r"sweep 1 .*unknown method 'magnitude'"):
         sweeps_from_query("method=magnitude")

@@ -9,13 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer import tickets
-from explorer.data import ImageDataset, calibration_batch
-from explorer.models import load_model, vit_tiny
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.subject import Subject
-from explorer.tickets import (
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.subject import Subject
+from explorer.engine.workbench import open_workbench
+from explorer.recovery import tickets
+from explorer.recovery.tickets import (
     capture_checkpoint,
     fresh_initialization,
     global_top_masks,
@@ -26,8 +25,9 @@ from explorer.tickets import (
     snip,
     snip_scores,
 )
-from explorer.training import Recipe
-from explorer.workbench import open_workbench
+from explorer.recovery.training import Recipe
+from explorer.zoo.mnist import ImageDataset, calibration_batch
+from explorer.zoo.models import load_model, vit_tiny
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, require_trained, snapshot
 
 TINY = Recipe(steps=2, batch_size=32, optimizer="adam", lr=1e-3)
@@ -57,7 +57,7 @@ def eval_small(eval_set: ImageDataset) -> ImageDataset:
 
 @pytest.fixture
 def training_calls(monkeypatch) -> list[dict]:
-    """Every fine_tune call of explorer.tickets: its start weights, masks and data."""
+    """Every fine_tune call of explorer.recovery.tickets: its start weights, masks and data."""
     calls = []
     real = tickets.fine_tune
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.compaction import compact
-from explorer.inspection import model_flops
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
+from explorer.engine.compaction import compact
+from explorer.engine.inspection import model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
 
 timm = pytest.importorskip("timm")
 

@@ -15,13 +15,13 @@ import torch
 import torchvision
 from torch import nn
 
-from explorer.compaction import compact
-from explorer.data import ImageDataset
-from explorer.importance import UnsupportedCriterion, get_criterion
-from explorer.inspection import attention_modules, model_flops
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner, get_method
-from explorer.structure import CompactMultiheadAttention, ModelStructure
+from explorer.engine.compaction import compact
+from explorer.engine.importance import UnsupportedCriterion, get_criterion
+from explorer.engine.inspection import attention_modules, model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner, get_method
+from explorer.engine.structure import CompactMultiheadAttention, ModelStructure
+from explorer.zoo.mnist import ImageDataset
 from tests.unit.conftest import randomize_batchnorm
 
 CNN_SHAPE = (3, 64, 64)

@@ -14,9 +14,9 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from explorer.engine.subject import ModelSource
 from explorer.loading.errors import LoadError
 from explorer.loading.models import load_model
-from explorer.subject import ModelSource
 
 LOCAL = Path  # file references are local paths here
 

@@ -13,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.data import ImageDataset
-from explorer.evaluation import evaluate
-from explorer.models import get_spec, load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.training import (
+from explorer.engine.evaluation import evaluate
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.recovery.training import (
     FAMILY_RECIPES,
     Recipe,
     TrainingJob,
@@ -30,6 +28,8 @@ from explorer.training import (
     make_optimizer,
     model_family,
 )
+from explorer.zoo.mnist import ImageDataset
+from explorer.zoo.models import get_spec, load_model
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, require_trained, snapshot
 
 #: Plans of every kind of mask: unstructured, structured channels (with BatchNorm), N:M, heads.

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.engine.structure import unpack_multihead_attention
+from explorer.engine.subject import DataSpec, ModelSource, Subject, file_digest
+from explorer.engine.workbench import open_workbench
 from explorer.loading.models import load_weights
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.pruning import Pruner
-from explorer.store import HOME_ENV, default_store, home
-from explorer.structure import unpack_multihead_attention
-from explorer.subject import DataSpec, ModelSource, Subject, file_digest
-from explorer.training import Recipe, fine_tune
-from explorer.variants import (
+from explorer.loading.store import HOME_ENV, default_store, home
+from explorer.recovery.training import Recipe, fine_tune
+from explorer.recovery.variants import (
     Variant,
     VariantNotFound,
     check_name,
@@ -29,7 +29,7 @@ from explorer.variants import (
     variants_dir,
     weights_bytes,
 )
-from explorer.workbench import open_workbench
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE, require_trained
 
 PLAN = PruningPlan(amount=0.7)
@@ -47,7 +47,7 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def tuned(request) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """lenet5, the masks of a 70% plan, and weights fine-tuned under them (a few steps)."""
     require_trained("lenet5")
-    from explorer.data import load_mnist
+    from explorer.zoo.mnist import load_mnist
 
     model = load_model("lenet5")
     state = Pruner(model, INPUT_SHAPE).resolve(PLAN)

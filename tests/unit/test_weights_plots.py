@@ -8,15 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
-from explorer.plan import PruningPlan
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import Pruner
+from explorer.inside.weight_views import (
+    MAX_SIDE,
+    score_histogram,
+    unit_of_layer,
+    weight_grid,
+    why_no_unit,
+)
 from explorer.plots.weights import (
     ranked_scores_figure,
     score_histogram_figure,
     weight_heatmap_figure,
 )
-from explorer.pruning import Pruner
-from explorer.weights import MAX_SIDE, score_histogram, unit_of_layer, weight_grid, why_no_unit
+from explorer.zoo.models import lenet5, lenet_300_100, resnet_mini, vit_tiny
 from tests.unit.conftest import INPUT_SHAPE, distinct_weights, seeded
 
 
@@ -208,8 +214,8 @@ def test_pruned_has_one_colour_on_the_page_and_it_is_not_a_weight_colour():
 
 
 def test_sample_grid_labels_sit_under_their_digits_not_on_them():
-    from explorer.data import load_mnist
     from explorer.plots.common import sample_grid_figure
+    from explorer.zoo.mnist import load_mnist
 
     data = load_mnist("eval")
     fig = sample_grid_figure(data, count=16, columns=8)
@@ -228,8 +234,8 @@ def test_sample_grid_labels_sit_under_their_digits_not_on_them():
 
 
 def test_sample_grid_shows_colour_images_in_colour_and_scales_big_ones_down():
-    from explorer.data import ImageDataset
     from explorer.plots.common import GRID_TILE, sample_grid_figure
+    from explorer.zoo.mnist import ImageDataset
 
     images = torch.zeros(4, 3, 224, 224)
     images[:, 0] = 1.0  # pure red photos

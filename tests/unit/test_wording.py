@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from explorer.engine.methods import get_method, plan_label, short_plan_label
+from explorer.engine.plan import PruningPlan
 from explorer.loading.errors import LoadError
 from explorer.loading.options import allow, option, read_by, reader
-from explorer.methods import get_method, plan_label, short_plan_label
-from explorer.plan import PruningPlan
 from tests.unit.test_loading_data import load, write_npz
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.compaction import compact
-from explorer.evaluation import evaluate
-from explorer.inspection import model_flops
-from explorer.models import load_model
-from explorer.plan import PruningPlan
-from explorer.workbench import Workbench
+from explorer.engine.compaction import compact
+from explorer.engine.evaluation import evaluate
+from explorer.engine.inspection import model_flops
+from explorer.engine.plan import PruningPlan
+from explorer.engine.workbench import Workbench
+from explorer.zoo.models import load_model
 from tests.unit.conftest import INPUT_SHAPE, assert_unchanged, snapshot
 
 
@@ -94,8 +94,8 @@ def test_latency_rows_are_reported_for_each_model_and_batch(bench):
 def test_latency_is_timed_once_per_architecture_and_a_disturbed_one_a_few_times(
     eval_set, calibration, monkeypatch
 ):
-    from explorer.latency import Latency
-    from explorer.workbench import RETIME_ATTEMPTS
+    from explorer.engine.latency import Latency
+    from explorer.engine.workbench import RETIME_ATTEMPTS
 
     bench = Workbench("lenet300", load_model("lenet300"), eval_set.subset(range(50)), calibration)
     spreads = iter([0.9, 0.7, 0.8, 0.1])  # IQR / median of successive timings
@@ -131,10 +131,10 @@ def test_a_users_torchvision_model_prunes_as_torch_nn_utils_prune_does(tmp_path,
     import torchvision
     from torch.nn.utils import prune
 
-    from explorer.evaluation import evaluate, predict
-    from explorer.store import default_store
-    from explorer.subject import DataSpec, ModelSource, Subject
-    from explorer.workbench import open_workbench
+    from explorer.engine.evaluation import evaluate, predict
+    from explorer.engine.subject import DataSpec, ModelSource, Subject
+    from explorer.engine.workbench import open_workbench
+    from explorer.loading.store import default_store
 
     monkeypatch.setenv("PRUNING_EXPLORER_HOME", str(tmp_path))
     torch.manual_seed(0)

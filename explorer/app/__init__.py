@@ -1,0 +1,1 @@
+"""Streamlit glue: the only package of ``explorer`` that imports streamlit."""

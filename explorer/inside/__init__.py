@@ -1,0 +1,2 @@
+"""Looking inside a model: activations, weight views, flips, decision paths, dynamic pruning
+and saliency."""

@@ -1,0 +1,2 @@
+"""What a user takes away: exports, the snippet, int8 variants, saved experiments and their
+Pareto front."""
