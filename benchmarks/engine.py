@@ -232,7 +232,7 @@ def bench_plan_changes(bench: Workbench, args: argparse.Namespace) -> None:
     last_amounts = fresh_amounts(last.size, calls, reserved)
     global_amounts = [GLOBAL_START + GLOBAL_STEP * i for i in range(calls)]
     for amount in REVISITED:  # seen before any timing: "revisited" is served from the caches
-        pruner.resolve(base.with_layer(last.name, amount))
+        pruner.resolve(base.with_unit(last.name, amount))
 
     full_evaluator = IncrementalEvaluator(model, dataset)
     incremental_evaluator = IncrementalEvaluator(model, dataset)
@@ -243,14 +243,12 @@ def bench_plan_changes(bench: Workbench, args: argparse.Namespace) -> None:
     )
     full = Series(
         f"2  FULL: change {first.name} (first layer), resolve + evaluate",
-        plan_change(
-            pruner, full_evaluator, lambda i: base.with_layer(first.name, first_amounts[i])
-        ),
+        plan_change(pruner, full_evaluator, lambda i: base.with_unit(first.name, first_amounts[i])),
     )
     new = Series(
         f"3a INCREMENTAL: change {last.name} (last layer), new amount",
         plan_change(
-            pruner, incremental_evaluator, lambda i: base.with_layer(last.name, last_amounts[i])
+            pruner, incremental_evaluator, lambda i: base.with_unit(last.name, last_amounts[i])
         ),
     )
     revisited = Series(
@@ -258,7 +256,7 @@ def bench_plan_changes(bench: Workbench, args: argparse.Namespace) -> None:
         plan_change(
             pruner,
             incremental_evaluator,
-            lambda i: base.with_layer(last.name, REVISITED[i % len(REVISITED)]),
+            lambda i: base.with_unit(last.name, REVISITED[i % len(REVISITED)]),
         ),
     )
     naive = Series(

@@ -114,7 +114,7 @@ def main() -> None:
         last = bench.pruner.structure.layers[-2].name  # the last block's last conv
         late = []
         for move in range(1, args.moves + 1):
-            plan = PruningPlan(scope="layer", layer_amounts=((last, 0.1 * move),))
+            plan = PruningPlan(scope="layer", unit_amounts=((last, 0.1 * move),))
             state = bench.resolve(plan)
             began = time.perf_counter()
             outcome = evaluator.evaluate_state(state)

@@ -95,8 +95,8 @@ def _on_pattern() -> None:
     plan = _replace(nm=[n, m])
     on = plan.amount > 0
     plan = plan.with_amount(_pattern_sparsity(plan) if on else 0.0)
-    for name, amount in plan.layer_amounts:
-        plan = plan.with_layer(name, _pattern_sparsity(plan) if amount > 0 else 0.0)
+    for name, amount in plan.unit_amounts:
+        plan = plan.with_unit(name, _pattern_sparsity(plan) if amount > 0 else 0.0)
     ui.set_plan(plan)
 
 
@@ -110,7 +110,7 @@ def _on_layer(unit: str, key: str) -> None:
     if not ui.user_changed("amount", unit, key):
         return
     value = st.session_state[key] / 100
-    ui.set_plan(ui.current_plan().with_layer(unit, value), source=("amount", unit))
+    ui.set_plan(ui.current_plan().with_unit(unit, value), source=("amount", unit))
 
 
 def _on_layer_switch(unit: str, key: str) -> None:
@@ -121,9 +121,9 @@ def _on_layer_switch(unit: str, key: str) -> None:
     if st.session_state[key]:
         plan = plan.with_dense(unit, False)
         if plan.amount_for(unit) == 0:
-            plan = plan.with_layer(unit, _pattern_sparsity(plan))
+            plan = plan.with_unit(unit, _pattern_sparsity(plan))
     else:
-        plan = plan.without_layer(unit).with_dense(unit, True)
+        plan = plan.without_unit(unit).with_dense(unit, True)
     ui.set_plan(plan, source=("switch", unit))
 
 
@@ -134,7 +134,7 @@ def _on_dense(unit: str, key: str) -> None:
 
 
 def _reset_layer(unit: str) -> None:
-    ui.set_plan(ui.current_plan().without_layer(unit).with_dense(unit, False))
+    ui.set_plan(ui.current_plan().without_unit(unit).with_dense(unit, False))
 
 
 def _reset_all() -> None:
@@ -236,7 +236,7 @@ def pattern_ui(cell: object, plan: PruningPlan) -> None:
 
 def _unit_tag(plan: PruningPlan, unit: Unit, method: Method, pruned: int) -> str:
     """What decides a unit's amount, in a few words."""
-    if unit.name in plan.dense_layers:
+    if unit.name in plan.dense_units:
         return "locked dense"
     left_dense = method.reason_left_dense(unit, plan)
     if left_dense and plan.amount_for(unit.name) > 0:
@@ -289,7 +289,7 @@ def layer_controls_ui(plan: PruningPlan, state: ui.PrunedState) -> None:
     )
     for unit in state.units:
         own = unit.name in plan.overrides
-        dense = unit.name in plan.dense_layers
+        dense = unit.name in plan.dense_units
         pruned = state.pruned[unit.name]
         tag = _unit_tag(plan, unit, method, pruned)
         coupled = _unit_members(unit, state)

@@ -50,10 +50,10 @@ def controls_ui(bench: ui.Workbench, plan: PruningPlan) -> tuple[str, bool]:
         help="Scores often span orders of magnitude: a log axis shows the "
         "small ones, where the threshold usually sits.",
     )
-    if plan.overrides or plan.dense_layers:
+    if plan.overrides or plan.dense_units:
         st.caption(
             f"{len(plan.overrides)} layer(s) have their own amount and "
-            f"{len(plan.dense_layers)} are locked dense (set on **Prune**): the slider "
+            f"{len(plan.dense_units)} are locked dense (set on **Prune**): the slider "
             "moves the others."
         )
     return layer, log

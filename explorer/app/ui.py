@@ -28,10 +28,9 @@ import streamlit as st
 import torch
 from torch import nn
 
-from explorer.cli.main import add_data_options, data_spec_from_args
 from explorer.engine.diagnosis import chance_warning, near_chance
 from explorer.engine.evaluation import IncrementalResult
-from explorer.engine.plan import PLAN_FIELDS, PruningPlan, plan_from_query, plan_to_query
+from explorer.engine.plan import QUERY_KEYS, PruningPlan, plan_from_query, plan_to_query
 from explorer.engine.pruning import METHODS, PrunedState, plan_label
 from explorer.engine.subject import (
     HASH_PREFIX,
@@ -67,6 +66,7 @@ from explorer.inside.saliency.explain import pair_of_maps
 from explorer.inside.saliency.gradcam import conv_layers
 from explorer.inside.saliency.occlusion import window_for
 from explorer.keep.quantize import Int8Report, int8_report
+from explorer.loading.arguments import add_data_options, data_spec_from_args
 from explorer.loading.options import read_by
 from explorer.loading.store import default_store
 from explorer.plots.common import image_data_uri
@@ -457,7 +457,7 @@ def init_session() -> None:
     params = st.query_params.to_dict()
     subject = _subject_from_link(params)
     plan = PruningPlan()
-    query = {key: params[key] for key in PLAN_FIELDS if key in params}
+    query = {key: params[key] for key in QUERY_KEYS if key in params}
     if query:
         try:
             candidate = plan_from_query(query)

@@ -4,7 +4,7 @@
     pruning-explorer info lenet5
     pruning-explorer prune lenet5 --amount 0.7 --method l1 --scope global --out pruned.pt
     pruning-explorer prune resnet_mini --method filters --amount 0.5 --compact-out small.pt2
-    pruning-explorer eval resnet_mini --method filters --amount 0.5 --layer stem.conv=0.25
+    pruning-explorer eval resnet_mini --method filters --amount 0.5 --unit stem.conv=0.25
     pruning-explorer eval lenet5 --plan plan.json --json
     pruning-explorer eval lenet5 --amount 0.7 --save lenet5-70 --note "first try"
     pruning-explorer experiments list
@@ -26,31 +26,42 @@ runnable module without the model's class and without unpickling anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import difflib
-import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import torch
 
+from explorer.cli.common import (
+    MODEL_HELP,
+    CliError,
+    Parser,
+    add_plan_options,
+    add_subject_options,
+    check_output,
+    check_outputs,
+    open_subject,
+    pct,
+    plan_from_args,
+    run,
+    size_text,
+    subject_from_args,
+    table,
+    warn_ignored,
+    write_output,
+)
+from explorer.cli.recovery import add_finetune_parser, finetune_output
 from explorer.engine.compaction import CompactionError, can_compact, compact
-from explorer.engine.importance import CRITERIA, get_criterion
 from explorer.engine.inspection import prunable_layers
 from explorer.engine.latency import compare_speed
 from explorer.engine.limits import max_upload_mb
-from explorer.engine.methods import unused_settings
-from explorer.engine.plan import SCOPES, PruningPlan
-from explorer.engine.pruning import METHODS, get_method, plan_label
-from explorer.engine.subject import FROM_IMAGES, DataSpec, ModelSource, Subject
+from explorer.engine.plan import PruningPlan
+from explorer.engine.pruning import plan_label
 from explorer.engine.summary import human_bytes, runs_dense_kernels, three_digits
-from explorer.engine.workbench import Report, Workbench, open_workbench
+from explorer.engine.workbench import Report, Workbench
 from explorer.keep.experiments import (
     Experiment,
     ExperimentNotFound,
@@ -70,618 +81,34 @@ from explorer.keep.export import (
     masked_state_dict,
     model_stem,
 )
-from explorer.keep.export import first_line as _one_line
 from explorer.keep.quantize import Int8Report, int8_report  # also registers the int8 export format
-from explorer.loading.errors import check_file
-from explorer.loading.store import default_store
-from explorer.zoo.models import ZOO, get_spec, list_models, load_card, load_model
+from explorer.loading.arguments import (
+    add_data_options,
+    whole_number,
+)
+from explorer.zoo.models import get_spec, list_models, load_card, load_model
 
-#: Short names people type, as (method, criterion).
-METHOD_ALIASES = {
-    "l1": ("unstructured", "magnitude"),
-    "random": ("unstructured", "random"),
-    "2:4": ("nm", None),
-}
 EXPORT_STYLES = ("zeros", "torch_prune")
-#: Set to 1 to see the traceback of an internal error instead of its one-line summary.
-DEBUG_ENV = "PRUNING_EXPLORER_DEBUG"
-#: A plan is a few hundred bytes of JSON; anything far larger is the wrong file, and reading
-#: it whole (a disk image, /dev/zero's cousins) would only waste time before the same error.
-PLAN_FILE_LIMIT = 1 << 20
 #: How to load what --compact-out writes (PATH stands for the file).
 LOAD_COMPACTED = "torch.export.load(PATH).module()"
-
-
-class CliError(Exception):
-    """A user mistake (or a limit the user can work around): one line on stderr, exit code 2."""
-
-
-def _reason(err: BaseException) -> str:
-    """Why an OS call failed, without the ``[Errno N]`` noise and the repeated path."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return _one_line(err)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is the same one line as every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        # argparse prefixes "argument --flag: "; our own types already start with the flag.
-        match = re.fullmatch(r"argument (\S+): (.*)", message, flags=re.DOTALL)
-        if match and match.group(2).startswith(match.group(1)):
-            message = match.group(2)
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 # --- argument types (argparse names the flag in its error) ----------------------------------------
 
 
-def _shown(text: str) -> str:
-    return text if text.strip() else repr(text)
-
-
-def whole_number(flag: str, minimum: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an int (``>= minimum``), or an error that names ``flag``."""
-    want = "a whole number" if minimum is None else f"a whole number >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {_shown(text)}") from None
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {_shown(text)}")
-        return value
-
-    return parse
-
-
-def _float(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def fraction(flag: str) -> Callable[[str], float]:
-    """An argparse type: a number in [0, 1] (nan and inf are not), or an error naming ``flag``."""
-
-    def parse(text: str) -> float:
-        value = _float(text)
-        if value is None or not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(
-                f"{flag} must be a number between 0 and 1 (0.5 = 50%), got {_shown(text)}"
-            )
-        return value
-
-    return parse
-
-
-def _positive_norm(text: str) -> float:
-    value = _float(text)
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"--norm must be a positive number (1 = L1, 2 = L2), got {_shown(text)}"
-        )
-    return value
-
-
-def _layer_amount(text: str) -> tuple[str, float]:
-    name, sep, amount = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(
-            f"--layer expects NAME=AMOUNT (e.g. fc1=0.9), got {_shown(text)}"
-        )
-    value = _float(amount)
-    if value is None or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"--layer {_shown(text)}: the amount must be a number between 0 and 1 (0.5 = 50%)"
-        )
-    return name, value
-
-
-def _nm_pattern(text: str) -> tuple[int, int]:
-    # ASCII digits only: str.isdigit() accepts "²", which int() then rejects.
-    match = re.fullmatch(r"\s*([0-9]+)\s*:\s*([0-9]+)\s*", text)
-    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-    if not 0 < n < m:
-        raise argparse.ArgumentTypeError(
-            f"--nm must be N:M with whole numbers 0 < N < M (e.g. 2:4), got {_shown(text)}"
-        )
-    return n, m
-
-
 # --- output -------------------------------------------------------------------------------------
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """Left-aligned text table; numbers right-aligned."""
-    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    numeric = [
-        all(isinstance(row[i], int | float) for row in rows) if rows else False
-        for i in range(len(header))
-    ]
-    lines = []
-    for n, row in enumerate(cells):
-        parts = [
-            c.rjust(w) if numeric[i] else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(parts).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def _pct(value: float) -> str:
-    return f"{value:.2%}"
-
-
-def _bytes(value: int | None) -> str:
-    return "-" if value is None else human_bytes(value)  # the app's units: the same number
 
 
 # --- plans from arguments -----------------------------------------------------------------------
 
 
-def read_plan_file(text: str) -> PruningPlan:
-    """The plan in file ``text``; every complaint about it names the file."""
-    path = Path(text)
-    if path.is_dir():
-        raise CliError(f"--plan {path} is a directory, not a plan file")
-    if not path.exists():
-        raise CliError(f"plan file {path} does not exist")
-    if not path.is_file():
-        raise CliError(f"plan file {path} is not a regular file")
-    try:
-        size = path.stat().st_size
-        if size > PLAN_FILE_LIMIT:
-            raise CliError(
-                f"plan file {path} is {size:,} bytes, too large for a plan (a small JSON object)"
-            )
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CliError(f"cannot read plan file {path}: {_reason(err)}") from None
-    try:
-        # utf-8-sig: a byte-order mark, as some Windows editors write, is not a JSON error.
-        decoded = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise CliError(
-            f"plan file {path} is not JSON text: byte {err.start} is not UTF-8 (a binary file?)"
-        ) from None
-    try:
-        plan = PruningPlan.from_json(decoded)
-        # The plan only checks the shape of the data; names are checked against the registries
-        # here, so that the message can say which file holds the unknown name.
-        get_method(plan.method)
-        get_criterion(plan.criterion)
-    except ValueError as err:
-        raise CliError(f"plan file {path}: {_one_line(err)}") from None
-    return plan
-
-
-def plan_from_args(args: argparse.Namespace) -> PruningPlan:
-    """A plan from ``--plan FILE`` (then adjusted by any other plan flag) or from flags alone.
-
-    Every flag is already checked by its argparse type, so only the file can be wrong here.
-    """
-    plan = read_plan_file(args.plan) if args.plan else PruningPlan()
-    data = plan.to_dict()
-    if args.method:
-        method, criterion = METHOD_ALIASES.get(args.method, (args.method, None))
-        data["method"] = method
-        if criterion:
-            data["criterion"] = criterion
-    for key in ("criterion", "scope", "amount", "seed", "norm"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
-    if args.method and args.amount is None and get_method(data["method"]).amount_is_switch:
-        # `--method nm` alone means the pattern on every layer that takes it: its amount is
-        # only a switch, and a default of 0 would silently prune nothing.
-        data["amount"] = data["amount"] or 1.0
-    if args.layer:
-        data["layers"] = {**data["layers"], **dict(args.layer)}
-    if args.dense:
-        data["dense"] = sorted(set(data["dense"]) | set(args.dense))
-    if args.nm:
-        if data["method"] != "nm":
-            # Otherwise the pattern would be ignored without a word.
-            raise CliError(
-                f"--nm only applies to --method nm; this plan's method is {data['method']!r}"
-            )
-        data["nm"] = list(args.nm)
-    return PruningPlan.from_dict(data)
-
-
-def _add_plan_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("plan (flags override values read from --plan)")
-    group.add_argument("--plan", metavar="FILE", help="a plan as JSON (see `prune --save-plan`)")
-    group.add_argument(
-        "--method",
-        choices=sorted(METHODS) + sorted(METHOD_ALIASES),
-        help="granularity; l1 = unstructured magnitude, random = unstructured "
-        "random (default unstructured)",
-    )
-    group.add_argument(
-        "--criterion", choices=sorted(CRITERIA), help="importance score (default magnitude)"
-    )
-    group.add_argument(
-        "--scope",
-        choices=SCOPES,
-        help="global: rank all layers together; layer: each layer by its amount",
-    )
-    group.add_argument(
-        "--amount", type=fraction("--amount"), help="fraction to prune, 0..1 (default 0)"
-    )
-    group.add_argument(
-        "--layer",
-        type=_layer_amount,
-        action="append",
-        metavar="NAME=AMOUNT",
-        help="per-layer amount, repeatable (e.g. --layer fc1=0.9)",
-    )
-    group.add_argument(
-        "--dense", action="append", metavar="NAME", help="leave this layer dense, repeatable"
-    )
-    group.add_argument(
-        "--nm", type=_nm_pattern, metavar="N:M", help="pattern for --method nm (default 2:4)"
-    )
-    group.add_argument("--norm", type=_positive_norm, help="p of the Ln norm for structured scores")
-    group.add_argument("--seed", type=whole_number("--seed"), help="seed of the random criterion")
-
-
 # --- flags given but ignored: one warning line -------------------------------------------------
-
-#: The plan flags and the plan setting each gives; which settings a plan's method and criterion
-#: leave unused comes from the methods registry (``explorer.engine.methods.unused_settings``).
-PLAN_FLAGS = {
-    "--criterion": "criterion",
-    "--scope": "scope",
-    "--amount": "amount",
-    "--layer": "layers",
-    "--dense": "dense",
-    "--nm": "nm",
-    "--norm": "norm",
-    "--seed": "seed",
-}
-
-
-@dataclass(frozen=True)
-class IgnoredWhen:
-    """A flag of ``commands`` that some other choice makes pointless: ``why(args)`` says why
-    (None: it is used)."""
-
-    flag: str
-    commands: tuple[str, ...]
-    why: Callable[[argparse.Namespace], str | None]
-
-
-def _without_model(args: argparse.Namespace) -> str | None:
-    return None if args.model else "no MODEL is given, so the app opens on a bundled model"
-
-
-def _not_a_pickle(args: argparse.Namespace) -> str | None:
-    try:
-        kind = ModelSource.parse(args.model, args.model_args).kind
-    except ValueError:  # said by the command itself, as an error
-        return None
-    return None if kind == "pickle" else "the model is not a pickle:FILE"
-
-
-def _bundled_split(args: argparse.Namespace) -> str | None:
-    return "the bundled MNIST has its fixed split" if args.data == "mnist" else None
-
-
-def _timeless_format(args: argparse.Namespace) -> str | None:
-    fmt = args.format
-    return None if get_format(fmt).carries_model else f"--format {fmt} writes no model to time"
-
-
-def _untimed(args: argparse.Namespace) -> str | None:
-    if args.no_latency:
-        return "--no-latency: nothing is timed"
-    return _timeless_format(args) if args.command == "export" else None
-
-
-#: What ``app`` hands to the app only together with a MODEL.
-APP_SUBJECT_FLAGS = (
-    "--weights",
-    "--model-args",
-    "--data",
-    "--size",
-    "--channels",
-    "--mean",
-    "--std",
-    "--eval-fraction",
-    "--split-seed",
-    "--from-images",
-)
-#: Commands that open a subject (MODEL and the data flags).
-SUBJECT_COMMANDS = ("info", "check", "prune", "export", "eval", "finetune")
-#: Every flag that another choice can make pointless (plan flags: ``PLAN_FLAGS``). A command
-#: module adds its own (``explorer.cli.recovery``).
-IGNORED_WHEN: list[IgnoredWhen] = [
-    *(IgnoredWhen(flag, ("app",), _without_model) for flag in APP_SUBJECT_FLAGS),
-    *(IgnoredWhen(flag, ("eval", "export"), _untimed) for flag in ("--repeats", "--threads")),
-    IgnoredWhen("--no-latency", ("export",), _timeless_format),
-    IgnoredWhen(
-        "--format",
-        ("prune",),
-        lambda args: None if args.out else "it is the layout of --out, which is not given",
-    ),
-    IgnoredWhen("--eval-fraction", (*SUBJECT_COMMANDS, "app"), _bundled_split),
-    IgnoredWhen("--split-seed", (*SUBJECT_COMMANDS, "app"), _bundled_split),
-    IgnoredWhen("--trust-pickle", SUBJECT_COMMANDS, _not_a_pickle),
-]
-
-
-def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    """The sub-parser of ``command`` (argparse keeps it in its subparsers action)."""
-    for action in parser._actions:  # argparse has no public way to reach a sub-parser
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[command]
-    raise CliError(f"unknown command {command!r}")
-
-
-def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The flags of ``args.command`` the command line set to other than their default."""
-    command = _command_parser(parser, args.command)
-    return [
-        max(action.option_strings, key=len)
-        for action in command._actions
-        if action.option_strings
-        and action.dest != "help"
-        and getattr(args, action.dest, action.default) != action.default
-    ]
-
-
-def ignored_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """Every flag given that changes nothing here, as "--flag (why)"."""
-    given = given_flags(parser, args)
-    found: dict[str, str] = {}
-    plan_given = [flag for flag in given if flag in PLAN_FLAGS]
-    if plan_given:
-        unused = unused_settings(plan_from_args(args))
-        for flag in plan_given:
-            if PLAN_FLAGS[flag] in unused:
-                found[flag] = unused[PLAN_FLAGS[flag]]
-    for rule in IGNORED_WHEN:
-        if rule.flag in given and args.command in rule.commands and rule.flag not in found:
-            why = rule.why(args)
-            if why:
-                found[rule.flag] = why
-    return [f"{flag} ({why})" for flag, why in found.items()]
-
-
-def note_ignored(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Keep in ``args.ignored`` the warning line naming every flag given that changes nothing
-    here ("" for none); ``warn_ignored`` prints it."""
-    ignored = ignored_flags(parser, args)
-    args.ignored = "warning: ignored: " + "; ".join(ignored) if ignored else ""
-
-
-def warn_ignored(args: argparse.Namespace) -> None:
-    """Print the line ``note_ignored`` kept, once, on stderr: when the command has done its
-    work (a command that fails says one line, its error) or is about to hand over (``app``)."""
-    if getattr(args, "ignored", ""):
-        _print_error(args.ignored)
-        args.ignored = ""
 
 
 # --- the subject: model source, weights, data ---------------------------------------------------
 
-MODEL_HELP = (
-    "a model source: a bundled name ("
-    + ", ".join(ZOO)
-    + "), torchvision:ARCH, timm:NAME (pip install -e '.[timm]'), path/to/model.py:ClassName "
-    "(runs that file), a .pt2 / .onnx / .ts file, torchscript:FILE, or pickle:FILE (with "
-    "--trust-pickle)"
-)
-
-
-def _numbers(flag: str) -> Callable[[str], tuple[float, ...]]:
-    """An argparse type: one number or one per channel, comma-separated."""
-
-    def parse(text: str) -> tuple[float, ...]:
-        values = tuple(_float(part) for part in text.split(","))
-        if not values or any(v is None for v in values):
-            raise argparse.ArgumentTypeError(
-                f"{flag} must be a number or one per channel, e.g. 0.5 or 0.485,0.456,0.406; "
-                f"got {_shown(text)}"
-            )
-        return values  # type: ignore[return-value]
-
-    return parse
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*([0-9]+)\s*(?:[xX×,]\s*([0-9]+))?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"--size must be N or HxW, e.g. 224 or 32x32; got {text!r}"
-        )
-    height = int(match.group(1))
-    width = int(match.group(2) or height)
-    if not (1 <= height <= 4096 and 1 <= width <= 4096):
-        raise argparse.ArgumentTypeError(f"--size must be within 1..4096, got {text!r}")
-    return height, width
-
-
-def _add_subject_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=MODEL_HELP)
-    group = parser.add_argument_group("model and data (see README: Your own model)")
-    group.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="a state_dict (.pt/.pth, read with weights_only=True) or .safetensors file",
-    )
-    group.add_argument(
-        "--model-args",
-        metavar="JSON",
-        help="constructor arguments of a .py, torchvision or timm model, e.g. "
-        "'{\"num_classes\": 10}'",
-    )
-    group.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow pickle:FILE, a whole pickled module (unpickling runs code from the file)",
-    )
-    add_data_options(group)
-
-
-def _from_images(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in FROM_IMAGES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"takes a comma-separated list of {', '.join(FROM_IMAGES)}, got {text!r}"
-        )
-    return names
-
-
-def add_data_options(group: argparse._ActionsContainer) -> None:
-    """--data and its preprocessing: the same flags for every command and for the app."""
-    group.add_argument(
-        "--data",
-        metavar="SOURCE",
-        default="mnist",
-        help="mnist (bundled), an .npz (images, labels), an ImageFolder tree or .zip, or a "
-        "CIFAR-10 / MNIST folder (default mnist)",
-    )
-    group.add_argument("--size", type=_image_size, help="resize images to N or HxW pixels")
-    group.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3")
-    group.add_argument("--mean", type=_numbers("--mean"), help="normalisation mean(s)")
-    group.add_argument("--std", type=_numbers("--std"), help="normalisation std(s)")
-    group.add_argument(
-        "--from-images",
-        type=_from_images,
-        default=(),
-        metavar="SETTINGS",
-        help="take these from the images even where the model declares its own (e.g. a "
-        f"torchvision model's 224×224, ImageNet mean and std): comma-separated, of "
-        f"{', '.join(FROM_IMAGES)}",
-    )
-    group.add_argument(
-        "--eval-fraction",
-        type=fraction("--eval-fraction"),
-        default=0.3,
-        help="share of each class held out for evaluation (own data; default 0.3)",
-    )
-    group.add_argument(
-        "--split-seed", type=whole_number("--split-seed", 0), default=0, help="seed of that split"
-    )
-
-
-def data_spec_from_args(args: argparse.Namespace) -> DataSpec:
-    """The data the flags of ``add_data_options`` describe (ValueError when they disagree)."""
-    return DataSpec(
-        source=args.data,
-        size=args.size,
-        channels=args.channels,
-        mean=args.mean,
-        std=args.std,
-        eval_fraction=args.eval_fraction,
-        seed=args.split_seed,
-        from_images=args.from_images,
-    )
-
-
-def subject_from_args(args: argparse.Namespace) -> Subject:
-    """The subject the command works on; files are checked and hashed here."""
-    try:
-        source = ModelSource.parse(args.model, args.model_args)
-    except ValueError as err:
-        raise CliError(f"model {args.model!r}: {err}") from None
-    if source.kind == "zoo" and source.ref not in ZOO:
-        close = difflib.get_close_matches(source.ref, list(ZOO), n=1)
-        raise CliError(
-            f"unknown model {source.ref!r}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; bundled models: {', '.join(ZOO)}; or give torchvision:ARCH, timm:NAME, "
-            "path/to/model.py:ClassName, or a .pt2 / .onnx / .ts file"
-        )
-    weights = None
-    if args.weights:
-        weights = default_store().register(check_file(args.weights, "weights file"))
-    try:
-        data = data_spec_from_args(args)
-    except ValueError as err:
-        raise CliError(f"--data: {err}") from None
-    return Subject(source, weights, data)
-
-
-def open_subject(args: argparse.Namespace, subject: Subject | None = None) -> Workbench:
-    """The workbench of the command's subject (``subject``: as ``subject_from_args`` made it
-    already). A .py model runs here: the CLI runs on the user's own files, so their code is
-    theirs to run (a .py model is imported, a .pt2 or TorchScript file can run code as it
-    loads); a pickled module needs --trust-pickle."""
-    return open_workbench(
-        subject or subject_from_args(args), trust_code=True, trust_pickle=args.trust_pickle
-    )
-
 
 # --- output files -------------------------------------------------------------------------------
-
-
-def check_output(flag: str, text: str) -> Path:
-    """``text`` as a path that ``flag`` can write, checked before any (slow) evaluation runs."""
-    if not text.strip():
-        raise CliError(f"{flag} needs a file name")
-    if text.endswith(("/", os.sep)):
-        raise CliError(f"{flag} {text} names a directory; give a file name")
-    path = Path(text)
-    parent = path.parent
-    if not parent.exists():
-        raise CliError(f"{flag} {path}: directory {parent} does not exist")
-    if not parent.is_dir():
-        raise CliError(f"{flag} {path}: {parent} is not a directory")
-    if path.is_dir():
-        raise CliError(f"{flag} {path} is a directory; give a file name")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise CliError(f"{flag} {path}: the file is not writable (permission denied)")
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        raise CliError(f"{flag} {path}: cannot create a file in {parent} (permission denied)")
-    return path
-
-
-def check_outputs(flags: dict[str, str | None]) -> dict[str, Path]:
-    """Every given output path of ``flags`` checked; two flags may not name one file."""
-    paths = {flag: check_output(flag, text) for flag, text in flags.items() if text is not None}
-    seen: dict[Path, str] = {}
-    for flag, path in paths.items():
-        key = path.resolve()
-        if key in seen:
-            raise CliError(f"{seen[key]} and {flag} both name {path}; give each its own file")
-        seen[key] = flag
-    return paths
-
-
-def write_output(flag: str, path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write``; a failure is one line naming the flag, and leaves no half file."""
-    try:
-        file = path.open("wb")
-    except OSError as err:  # nothing was touched yet: an existing file stays as it was
-        raise CliError(f"{flag}: could not write {path}: {_reason(err)}") from None
-    try:
-        with file:
-            write(file)
-    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
-        if path.is_file():  # a truncated, half-written file; never a device such as /dev/null
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise CliError(f"{flag}: could not write {path}: {_reason(err)}") from None
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -697,7 +124,7 @@ def cmd_models(args: argparse.Namespace) -> Any:
             c["title"],
             c.get("params", "?"),
             c.get("flops", "?"),
-            _pct(c["eval_accuracy"]) if "eval_accuracy" in c else "untrained",
+            pct(c["eval_accuracy"]) if "eval_accuracy" in c else "untrained",
         )
         for c in cards
     ]
@@ -713,7 +140,7 @@ def cmd_info(args: argparse.Namespace) -> Any:
         head = [f"{spec.title} ({spec.name})", spec.summary]
         if "eval_accuracy" in card:
             head.append(
-                f"eval accuracy {_pct(card['eval_accuracy'])} on {card['eval_samples']:,} "
+                f"eval accuracy {pct(card['eval_accuracy'])} on {card['eval_samples']:,} "
                 f"held-out images; {card['params']:,} params; {card['flops']:,} FLOPs/img"
             )
     else:
@@ -722,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> Any:
         card = {**card, "eval_accuracy": bench.dense.accuracy, "flops": bench.dense_flops}
         head = [
             f"{bench.subject.label}: {card.get('summary', '')}",
-            f"eval accuracy {_pct(bench.dense.accuracy)} on {len(bench.eval_set):,} held-out "
+            f"eval accuracy {pct(bench.dense.accuracy)} on {len(bench.eval_set):,} held-out "
             f"images ({card.get('fit_samples', 0):,} for fit); {card.get('params', 0):,} "
             f"params; {bench.dense_flops:,} FLOPs/img; input {bench.eval_set.input_shape}",
             *bench.notes,
@@ -750,7 +177,7 @@ def cmd_info(args: argparse.Namespace) -> Any:
             "x".join(map(str, la.weight_shape)),
             la.params,
             la.flops,
-            _pct(la.flops / total_flops),
+            pct(la.flops / total_flops),
         )
         for la in layers
     ]
@@ -768,7 +195,7 @@ def _units_table(report: Report) -> str:
             u["kind"],
             u["size"],
             u["pruned"],
-            _pct(u["pruned"] / u["size"] if u["size"] else 0.0),
+            pct(u["pruned"] / u["size"] if u["size"] else 0.0),
         )
         for u in report.units
     ]
@@ -873,10 +300,10 @@ def cmd_prune(args: argparse.Namespace) -> Any:
     lines = [
         _units_table(report),
         "",
-        f"sparsity: {_pct(report.prunable_sparsity)} of prunable weights, "
-        f"{_pct(report.sparsity)} of all parameters "
+        f"sparsity: {pct(report.prunable_sparsity)} of prunable weights, "
+        f"{pct(report.sparsity)} of all parameters "
         f"({report.params_nonzero:,} of {report.params_total:,} nonzero)",
-        f"accuracy: {_pct(report.accuracy)} (dense {_pct(report.dense_accuracy)}, "
+        f"accuracy: {pct(report.accuracy)} (dense {pct(report.dense_accuracy)}, "
         f"{report.accuracy_delta * 100:+.2f} pts)",
     ]
     lines += [f"warning: {w}" for w in report.warnings]
@@ -921,8 +348,8 @@ def cmd_eval(args: argparse.Namespace) -> Any:
         [
             (
                 "accuracy",
-                _pct(report.dense_accuracy),
-                _pct(report.accuracy),
+                pct(report.dense_accuracy),
+                pct(report.accuracy),
                 f"{report.accuracy_delta * 100:+.2f} pts",
             ),
             (
@@ -951,9 +378,9 @@ def cmd_eval(args: argparse.Namespace) -> Any:
             ),
             (
                 "size on disk",
-                _bytes(report.size_dense),
-                _bytes(report.size_sparse) + " sparse",
-                _bytes(report.size_compacted),
+                size_text(report.size_dense),
+                size_text(report.size_sparse) + " sparse",
+                size_text(report.size_compacted),
             ),
         ],
         ["cost", "dense", "pruned (masked)", "compacted"],
@@ -964,7 +391,7 @@ def cmd_eval(args: argparse.Namespace) -> Any:
                 la["name"],
                 la["weights"],
                 la["nonzero"],
-                _pct(la["sparsity"]),
+                pct(la["sparsity"]),
                 la["flops_dense"],
                 la["flops_effective"],
             )
@@ -974,7 +401,7 @@ def cmd_eval(args: argparse.Namespace) -> Any:
     )
     classes = table(
         [
-            (str(c), _pct(d), _pct(p), f"{(p - d) * 100:+.2f}")
+            (str(c), pct(d), pct(p), f"{(p - d) * 100:+.2f}")
             for c, (d, p) in enumerate(
                 zip(report.dense_per_class_accuracy, report.per_class_accuracy, strict=True)
             )
@@ -1012,24 +439,29 @@ def cmd_eval(args: argparse.Namespace) -> Any:
 def _int8_text(int8: Int8Report) -> str:
     """The int8 variant next to the pruned fp32 model and dense: quality, bytes, latency."""
     sizes = [
-        ("size on disk", _bytes(int8.dense_bytes), _bytes(int8.fp32_bytes), _bytes(int8.int8_bytes))
+        (
+            "size on disk",
+            size_text(int8.dense_bytes),
+            size_text(int8.fp32_bytes),
+            size_text(int8.int8_bytes),
+        )
     ]
     if int8.int8_sparse_bytes is not None:
         sizes.append(
             (
                 "size, zeros as a bitmap",
                 "-",
-                _bytes(int8.fp32_sparse_bytes),
-                _bytes(int8.int8_sparse_bytes),
+                size_text(int8.fp32_sparse_bytes),
+                size_text(int8.int8_sparse_bytes),
             )
         )
     quality = table(
         [
             (
                 "accuracy",
-                _pct(int8.dense_accuracy),
-                _pct(int8.fp32_accuracy),
-                _pct(int8.int8_accuracy),
+                pct(int8.dense_accuracy),
+                pct(int8.fp32_accuracy),
+                pct(int8.int8_accuracy),
             ),
             ("loss", "-", f"{int8.fp32_loss:.4f}", f"{int8.int8_loss:.4f}"),
             *sizes,
@@ -1112,7 +544,7 @@ def _plan_label(experiment: Experiment) -> str:
 
 def _metric(experiment: Experiment, key: str) -> str:
     value = experiment.metrics.get(key)
-    return _pct(value) if isinstance(value, int | float) else "-"
+    return pct(value) if isinstance(value, int | float) else "-"
 
 
 def cmd_experiments(args: argparse.Namespace) -> Any:
@@ -1297,14 +729,7 @@ def cmd_check(args: argparse.Namespace) -> Any:
 COMMANDS["check"] = cmd_check
 
 
-def cmd_finetune(args: argparse.Namespace) -> Any:
-    """``finetune``: in ``explorer.cli.recovery`` (training is imported only when used)."""
-    from explorer.cli.recovery import finetune_output
-
-    return finetune_output(args)
-
-
-COMMANDS["finetune"] = cmd_finetune
+COMMANDS["finetune"] = finetune_output
 
 
 def _add_latency_options(parser: argparse.ArgumentParser, repeats: int) -> None:
@@ -1318,7 +743,7 @@ def _add_latency_options(parser: argparse.ArgumentParser, repeats: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="pruning-explorer", description="Prune the bundled models and read honest numbers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1327,13 +752,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("info", help="a model's card and its prunable layers")
-    _add_subject_options(p)
+    add_subject_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "check", help="run every step of the tool on a model: what works, what is refused, why"
     )
-    _add_subject_options(p)
+    add_subject_options(p)
     p.add_argument(
         "--eval-images",
         type=whole_number("--eval-images", 1),
@@ -1343,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("export", help="write the pruned model: weights, pt2, ONNX, code…")
-    _add_subject_options(p)
-    _add_plan_options(p)
+    add_subject_options(p)
+    add_plan_options(p)
     p.add_argument(
         "--format",
         required=True,
@@ -1361,8 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("prune", help="apply a plan and write the pruned weights")
-    _add_subject_options(p)
-    _add_plan_options(p)
+    add_subject_options(p)
+    add_plan_options(p)
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -1403,8 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(json=False)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs, size and latency of a (pruned) model")
-    _add_subject_options(p)
-    _add_plan_options(p)
+    add_subject_options(p)
+    add_plan_options(p)
     _add_latency_options(p, repeats=30)
     p.add_argument(
         "--threads",
@@ -1428,8 +853,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from explorer.cli.recovery import add_finetune_parser  # here: it imports this module
-
     add_finetune_parser(sub)
 
     p = sub.add_parser("experiments", help="saved experiments: list, show, delete, export")
@@ -1450,73 +873,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_error(line: str) -> None:
-    with contextlib.suppress(OSError):  # stderr itself is gone: nobody is left to tell
-        print(line, file=sys.stderr)
-
-
-def _silence_stdout() -> None:
-    """After a BrokenPipeError, as Python's docs advise (signal module, "Note on SIGPIPE"):
-    point stdout at devnull, so that the flush at exit does not fail a second time."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no real file descriptor (e.g. stdout captured by a test)
-        pass
-
-
-def _run(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
-        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
-    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    try:
-        note_ignored(parser, args)  # a bad plan file fails here, before any work
-        output = COMMANDS[args.command](args)
-        text = json.dumps(output, indent=2) if args.json else str(output)
-    except CliError as err:
-        _print_error(f"error: {err}")
-        return 2
-    except BrokenPipeError:
-        raise
-    except (ValueError, OSError) as err:
-        # The library's ValueErrors are checks of user input (plans, layer names); OSErrors
-        # are files. Both are the user's to fix.
-        if debug:
-            raise
-        _print_error(f"error: {_one_line(err)}")
-        return 2
-    except Exception as err:
-        if debug:
-            raise
-        _print_error(
-            f"internal error: {type(err).__name__}: {_one_line(err)} "
-            f"(run with {DEBUG_ENV}=1 for the traceback)"
-        )
-        return 1
-    warn_ignored(args)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()  # here, inside main: a closed pipe must fail now, not at exit
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit code follows the convention in the module docstring."""
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C; the user needs no message
-    except BrokenPipeError:
-        # The reader stopped early (``| head``): it has what it wanted, so this is no error.
-        _silence_stdout()
-        return 0
+    return run(build_parser, argv, COMMANDS)
 
 
 if __name__ == "__main__":
-    # ``python -m explorer.cli.main`` runs this file as ``__main__``, a second copy of the module;
-    # the commands in other modules raise the canonical module's CliError, so run that one.
-    from explorer.cli.main import main as canonical_main
-
-    sys.exit(canonical_main())
+    sys.exit(main())

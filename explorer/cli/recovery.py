@@ -20,17 +20,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from explorer.cli import main as cli
+from explorer.cli.common import (
+    IGNORED_WHEN,
+    CliError,
+    IgnoredWhen,
+    Parser,
+    add_plan_options,
+    add_subject_options,
+    check_output,
+    open_subject,
+    pct,
+    plan_from_args,
+    run,
+    run_command,
+    table,
+    write_output,
+)
 from explorer.engine.evaluation import EvalResult, IncrementalEvaluator
-from explorer.keep.export import first_line
+from explorer.engine.pruning import plan_label
+from explorer.loading.arguments import fraction, parse_float, shown, whole_number
 from explorer.recovery.jobs import masks_held
 from explorer.recovery.training import (
     BN_MODES,
@@ -66,8 +80,8 @@ RECIPE_FLAGS = (
 #: Seconds between progress lines on stderr.
 PROGRESS_EVERY_S = 2.0
 
-cli.IGNORED_WHEN.append(
-    cli.IgnoredWhen(
+IGNORED_WHEN.append(
+    IgnoredWhen(
         "--epochs",
         ("finetune",),
         lambda args: "--steps sets the length" if args.steps is not None else None,
@@ -79,9 +93,9 @@ def _number(flag: str, test: Callable[[float], bool], want: str) -> Callable[[st
     """An argparse type: a finite number passing ``test``, or an error that names ``flag``."""
 
     def parse(text: str) -> float:
-        value = cli._float(text)
+        value = parse_float(text)
         if value is None or not test(value):
-            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {cli._shown(text)}")
+            raise argparse.ArgumentTypeError(f"{flag} must be {want}, got {shown(text)}")
         return value
 
     return parse
@@ -95,20 +109,18 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         description="Prune MODEL by the plan, fine-tune it on the fit split with the pruned "
         "weights held at zero, and report eval accuracy of dense, pruned and fine-tuned.",
     )
-    cli._add_subject_options(p)
-    cli._add_plan_options(p)
+    add_subject_options(p)
+    add_plan_options(p)
     group = p.add_argument_group(
         "fine-tuning (unset flags take the model's default recipe, see explorer.recovery.training)"
     )
     group.add_argument(
-        "--epochs", type=cli.whole_number("--epochs", 1), help="passes over the fit split"
+        "--epochs", type=whole_number("--epochs", 1), help="passes over the fit split"
     )
     group.add_argument(
-        "--steps", type=cli.whole_number("--steps", 1), help="optimizer steps (overrides --epochs)"
+        "--steps", type=whole_number("--steps", 1), help="optimizer steps (overrides --epochs)"
     )
-    group.add_argument(
-        "--batch-size", type=cli.whole_number("--batch-size", 1), help="images per step"
-    )
+    group.add_argument("--batch-size", type=whole_number("--batch-size", 1), help="images per step")
     group.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="sgd: momentum 0.9")
     group.add_argument("--lr", type=_number("--lr", lambda v: v > 0, "a number > 0"))
     group.add_argument(
@@ -128,7 +140,7 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     group.add_argument(
         "--train-seed",
         dest="train_seed",
-        type=cli.whole_number("--train-seed"),
+        type=whole_number("--train-seed"),
         help="seed of the batch order (default 0)",
     )
     group.add_argument(
@@ -140,7 +152,7 @@ def add_finetune_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="distillation temperature (default 4)",
     )
     group.add_argument(
-        "--alpha", type=cli.fraction("--alpha"), help="weight of the distillation term (0.5)"
+        "--alpha", type=fraction("--alpha"), help="weight of the distillation term (0.5)"
     )
     group = p.add_argument_group("output")
     group.add_argument(
@@ -162,7 +174,7 @@ def recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if not args.distill:
         for flag, value in (("--alpha", args.alpha), ("--temperature", args.temperature)):
             if value is not None:
-                raise cli.CliError(f"{flag} only applies with --distill")
+                raise CliError(f"{flag} only applies with --distill")
     overrides = {
         field: getattr(args, dest)
         for field, dest in RECIPE_FLAGS
@@ -202,35 +214,21 @@ def _quality(result: EvalResult) -> dict[str, float]:
     return {"accuracy": result.accuracy, "loss": result.loss}
 
 
-class FinetuneError(ValueError):
-    """A user mistake: one line, exit code 2 (a ValueError, which ``explorer.cli.main`` reports as
-    such also when it runs as ``python -m explorer.cli.main``, where this module sees a second copy
-    of ``explorer.cli.main`` whose ``CliError`` is another class than ``__main__``'s)."""
-
-
 def finetune_output(args: argparse.Namespace) -> Any:
-    """The ``finetune`` command as ``explorer.cli.main``'s commands are: returns the text (or, with
-    ``--json``, the data) to print; a user mistake raises ``FinetuneError`` (a ValueError) or
-    OSError, with one line."""
-    try:
-        return _finetune(args)
-    except cli.CliError as err:
-        raise FinetuneError(str(err)) from None
-
-
-def _finetune(args: argparse.Namespace) -> Any:
-    plan = cli.plan_from_args(args)
+    """The ``finetune`` command: returns the text (or, with ``--json``, the data) to print; a
+    user mistake raises ``CliError``, ValueError or OSError, with one line."""
+    plan = plan_from_args(args)
     overrides = recipe_overrides(args)
     # Everything that can be checked without the model fails before any training.
     if args.out is None and args.name is None:
-        raise cli.CliError(
+        raise CliError(
             "give --out FILE, --name NAME or both: the fine-tuned weights must go somewhere"
         )
     path = None
     if args.out is not None:
-        path = cli.check_output("--out", args.out)
+        path = check_output("--out", args.out)
         if path.suffix.lower() not in WEIGHT_SUFFIXES:
-            raise cli.CliError(
+            raise CliError(
                 f"--out {path} must end in {', '.join(WEIGHT_SUFFIXES)}, so that --weights "
                 "can read it back"
             )
@@ -239,20 +237,20 @@ def _finetune(args: argparse.Namespace) -> Any:
         try:
             name = check_name(args.name)
         except ValueError as err:
-            raise cli.CliError(f"--name: {err}") from None
-    bench = cli.open_subject(args)
+            raise CliError(f"--name: {err}") from None
+    bench = open_subject(args)
     subject = bench.subject
     if name is not None:
         taken = name_taken(subject, name)
         if taken is not None:
-            raise cli.CliError(
+            raise CliError(
                 f"--name: a variant named {name!r} exists already for this model and data "
                 f"(weights {taken.digest[:12]}…); choose another name"
             )
     try:
         recipe = replace(default_recipe(subject, bench.model), **overrides)
     except ValueError as err:
-        raise cli.CliError(str(err)) from None
+        raise CliError(str(err)) from None
     state, pruned, _ = bench.evaluate(plan)
     fit = bench.fit_set
 
@@ -278,7 +276,7 @@ def _finetune(args: argparse.Namespace) -> Any:
     written: dict[str, str] = {}
     if path is not None:
         data = weights_bytes(result.state_dict, path.suffix, bench.model)
-        cli.write_output("--out", path, lambda file: file.write(data))
+        write_output("--out", path, lambda file: file.write(data))
         written["weights"] = str(path)
     variant = None
     if name is not None:
@@ -306,17 +304,17 @@ def _finetune(args: argparse.Namespace) -> Any:
             "variant": variant.to_dict() if variant is not None else None,
         }
     rows = [
-        ("dense", cli._pct(bench.dense.accuracy), f"{bench.dense.loss:.4f}"),
-        ("pruned", cli._pct(pruned.accuracy), f"{pruned.loss:.4f}"),
-        ("pruned + fine-tuned", cli._pct(tuned.accuracy), f"{tuned.loss:.4f}"),
+        ("dense", pct(bench.dense.accuracy), f"{bench.dense.loss:.4f}"),
+        ("pruned", pct(pruned.accuracy), f"{pruned.loss:.4f}"),
+        ("pruned + fine-tuned", pct(tuned.accuracy), f"{tuned.loss:.4f}"),
     ]
     how = f"{recipe.optimizer}, lr {recipe.lr:g}, {recipe.schedule}"
     if recipe.distills:
         how += f", distilled: T {recipe.temperature:g}, alpha {recipe.alpha:g}"
     lines = [
-        cli.table(rows, [f"eval split ({len(bench.eval_set):,} images)", "accuracy", "loss"]),
+        table(rows, [f"eval split ({len(bench.eval_set):,} images)", "accuracy", "loss"]),
         "",
-        f"plan: {cli.plan_label(plan)}",
+        f"plan: {plan_label(plan)}",
         f"fine-tuned {result.steps:,} steps of {recipe.batch_size} fit images ({how}) "
         f"in {result.seconds:.1f} s on {result.device}",
         f"pruned weights held at zero: {'yes' if held else 'NO'}",
@@ -335,33 +333,14 @@ def _finetune(args: argparse.Namespace) -> Any:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Run ``finetune`` and print its output; the exit code follows ``explorer.cli.main``'s
-    convention (0 done, 2 a user mistake as one line on stderr, 1 an internal error)."""
-    try:
-        output = finetune_output(args)
-        text = json.dumps(output, indent=2) if args.json else str(output)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, OSError) as err:
-        cli._print_error(f"error: {first_line(err)}")
-        return 2
-    except Exception as err:
-        if os.environ.get(cli.DEBUG_ENV, "") not in ("", "0"):
-            raise
-        cli._print_error(
-            f"internal error: {type(err).__name__}: {first_line(err)} "
-            f"(run with {cli.DEBUG_ENV}=1 for the traceback)"
-        )
-        return 1
-    cli.warn_ignored(args)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-    return 0
+    """Run ``finetune`` on parsed arguments and print its output; the exit code follows the
+    CLI's one convention (``explorer.cli.common.run_command``)."""
+    return run_command(finetune_output, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """A parser with only the ``finetune`` command (for tests and ``python -m``)."""
-    parser = cli._Parser(prog="pruning-explorer", description="Fine-tune a pruned model.")
+    parser = Parser(prog="pruning-explorer", description="Fine-tune a pruned model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_finetune_parser(sub)
     return parser
@@ -369,17 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``finetune`` on its own: ``python -m explorer.cli.recovery finetune MODEL ...``."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error, already printed (2)
-        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
-    try:
-        cli.note_ignored(parser, args)
-    except (cli.CliError, ValueError, OSError) as err:
-        cli._print_error(f"error: {first_line(err)}")
-        return 2
-    return cmd_finetune(args)
+    return run(build_parser, argv, {"finetune": finetune_output})
 
 
 if __name__ == "__main__":

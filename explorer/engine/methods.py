@@ -520,10 +520,10 @@ def short_plan_label(plan: PruningPlan) -> str:
     ]
     if not method.amount_is_switch:
         parts.append("global" if plan.scope == "global" else "layer-wise")
-        if plan.layer_amounts:
-            parts.append(f"{len(plan.layer_amounts)} own amount(s)")
-    if plan.dense_layers:
-        parts.append(f"{len(plan.dense_layers)} locked dense")
+        if plan.unit_amounts:
+            parts.append(f"{len(plan.unit_amounts)} own amount(s)")
+    if plan.dense_units:
+        parts.append(f"{len(plan.dense_units)} locked dense")
     return ", ".join(parts)
 
 
@@ -541,10 +541,10 @@ def plan_label(plan: PruningPlan, amount: bool = True) -> str:
         parts.append("global" if plan.scope == "global" else "layer-wise")
         if amount:  # what the amount counts: 70% of the filters can be 91% of the weights
             parts.append(method.amount_phrase(plan.amount))
-    if plan.layer_amounts and not method.amount_is_switch:
-        parts.append(f"{len(plan.layer_amounts)} own amount(s)")
-    if plan.dense_layers:
-        parts.append(f"{len(plan.dense_layers)} locked dense")
+    if plan.unit_amounts and not method.amount_is_switch:
+        parts.append(f"{len(plan.unit_amounts)} own amount(s)")
+    if plan.dense_units:
+        parts.append(f"{len(plan.dense_units)} locked dense")
     return ", ".join(parts)
 
 

@@ -180,7 +180,7 @@ class Pruner:
         if criterion.needs_data and self.context.calibration is None:
             raise ValueError(f"criterion {criterion.name!r} needs calibration data")
         layer_names = {layer.name for layer in self.structure.layers}
-        for name in sorted(plan.layer_names()):
+        for name in sorted(plan.unit_names()):
             if name in units:
                 continue
             if name in layer_names:
@@ -188,13 +188,13 @@ class Pruner:
                     method.reason_unavailable(self.structure, name)
                     or f"layer {name!r} cannot be pruned by {method.name!r}"
                 )
-            raise ValueError(f"unknown layer {name!r}; choose one of {sorted(units)}")
+            raise ValueError(f"unknown unit {name!r}; choose one of {sorted(units)}")
         warnings = []
         for unit in units.values():
             reason = method.reason_left_dense(unit, plan)
             if reason and plan.amount_for(unit.name) > 0:
                 if unit.name in plan.overrides:
-                    raise ValueError(f"layer {unit.name!r} cannot take {plan.n}:{plan.m}: {reason}")
+                    raise ValueError(f"unit {unit.name!r} cannot take {plan.n}:{plan.m}: {reason}")
                 warnings.append(f"{unit.name} left dense: {reason}")
         return warnings
 
@@ -202,12 +202,12 @@ class Pruner:
         """``plan`` without the layer settings this model / method does not have, and the names
         dropped (for when the user switches model or method and keeps the rest of the plan)."""
         units = {u.name for u in self.units(plan.method)}
-        dropped = sorted(plan.layer_names() - units)
+        dropped = sorted(plan.unit_names() - units)
         if not dropped:
             return plan, []
-        layers = tuple((k, v) for k, v in plan.layer_amounts if k in units)
-        dense = tuple(name for name in plan.dense_layers if name in units)
-        return replace(plan, layer_amounts=layers, dense_layers=dense), dropped
+        layers = tuple((k, v) for k, v in plan.unit_amounts if k in units)
+        dense = tuple(name for name in plan.dense_units if name in units)
+        return replace(plan, unit_amounts=layers, dense_units=dense), dropped
 
     # --- scoring (once per method, criterion, norm, seed) ---------------------------------------
 
@@ -266,7 +266,7 @@ class Pruner:
         counts = {}
         participating = torch.zeros(len(table.units), dtype=torch.bool)
         for i, unit in enumerate(table.units):
-            if unit.name in plan.dense_layers:
+            if unit.name in plan.dense_units:
                 counts[unit.name] = 0
             elif plan.scope == "layer" or not method.supports_global or unit.name in plan.overrides:
                 counts[unit.name] = round(plan.amount_for(unit.name) * unit.size)

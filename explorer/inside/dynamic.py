@@ -413,7 +413,7 @@ def static_plan(
         criterion="magnitude",
         scope="layer",
         amount=0.0,
-        layer_amounts=tuple((name, 1.0 - keep) for name in names),
+        unit_amounts=tuple((name, 1.0 - keep) for name in names),
     )
 
 

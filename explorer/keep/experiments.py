@@ -48,7 +48,7 @@ FILE_NAME = "experiments.sqlite3"
 #: "PEXP": marks a SQLite file as this project's, so another program's database is recognised.
 APPLICATION_ID = 0x50455850
 #: The layout this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: How long a save waits for another writer (thread or process) before giving up.
 BUSY_TIMEOUT_S = 10.0
 MAX_NAME_LENGTH = 100
@@ -227,9 +227,28 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX experiments_by_subject ON experiments (subject_key, created)")
 
 
+def _plans_v2(conn: sqlite3.Connection) -> None:
+    """Version 1 to 2: each saved plan in plan format 2, whose per-unit amounts are "units"
+    (format 1 said "layers"). Written out here rather than through ``PruningPlan``, so that
+    this step stays what it is when the plan format moves on; a plan that is not a JSON object
+    is left as it is (reading it reports it, as before)."""
+    rows = conn.execute("SELECT id, plan FROM experiments").fetchall()
+    for row_id, text in rows:
+        try:
+            plan = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(plan, dict) or plan.get("version", 1) != 1:
+            continue
+        if "layers" in plan:
+            plan["units"] = plan.pop("layers")
+        plan["version"] = 2
+        conn.execute("UPDATE experiments SET plan = ? WHERE id = ?", (json.dumps(plan), row_id))
+
+
 #: ``MIGRATIONS[n]`` turns a version-n file into version n + 1. All steps from a file's version
 #: to ``SCHEMA_VERSION`` run in one transaction: a failure anywhere leaves the file as it was.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1, 1: _plans_v2}
 
 _COLUMNS = "id, name, created, subject, plan, metrics, note"
 

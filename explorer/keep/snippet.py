@@ -178,7 +178,7 @@ def _in_global_ranking(state: PrunedState, unit: Unit) -> bool:
     return (
         plan.scope == "global"
         and get_method(plan.method).supports_global
-        and unit.name not in plan.dense_layers
+        and unit.name not in plan.dense_units
         and unit.name not in plan.overrides
     )
 

@@ -387,8 +387,8 @@ def with_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn
 def _scaled_plan(plan: PruningPlan, amount: float, final: float, last: bool) -> PruningPlan:
     """``plan`` at global ``amount``, each override scaled by amount / final (exact at the end)."""
     fraction = 1.0 if last or final == 0 else amount / final
-    layers = tuple((name, min(1.0, value * fraction)) for name, value in plan.layer_amounts)
-    return replace(plan, amount=amount, layer_amounts=layers)
+    layers = tuple((name, min(1.0, value * fraction)) for name, value in plan.unit_amounts)
+    return replace(plan, amount=amount, unit_amounts=layers)
 
 
 def _accuracy(model: nn.Module, eval_set: ImageDataset | None) -> float | None:

@@ -105,7 +105,7 @@ def test_layer_slider_overrides_one_layer(lenet5):
     at = start("prune", model="lenet5", amount="0.5", scope="layer")
     keyed(at.slider, "amount::lenet5::fc1::").set_value(95).run()
     assert_clean(at)
-    plan = PruningPlan(scope="layer", amount=0.5, layer_amounts=(("fc1", 0.95),))
+    plan = PruningPlan(scope="layer", amount=0.5, unit_amounts=(("fc1", 0.95),))
     assert at.session_state["plan"] == plan
     assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
     assert at.query_params["layers"] == "fc1:0.95"
@@ -131,7 +131,7 @@ def test_switching_method_and_scope(lenet5):
 def test_locking_a_layer_dense(lenet5):
     at = start("prune", model="lenet5", amount="0.8")
     keyed(at.checkbox, "dense::lenet5::fc1::").check().run()
-    plan = PruningPlan(amount=0.8, dense_layers=("fc1",))
+    plan = PruningPlan(amount=0.8, dense_units=("fc1",))
     assert at.session_state["plan"] == plan
     assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
 
@@ -182,8 +182,8 @@ def test_link_reopens_the_same_state():
         method="filters",
         scope="layer",
         amount=0.3,
-        layer_amounts=(("conv2", 0.5),),
-        dense_layers=("fc1",),
+        unit_amounts=(("conv2", 0.5),),
+        dense_units=("fc1",),
     )
     query = {"model": "lenet5", **json.loads(json.dumps(plan.to_dict()))}
     from explorer.engine.plan import plan_to_query
@@ -200,7 +200,7 @@ def test_switching_model_keeps_what_applies():
     assert_clean(at)
     plan = at.session_state["plan"]
     assert at.session_state["model"] == Subject.bundled("lenet300")
-    assert plan.amount == 0.5 and dict(plan.layer_amounts) == {"fc1": 0.9}
+    assert plan.amount == 0.5 and dict(plan.unit_amounts) == {"fc1": 0.9}
 
 
 def test_curve_points_agree_with_explorer(lenet5):
@@ -310,7 +310,7 @@ def test_nm_keeps_the_users_scope_and_has_its_own_controls(lenet5):
     assert "dense: its 25 inputs per output do not divide into groups of 4" in texts
     keyed(at.checkbox, "switch::lenet5::fc1::").uncheck().run()
     assert_clean(at)
-    assert "fc1" in at.session_state["plan"].dense_layers
+    assert "fc1" in at.session_state["plan"].dense_units
     at.toggle(key="ctl_pattern_on").set_value(False).run()
     assert at.session_state["plan"].amount == 0
     # Back to unstructured: the user's global scope is still the plan's.

@@ -237,7 +237,7 @@ PLANS = {
     ),
     "resnet18-layer2-whole": (
         "resnet18",
-        PruningPlan(method="blocks", scope="layer", layer_amounts=(("layer2", 1.0),)),
+        PruningPlan(method="blocks", scope="layer", unit_amounts=(("layer2", 1.0),)),
     ),
     "resnet18-branch-3-of-8": (
         "resnet18",
@@ -329,7 +329,7 @@ def test_amount_zero_is_the_dense_model(pruners, images, name):
 def test_a_whole_stage_can_go_and_the_model_still_runs_through_its_skips(pruners, images):
     pruner = pruners["resnet18"]
     state = pruner.resolve(
-        PruningPlan(method="blocks", scope="layer", layer_amounts=(("layer3", 1.0),))
+        PruningPlan(method="blocks", scope="layer", unit_amounts=(("layer3", 1.0),))
     )
     small = compact(pruner, state)
     assert all(isinstance(block, SkipBlock) for block in small.layer3)
@@ -482,6 +482,6 @@ def test_block_criteria_and_their_errors(pruners):
     ],
 )
 def test_a_layer_is_not_a_unit_of_whole_blocks_and_the_error_says_why(pruners, layer, message):
-    plan = PruningPlan(method="blocks", layer_amounts=((layer, 0.5),))
+    plan = PruningPlan(method="blocks", unit_amounts=((layer, 0.5),))
     with pytest.raises(ValueError, match=message):
         pruners["resnet18"].resolve(plan)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorer.cli import common
 from explorer.cli import main as cli
+from explorer.cli.common import DEBUG_ENV
 from explorer.cli.main import main
 from explorer.engine.compaction import compact
 from explorer.engine.evaluation import evaluate
@@ -183,7 +185,7 @@ def test_eval_json_accuracy_equals_evaluate_of_the_pruned_model(capsys, tmp_path
     )
     assert code == 0, err
     report = json.loads(out)
-    plan = PruningPlan(scope="layer", amount=0.8, layer_amounts=(("fc3", 0.5),))
+    plan = PruningPlan(scope="layer", amount=0.8, unit_amounts=(("fc3", 0.5),))
     assert PruningPlan.from_dict(report["plan"]) == plan
     eval_set = load_mnist("eval")
     model = load_model("lenet300")
@@ -205,7 +207,7 @@ def test_eval_json_accuracy_equals_evaluate_of_the_pruned_model(capsys, tmp_path
         (["eval", "resnet", "--no-latency"], "unknown model 'resnet'"),
         (["prune", "lenet5", "--amount", "1.5"], "between 0 and 1"),
         (["eval", "lenet300", "--amount", "-0.5", "--no-latency"], "between 0 and 1"),
-        (["prune", "lenet300", "--layer", "nosuch=0.5"], "unknown layer 'nosuch'"),
+        (["prune", "lenet300", "--layer", "nosuch=0.5"], "unknown unit 'nosuch'"),
         (["prune", "lenet300", "--method", "filters", "--layer", "fc3=0.5"], "classes"),
         (["prune", "lenet300", "--nm", "2-4"], "--nm must be N:M"),
         (["prune", "lenet300", "--plan", "{missing}"], "does not exist"),
@@ -261,7 +263,7 @@ def no_evaluation(monkeypatch) -> list[str]:
         opened.append(str(subject.model))
         raise EvaluationStarted(str(subject.model))
 
-    monkeypatch.setattr(cli, "open_workbench", open_workbench)
+    monkeypatch.setattr(common, "open_workbench", open_workbench)
     return opened
 
 
@@ -331,9 +333,9 @@ def test_a_failed_write_is_one_line_and_leaves_no_half_file(capsys, tmp_path, mo
         (["eval", "lenet5", "--amount", "nan"], "--amount must be a number between 0 and 1"),
         (["eval", "lenet5", "--amount", "inf"], "--amount must be a number between 0 and 1"),
         (["prune", "lenet5", "--amount", "1.5"], "--amount must be a number between 0 and 1"),
-        (["prune", "lenet5", "--layer", "fc1"], "--layer expects NAME=AMOUNT (e.g. fc1=0.9)"),
-        (["prune", "lenet5", "--layer", "fc1=x"], "--layer fc1=x: the amount must be a number"),
-        (["prune", "lenet5", "--layer", "fc1=2"], "--layer fc1=2: the amount must be a number"),
+        (["prune", "lenet5", "--layer", "fc1"], "--unit expects NAME=AMOUNT (e.g. fc1=0.9)"),
+        (["prune", "lenet5", "--layer", "fc1=x"], "--unit fc1=x: the amount must be a number"),
+        (["prune", "lenet5", "--layer", "fc1=2"], "--unit fc1=2: the amount must be a number"),
         (["prune", "lenet5", "--nm", "3:2"], "--nm must be N:M with whole numbers 0 < N < M"),
         (["prune", "lenet5", "--nm", "\u00b2:4"], "--nm must be N:M"),  # "²".isdigit() is True
         (["prune", "lenet5", "--seed", "1.5"], "--seed must be a whole number, got 1.5"),
@@ -361,8 +363,8 @@ def test_help_still_exits_0(capsys):
     ("argv", "message"),
     [
         (["--nm", "2:8", "--amount", "0.5"], "--nm only applies to --method nm"),
-        (["--method", "nm", "--amount", "0.5", "--layer", "conv1=0.3"], "layer 'conv1' cannot"),
-        (["--layer", "nosuch=0.5"], "unknown layer 'nosuch'"),
+        (["--method", "nm", "--amount", "0.5", "--layer", "conv1=0.3"], "unit 'conv1' cannot"),
+        (["--layer", "nosuch=0.5"], "unknown unit 'nosuch'"),
     ],
 )
 def test_contradicting_plan_flags_are_one_line(capsys, argv, message):
@@ -416,7 +418,7 @@ def test_an_unexpected_exception_is_one_internal_error_line_with_exit_code_1(cap
         raise TypeError("unsupported operand type(s)\nfor +: 'int' and 'str'")
 
     monkeypatch.setitem(cli.COMMANDS, "models", broken)
-    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
     code, out, err = run(capsys, "models")
     assert code == 1
     assert out == ""
@@ -425,7 +427,7 @@ def test_an_unexpected_exception_is_one_internal_error_line_with_exit_code_1(cap
         "(run with PRUNING_EXPLORER_DEBUG=1 for the traceback)\n"
     )
     # ... and the traceback is there for whoever asks for it.
-    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["models"])
 
@@ -498,7 +500,7 @@ def quick_benches(monkeypatch, eval_set: ImageDataset) -> dict[str, Workbench]:
         benches[name] = Workbench(subject, load_model(name), few, None, load_card(name))
         return benches[name]
 
-    monkeypatch.setattr(cli, "open_workbench", open_workbench)
+    monkeypatch.setattr(common, "open_workbench", open_workbench)
     return benches
 
 

@@ -146,7 +146,7 @@ def test_the_out_file_and_the_variant_hold_the_same_bytes(capsys, tmp_path):
             ("{tmp}/net.py:Net", "--out", "{tmp}/x.pt"),
             "Python model file {tmp}/net.py does not exist",
         ),
-        (("lenet5", "--layer", "fc9=0.5", "--out", "{tmp}/x.pt"), "unknown layer 'fc9'"),
+        (("lenet5", "--layer", "fc9=0.5", "--out", "{tmp}/x.pt"), "unknown unit 'fc9'"),
         (("lenet5", "--plan", "{tmp}/nope.json", "--out", "{tmp}/x.pt"), "plan file"),
     ],
 )

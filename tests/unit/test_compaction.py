@@ -67,7 +67,7 @@ def test_lenet5_compacted_equals_masked(lenet5_pruner, eval_images, method):
 
 def test_lenet5_filter_counts_by_hand(lenet5_pruner, eval_images):
     plan = PruningPlan(
-        method="filters", scope="layer", layer_amounts=(("conv1", 0.5), ("conv2", 0.25))
+        method="filters", scope="layer", unit_amounts=(("conv1", 0.5), ("conv2", 0.25))
     )
     small = check_equal_and_smaller(lenet5_pruner, plan, eval_images)
     assert small.conv1.out_channels == 3 and small.conv2.in_channels == 3
@@ -76,7 +76,7 @@ def test_lenet5_filter_counts_by_hand(lenet5_pruner, eval_images):
 
 
 def test_lenet5_fully_pruned_unit_still_compacts_to_equal_outputs(lenet5_pruner, eval_images):
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("conv2", 1.0),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("conv2", 1.0),))
     state = lenet5_pruner.resolve(plan)
     assert any("conv2 is pruned 100%" in w for w in state.warnings)
     small = check_equal_and_smaller(lenet5_pruner, plan, eval_images)
@@ -92,7 +92,7 @@ def test_lenet5_fully_pruned_unit_still_compacts_to_equal_outputs(lenet5_pruner,
             method="filters",
             scope="layer",
             amount=0.3,
-            layer_amounts=(("stem.conv", 0.5), ("block2.conv2", 0.75)),
+            unit_amounts=(("stem.conv", 0.5), ("block2.conv2", 0.75)),
         ),
     ],
     ids=["filters-global", "channels-global", "filters-layer"],
@@ -129,7 +129,7 @@ def vit_pruner(vit) -> Pruner:
     "plan",
     [
         PruningPlan(method="heads", amount=0.5),
-        PruningPlan(method="heads", scope="layer", layer_amounts=(("block2.attn", 1.0),)),
+        PruningPlan(method="heads", scope="layer", unit_amounts=(("block2.attn", 1.0),)),
         PruningPlan(method="filters", amount=0.5),
     ],
     ids=["heads-global", "heads-one-block-100", "mlp-filters"],

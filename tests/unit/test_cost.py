@@ -51,7 +51,7 @@ def test_dense_cost_by_hand(pruner):
 
 def test_unstructured_cost_by_hand(pruner):
     amounts = {"fc1": 0.9, "fc2": 0.5, "fc3": 0.25}
-    plan = PruningPlan(scope="layer", layer_amounts=tuple(amounts.items()))
+    plan = PruningPlan(scope="layer", unit_amounts=tuple(amounts.items()))
     cost = model_cost(pruner, pruner.resolve(plan))
     pruned = {name: round(amounts[name] * n) for name, n in WEIGHTS.items()}
     assert cost.params_total == TOTAL
@@ -70,7 +70,7 @@ def test_unstructured_cost_by_hand(pruner):
 
 
 def test_a_removed_neuron_zeroes_its_row_bias_and_the_next_layers_column(pruner):
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("fc1", 0.5),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("fc1", 0.5),))
     cost = model_cost(pruner, pruner.resolve(plan))
     removed = 150
     assert cost.params_nonzero == TOTAL - removed * (784 + 1 + 100)

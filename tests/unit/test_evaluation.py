@@ -94,9 +94,9 @@ def test_incremental_evaluation_equals_full_passes_and_resumes_late(mlp, mlp_pru
     stage = {name: i for i, name in enumerate(evaluator.stage_names)}
     assert list(stage) == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
     assert torch.equal(evaluator.dense.logits, predict(mlp, data.images, 600))
-    last_only = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6),))
-    early = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.6), ("fc1", 0.9)))
-    last_again = PruningPlan(scope="layer", layer_amounts=(("fc3", 0.95), ("fc1", 0.9)))
+    last_only = PruningPlan(scope="layer", unit_amounts=(("fc3", 0.6),))
+    early = PruningPlan(scope="layer", unit_amounts=(("fc3", 0.6), ("fc1", 0.9)))
+    last_again = PruningPlan(scope="layer", unit_amounts=(("fc3", 0.95), ("fc1", 0.9)))
     steps = [
         (last_only, stage["fc3"]),
         (early, stage["fc1"]),  # flatten has no parameters: its output is reused
@@ -130,10 +130,10 @@ def test_incremental_evaluation_on_a_resnet_with_nested_stages(eval_set):
     evaluator = IncrementalEvaluator(model, data, batch_size=24)  # 3 strided chunks: 22, 21, 21
     stage = {name: i for i, name in enumerate(evaluator.stage_names)}
     plans = [
-        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
-        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("block2.conv1", 0.8))), 2),
-        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.9), ("block2.conv1", 0.8))), 6),
-        (PruningPlan(scope="layer", layer_amounts=(("stem.conv", 0.5),)), 0),
+        (PruningPlan(scope="layer", unit_amounts=(("fc", 0.7),)), stage["fc"]),
+        (PruningPlan(scope="layer", unit_amounts=(("fc", 0.7), ("block2.conv1", 0.8))), 2),
+        (PruningPlan(scope="layer", unit_amounts=(("fc", 0.9), ("block2.conv1", 0.8))), 6),
+        (PruningPlan(scope="layer", unit_amounts=(("stem.conv", 0.5),)), 0),
     ]
     assert stage["block2"] == 2 and stage["fc"] == 6
     for plan, resumed in plans:
@@ -182,8 +182,8 @@ def test_steps_preview_a_strided_subset_then_complete(mlp, mlp_pruner, eval_set)
 def test_abandoned_steps_leave_the_evaluator_consistent(mlp, mlp_pruner, eval_set):
     data = eval_set.subset(range(1000))
     evaluator = IncrementalEvaluator(mlp, data, batch_size=250)
-    early = mlp_pruner.resolve(PruningPlan(scope="layer", layer_amounts=(("fc1", 0.95),)))
-    late = mlp_pruner.resolve(PruningPlan(scope="layer", layer_amounts=(("fc3", 0.9),)))
+    early = mlp_pruner.resolve(PruningPlan(scope="layer", unit_amounts=(("fc1", 0.95),)))
+    late = mlp_pruner.resolve(PruningPlan(scope="layer", unit_amounts=(("fc3", 0.9),)))
     steps = evaluator.steps_for_state(early)
     assert next(steps).covered == 250
     steps.close()  # a newer slider value interrupted the page after the first chunk
@@ -237,7 +237,7 @@ def test_a_model_that_is_not_sequential_resumes_from_its_traced_stages(mlp, eval
     # a boundary before each layer with parameters: a change resumes right before it
     assert evaluator.stage_names == ["inner.flatten", "inner.fc1", "inner.fc2", "inner.fc3"]
     pruner = Pruner(model, INPUT_SHAPE)
-    plan = PruningPlan(scope="layer", layer_amounts=(("inner.fc3", 0.5),))
+    plan = PruningPlan(scope="layer", unit_amounts=(("inner.fc3", 0.5),))
     state = pruner.resolve(plan)
     outcome = evaluator.evaluate_state(state)
     assert outcome.resumed_from == len(evaluator.stages) - 1  # only fc3's stage ran
@@ -276,13 +276,13 @@ def test_a_torchvision_resnet_resumes_after_the_first_changed_block_bit_identica
     assert {"layer3.0.conv1", "layer4.1.conv1", "fc"} <= set(stage)  # block boundaries
     pruner = Pruner(model, (3, 32, 32))
     plans = [
-        (PruningPlan(scope="layer", layer_amounts=(("fc", 0.7),)), stage["fc"]),
+        (PruningPlan(scope="layer", unit_amounts=(("fc", 0.7),)), stage["fc"]),
         (
-            PruningPlan(scope="layer", layer_amounts=(("fc", 0.7), ("layer4.1.conv2", 0.5))),
+            PruningPlan(scope="layer", unit_amounts=(("fc", 0.7), ("layer4.1.conv2", 0.5))),
             stage["layer4.1.conv1"],
         ),
         (
-            PruningPlan(scope="layer", layer_amounts=(("layer3.0.downsample.0", 0.5),)),
+            PruningPlan(scope="layer", unit_amounts=(("layer3.0.downsample.0", 0.5),)),
             stage["layer3.0.conv1"],
         ),
         (PruningPlan(method="filters", amount=0.3), 0),
@@ -320,7 +320,7 @@ def test_a_layer_used_twice_is_substituted_in_every_stage_that_uses_it(eval_set)
     evaluator = IncrementalEvaluator(model, data)
     assert evaluator.stage_names.count("shared") == 2
     pruner = Pruner(model, INPUT_SHAPE)
-    plan = PruningPlan(scope="layer", layer_amounts=(("shared", 0.6),))
+    plan = PruningPlan(scope="layer", unit_amounts=(("shared", 0.6),))
     outcome = evaluator.evaluate_state(pruner.resolve(plan))
     assert outcome.resumed_from == evaluator.stage_names.index("shared")
     assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
@@ -338,7 +338,7 @@ def test_a_model_fx_cannot_trace_is_one_stage_and_still_right(mlp, eval_set):
     evaluator = IncrementalEvaluator(model, data)
     assert evaluator.stage_names == [""]
     pruner = Pruner(model, INPUT_SHAPE)
-    plan = PruningPlan(scope="layer", layer_amounts=(("inner.fc3", 0.5),))
+    plan = PruningPlan(scope="layer", unit_amounts=(("inner.fc3", 0.5),))
     outcome = evaluator.evaluate_state(pruner.resolve(plan))
     assert outcome.resumed_from == 0
     assert torch.equal(outcome.logits, predict(pruner.pruned_model(plan), data.images))
@@ -357,7 +357,7 @@ def test_stored_activations_stay_under_the_budget_and_change_no_result(colour_da
     model = _torchvision_resnet()
     pruner = Pruner(model, (3, 32, 32))
     plans = [PruningPlan(method="filters", amount=0.3)] + [
-        PruningPlan(scope="layer", layer_amounts=((layer, 0.5),))
+        PruningPlan(scope="layer", unit_amounts=((layer, 0.5),))
         for layer in ("conv1", "layer2.0.conv1", "layer4.1.conv2")
     ]
     unbounded = IncrementalEvaluator(model, colour_data, batch_size=16, first_chunk_s=None)

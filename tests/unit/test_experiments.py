@@ -50,8 +50,8 @@ PLAN = PruningPlan(
     criterion="magnitude",
     scope="layer",
     amount=0.35,
-    layer_amounts=(("layer1.0.conv1", 0.9), ("conv1", 0.1)),
-    dense_layers=("fc",),
+    unit_amounts=(("layer1.0.conv1", 0.9), ("conv1", 0.1)),
+    dense_units=("fc",),
     norm=2.0,
     seed=7,
 )
@@ -111,7 +111,7 @@ def test_save_then_get_round_trips_subject_plan_metrics_exactly(store):
     got = store.get("resnet filters")
     assert got == saved
     assert got.subject == SUBJECT and got.subject.key == SUBJECT.key
-    assert got.plan == PLAN and got.plan.layer_amounts == PLAN.layer_amounts
+    assert got.plan == PLAN and got.plan.unit_amounts == PLAN.unit_amounts
     assert got.metrics == METRICS
     assert got.metrics["accuracy"] == 0.1 + 0.2  # exact, not approximately
     assert type(got.metrics["flops_dense"]) is int

@@ -189,7 +189,7 @@ def test_masked_state_dicts_equal_the_pruners_own_models_state_dicts(sources, mo
 
 
 def test_plan_round_trips(sources, tmp_path):
-    plan = PruningPlan(method="filters", scope="layer", amount=0.4).with_layer("conv1", 0.5)
+    plan = PruningPlan(method="filters", scope="layer", amount=0.4).with_unit("conv1", 0.5)
     result = export(sources("lenet5"), plan, "plan", tmp_path / "plan.json")
     assert result.reload() == plan
     assert PruningPlan.from_json((tmp_path / "plan.json").read_text()) == plan
@@ -211,13 +211,13 @@ SNIPPET_PLANS = {
     # plan, model, torch functions the file must call, whether it needs saved choices
     "global-magnitude": (PruningPlan(amount=0.6), "lenet5", ["prune.global_unstructured("], False),
     "global-with-own-amount-and-dense": (
-        PruningPlan(amount=0.5).with_layer("fc3", 0.2).with_dense("conv1"),
+        PruningPlan(amount=0.5).with_unit("fc3", 0.2).with_dense("conv1"),
         "lenet5",
         ["prune.global_unstructured(", "prune.l1_unstructured("],
         False,
     ),
     "layer-wise": (
-        PruningPlan(scope="layer", amount=0.3).with_layer("fc1", 0.9),
+        PruningPlan(scope="layer", amount=0.3).with_unit("fc1", 0.9),
         "lenet5",
         ["prune.l1_unstructured("],
         False,
@@ -229,7 +229,7 @@ SNIPPET_PLANS = {
         False,
     ),
     "filters-layer-l2": (
-        PruningPlan(method="filters", scope="layer", amount=0.5, norm=2.0).with_layer("fc1", 0.1),
+        PruningPlan(method="filters", scope="layer", amount=0.5, norm=2.0).with_unit("fc1", 0.1),
         "lenet5",
         ["prune.ln_structured(", "n=2"],
         False,
@@ -372,7 +372,7 @@ def test_weights_and_snippets_load_into_the_users_own_attention_model(tmp_path, 
         ("resnet_mini", PruningPlan(method="filters", amount=0.37)),
         (
             "resnet_mini",
-            PruningPlan(method="channels", scope="layer", amount=0.3).with_layer(
+            PruningPlan(method="channels", scope="layer", amount=0.3).with_unit(
                 "block1.conv2", 0.6
             ),
         ),

@@ -261,9 +261,7 @@ def test_apoz_by_hand_on_a_relu_mlp(mlp_trained, mlp_pruner, calibration):
     torch.testing.assert_close(scores, 1 - apoz)
     # Pruning by APoZ removes the neurons that are zero most often.
     state = mlp_pruner.resolve(
-        PruningPlan(
-            method="filters", criterion="apoz", scope="layer", layer_amounts=(("fc1", 0.3),)
-        )
+        PruningPlan(method="filters", criterion="apoz", scope="layer", unit_amounts=(("fc1", 0.3),))
     )
     keep = state.keeps["fc1"]
     assert int((~keep).sum()) == round(0.3 * 300)

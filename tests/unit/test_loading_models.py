@@ -786,7 +786,7 @@ def test_multihead_attention_is_unpacked_so_weight_pruning_reaches_q_k_v(tmp_pat
     # pruning the packed projection: the masked model equals q, k, v zeroed by hand
     pruner = Pruner(loaded.model, (3, 32, 32))
     state = pruner.resolve(
-        PruningPlan(scope="layer", layer_amounts=((f"{attention}.in_proj", 0.5),))
+        PruningPlan(scope="layer", unit_amounts=((f"{attention}.in_proj", 0.5),))
     )
     mask = state.masks[f"{attention}.in_proj.weight"]
     assert 0.49 < 1 - mask.mean() < 0.51

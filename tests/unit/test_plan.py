@@ -32,7 +32,7 @@ def test_check_amount_accepts_fractions_in_the_closed_unit_interval(amount):
 )
 def test_check_amount_rejects_everything_else_with_a_reason(amount, message):
     with pytest.raises(ValueError, match=message):
-        check_amount(amount, "amount of layer 'fc1'")
+        check_amount(amount, "amount of unit 'fc1'")
 
 
 def test_amounts_outside_0_1_are_rejected_globally_and_per_layer():
@@ -40,10 +40,10 @@ def test_amounts_outside_0_1_are_rejected_globally_and_per_layer():
         PruningPlan(amount=1.2)
     with pytest.raises(ValueError, match="global amount"):
         PruningPlan(amount=-0.1)
-    with pytest.raises(ValueError, match="amount of layer 'fc1'"):
-        PruningPlan(layer_amounts=(("fc1", 2.0),))
-    with pytest.raises(ValueError, match="amount of layer 'fc2'"):
-        PruningPlan().with_layer("fc2", -0.5)
+    with pytest.raises(ValueError, match="amount of unit 'fc1'"):
+        PruningPlan(unit_amounts=(("fc1", 2.0),))
+    with pytest.raises(ValueError, match="amount of unit 'fc2'"):
+        PruningPlan().with_unit("fc2", -0.5)
 
 
 def test_unknown_scope_names_the_choices():
@@ -64,44 +64,44 @@ def test_nm_must_be_whole_numbers_with_n_below_m(n, m):
 
 
 def test_amount_for_follows_override_then_dense_then_global():
-    plan = PruningPlan(amount=0.3, layer_amounts=(("fc1", 0.9),), dense_layers=("fc3",))
+    plan = PruningPlan(amount=0.3, unit_amounts=(("fc1", 0.9),), dense_units=("fc3",))
     assert plan.amount_for("fc1") == 0.9
     assert plan.amount_for("fc2") == 0.3
     assert plan.amount_for("fc3") == 0.0
-    assert plan.layer_names() == {"fc1", "fc3"}
+    assert plan.unit_names() == {"fc1", "fc3"}
 
 
 def test_a_dense_layer_wins_over_its_own_override():
-    plan = PruningPlan(amount=0.3, layer_amounts=(("fc1", 0.9),), dense_layers=("fc1",))
+    plan = PruningPlan(amount=0.3, unit_amounts=(("fc1", 0.9),), dense_units=("fc1",))
     assert plan.amount_for("fc1") == 0.0
 
 
 def test_edits_return_new_plans_and_leave_the_original_alone():
     base = PruningPlan(amount=0.5)
-    edited = base.with_layer("fc1", 0.9).with_dense("fc3").with_amount(0.7)
+    edited = base.with_unit("fc1", 0.9).with_dense("fc3").with_amount(0.7)
     assert base == PruningPlan(amount=0.5)
     assert edited.amount == 0.7
     assert edited.overrides == {"fc1": 0.9}
-    assert edited.dense_layers == ("fc3",)
-    assert edited.without_layer("fc1").overrides == {}
-    assert edited.with_dense("fc3", dense=False).dense_layers == ()
-    assert edited.with_layer("fc2", 0.1).with_global_everywhere().layer_amounts == ()
+    assert edited.dense_units == ("fc3",)
+    assert edited.without_unit("fc1").overrides == {}
+    assert edited.with_dense("fc3", dense=False).dense_units == ()
+    assert edited.with_unit("fc2", 0.1).with_global_everywhere().unit_amounts == ()
     with pytest.raises(AttributeError):
         base.amount = 0.1  # frozen
 
 
 def test_with_layer_replaces_an_existing_override():
-    plan = PruningPlan().with_layer("fc1", 0.9).with_layer("fc1", 0.2)
-    assert plan.layer_amounts == (("fc1", 0.2),)
+    plan = PruningPlan().with_unit("fc1", 0.9).with_unit("fc1", 0.2)
+    assert plan.unit_amounts == (("fc1", 0.2),)
 
 
 def test_plans_are_equal_and_hash_equal_regardless_of_listing_order():
-    a = PruningPlan(layer_amounts=(("fc2", 0.1), ("fc1", 0.2)), dense_layers=("b", "a", "b"))
-    b = PruningPlan(layer_amounts=(("fc1", 0.2), ("fc2", 0.1)), dense_layers=("a", "b"))
+    a = PruningPlan(unit_amounts=(("fc2", 0.1), ("fc1", 0.2)), dense_units=("b", "a", "b"))
+    b = PruningPlan(unit_amounts=(("fc1", 0.2), ("fc2", 0.1)), dense_units=("a", "b"))
     assert a == b
     assert hash(a) == hash(b)
     assert len({a, b}) == 1
-    assert a != b.with_layer("fc1", 0.3)
+    assert a != b.with_unit("fc1", 0.3)
 
 
 PLANS = [
@@ -112,8 +112,8 @@ PLANS = [
         criterion="taylor",
         scope="layer",
         amount=0.25,
-        layer_amounts=(("conv1", 0.5), ("fc2", 1.0)),
-        dense_layers=("fc3", "conv2"),
+        unit_amounts=(("conv1", 0.5), ("fc2", 1.0)),
+        dense_units=("fc3", "conv2"),
         norm=2.0,
         seed=7,
     ),
@@ -141,7 +141,7 @@ def test_to_dict_is_plain_json_data_with_a_version():
         "criterion": "taylor",
         "scope": "layer",
         "amount": 0.25,
-        "layers": {"conv1": 0.5, "fc2": 1.0},
+        "units": {"conv1": 0.5, "fc2": 1.0},
         "dense": ["conv2", "fc3"],
         "norm": 2.0,
         "nm": [2, 4],
@@ -165,7 +165,7 @@ def test_unknown_fields_are_named_along_with_the_known_ones():
         PruningPlan.from_json('{"amout": 0.5, "method": "filters"}')
     message = str(info.value)
     assert "'amout'" in message
-    assert "'amount'" in message and "'layers'" in message
+    assert "'amount'" in message and "'units'" in message
 
 
 @pytest.mark.parametrize(
@@ -173,13 +173,13 @@ def test_unknown_fields_are_named_along_with_the_known_ones():
     [
         ([0.5], "must be a JSON object"),
         ("0.5", "must be a JSON object"),
-        ({"version": 2}, "version 2 is not supported"),
+        ({"version": 3}, "version 3 is not supported"),
         ({"amount": "0.5"}, "global amount must be a number"),
         ({"amount": None}, "global amount must be a number"),
         ({"amount": 3}, "global amount must be between 0 and 1"),
-        ({"layers": ["fc1"]}, '"layers" must map layer names to amounts'),
-        ({"layers": {"fc1": "high"}}, "amount of layer 'fc1' must be a number"),
-        ({"layers": {"fc1": 1.5}}, "amount of layer 'fc1' must be between 0 and 1"),
+        ({"units": ["fc1"]}, '"units" must map unit names to amounts'),
+        ({"units": {"fc1": "high"}}, "amount of unit 'fc1' must be a number"),
+        ({"units": {"fc1": 1.5}}, "amount of unit 'fc1' must be between 0 and 1"),
         ({"dense": "fc3"}, '"dense" must be a list'),
         ({"dense": {"fc3": True}}, '"dense" must be a list'),
         ({"nm": [2]}, '"nm" must be a pair'),

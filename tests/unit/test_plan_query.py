@@ -13,11 +13,11 @@ PLANS = [
         criterion="taylor",
         scope="layer",
         amount=0.35,
-        layer_amounts=(("block1.conv1", 0.5), ("stem.conv", 0.125)),
-        dense_layers=("fc",),
+        unit_amounts=(("block1.conv1", 0.5), ("stem.conv", 0.125)),
+        dense_units=("fc",),
         norm=2.0,
     ),
-    PruningPlan(method="nm", n=1, m=4, amount=1.0, dense_layers=("conv1", "fc3")),
+    PruningPlan(method="nm", n=1, m=4, amount=1.0, dense_units=("conv1", "fc3")),
     PruningPlan(criterion="random", seed=7, amount=0.9999),
 ]
 

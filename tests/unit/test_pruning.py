@@ -110,7 +110,7 @@ def test_global_scope_prunes_exactly_round_amount_n_overall_even_with_ties(
 
 @pytest.mark.parametrize("amount", [0.1, 0.5, 0.9])
 def test_global_scope_with_an_override_is_exact_for_both_parts(tied_mlp, tied_pruner, amount):
-    plan = PruningPlan(amount=amount, layer_amounts=(("fc2", 0.35),))
+    plan = PruningPlan(amount=amount, unit_amounts=(("fc2", 0.35),))
     state = tied_pruner.resolve(plan)
     modules = dict(tied_mlp.named_modules())
     assert state.pruned["fc2"] == round(0.35 * modules["fc2"].weight.numel())
@@ -176,7 +176,7 @@ def test_amount_one_zeroes_every_weight_warns_and_the_model_still_runs(mlp, mlp_
 
 
 def test_one_layer_at_100_percent_is_allowed_with_a_warning(mlp, mlp_pruner):
-    plan = PruningPlan(scope="layer", amount=0.0, layer_amounts=(("fc2", 1.0),))
+    plan = PruningPlan(scope="layer", amount=0.0, unit_amounts=(("fc2", 1.0),))
     state = mlp_pruner.resolve(plan)
     assert state.pruned == {"fc1": 0, "fc2": 100 * 300, "fc3": 0}
     assert len(state.warnings) == 1 and "fc2" in state.warnings[0]
@@ -189,7 +189,7 @@ def test_one_layer_at_100_percent_is_allowed_with_a_warning(mlp, mlp_pruner):
 
 
 def test_a_structured_unit_at_100_percent_still_runs_with_a_warning(mlp, mlp_pruner):
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("fc1", 1.0),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("fc1", 1.0),))
     state = mlp_pruner.resolve(plan)
     assert state.pruned["fc1"] == 300
     assert any("fc1 is pruned 100%" in w for w in state.warnings)
@@ -238,7 +238,7 @@ def test_global_magnitude_equals_torch_on_a_cnn():
 
 @pytest.mark.parametrize("amount", [0.1, 0.5, 0.9])
 def test_layer_wise_magnitude_equals_torch_l1_unstructured(mlp, mlp_pruner, amount):
-    plan = PruningPlan(scope="layer", amount=amount, layer_amounts=(("fc3", 0.42),))
+    plan = PruningPlan(scope="layer", amount=amount, unit_amounts=(("fc3", 0.42),))
     state = mlp_pruner.resolve(plan)
     for name in MLP_LAYERS:
         module = mlp.get_submodule(name)
@@ -247,14 +247,14 @@ def test_layer_wise_magnitude_equals_torch_l1_unstructured(mlp, mlp_pruner, amou
 
 
 def test_global_override_and_dense_layers_equal_torch_on_the_rest(mlp, mlp_pruner):
-    plan = PruningPlan(amount=0.6, layer_amounts=(("fc1", 0.9),))
+    plan = PruningPlan(amount=0.6, unit_amounts=(("fc1", 0.9),))
     state = mlp_pruner.resolve(plan)
     assert torch.equal(state.masks["fc1.weight"], torch_layer_mask(mlp.fc1, 0.9))
     expected = torch_global_masks(mlp, ("fc2", "fc3"), 0.6)
     for name in ("fc2", "fc3"):
         assert torch.equal(state.masks[f"{name}.weight"], expected[name])
 
-    dense = mlp_pruner.resolve(PruningPlan(amount=0.6, dense_layers=("fc3",)))
+    dense = mlp_pruner.resolve(PruningPlan(amount=0.6, dense_units=("fc3",)))
     assert "fc3.weight" not in dense.masks and dense.pruned["fc3"] == 0
     expected = torch_global_masks(mlp, ("fc1", "fc2"), 0.6)
     for name in ("fc1", "fc2"):
@@ -267,7 +267,7 @@ def test_global_override_and_dense_layers_equal_torch_on_the_rest(mlp, mlp_prune
 def test_filters_on_an_uncoupled_layer_choose_torch_ln_structured_rows(
     mlp, mlp_pruner, layer, norm, amount
 ):
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=((layer, amount),), norm=norm)
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=((layer, amount),), norm=norm)
     state = mlp_pruner.resolve(plan)
     module = mlp.get_submodule(layer)
     expected = torch_layer_mask(module, amount, n=norm, dim=0)
@@ -285,7 +285,7 @@ def test_filters_on_an_uncoupled_layer_choose_torch_ln_structured_rows(
 def test_filters_on_a_conv_layer_choose_torch_ln_structured_filters(norm):
     model = seeded(lenet5, seed=3)
     pruner = Pruner(model, INPUT_SHAPE)
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("conv2", 0.5),), norm=norm)
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("conv2", 0.5),), norm=norm)
     state = pruner.resolve(plan)
     expected = torch_layer_mask(model.conv2, 0.5, n=norm, dim=0)
     assert torch.equal(state.masks["conv2.weight"], expected)
@@ -297,7 +297,7 @@ def test_filters_on_a_conv_layer_choose_torch_ln_structured_filters(norm):
 
 @pytest.mark.parametrize("norm", [1, 2])
 def test_channels_score_input_columns_like_torch_ln_structured_dim1(mlp, mlp_pruner, norm):
-    plan = PruningPlan(method="channels", scope="layer", layer_amounts=(("fc2", 0.4),), norm=norm)
+    plan = PruningPlan(method="channels", scope="layer", unit_amounts=(("fc2", 0.4),), norm=norm)
     state = mlp_pruner.resolve(plan)
     expected = torch_layer_mask(mlp.fc2, 0.4, n=norm, dim=1)
     assert torch.equal(state.masks["fc2.weight"], expected)
@@ -360,7 +360,7 @@ def test_nm_leaves_layers_that_do_not_divide_dense_with_a_warning():
 
 def test_nm_on_a_layer_that_cannot_take_it_by_name_is_an_error():
     pruner = Pruner(seeded(lenet5), INPUT_SHAPE)
-    plan = PruningPlan(method="nm", scope="layer", layer_amounts=(("conv1", 0.5),))
+    plan = PruningPlan(method="nm", scope="layer", unit_amounts=(("conv1", 0.5),))
     with pytest.raises(ValueError, match=r"'conv1' cannot take 2:4: its 25 inputs per output"):
         pruner.resolve(plan)
 
@@ -394,7 +394,7 @@ def vit_pruner(vit) -> Pruner:
 
 
 def test_head_pruning_touches_only_the_chosen_head(vit, vit_pruner):
-    plan = PruningPlan(method="heads", scope="layer", layer_amounts=(("block2.attn", 0.25),))
+    plan = PruningPlan(method="heads", scope="layer", unit_amounts=(("block2.attn", 0.25),))
     state = vit_pruner.resolve(plan)
     assert state.pruned == {"block1.attn": 0, "block2.attn": 1, "block3.attn": 0}
     attn = vit.block2.attn
@@ -439,10 +439,10 @@ def test_head_pruning_touches_only_the_chosen_head(vit, vit_pruner):
 
 
 def test_unknown_layer_names_the_valid_layers(mlp_pruner):
-    with pytest.raises(ValueError, match=r"unknown layer 'nosuch'.*'fc1', 'fc2', 'fc3'"):
-        mlp_pruner.resolve(PruningPlan().with_layer("nosuch", 0.5))
-    with pytest.raises(ValueError, match=r"unknown layer 'fc9'"):
-        mlp_pruner.resolve(PruningPlan(dense_layers=("fc9",)))
+    with pytest.raises(ValueError, match=r"unknown unit 'nosuch'.*'fc1', 'fc2', 'fc3'"):
+        mlp_pruner.resolve(PruningPlan().with_unit("nosuch", 0.5))
+    with pytest.raises(ValueError, match=r"unknown unit 'fc9'"):
+        mlp_pruner.resolve(PruningPlan(dense_units=("fc9",)))
 
 
 def test_unknown_method_and_criterion_name_the_choices(mlp_pruner):
@@ -454,13 +454,13 @@ def test_unknown_method_and_criterion_name_the_choices(mlp_pruner):
 
 
 def test_filters_on_the_output_layer_say_why(mlp_pruner):
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("fc3", 0.5),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("fc3", 0.5),))
     with pytest.raises(ValueError, match=r"'fc3' cannot lose output channels.*classes"):
         mlp_pruner.resolve(plan)
 
 
 def test_channels_on_the_first_layer_say_why(mlp_pruner):
-    plan = PruningPlan(method="channels", scope="layer", layer_amounts=(("fc1", 0.5),))
+    plan = PruningPlan(method="channels", scope="layer", unit_amounts=(("fc1", 0.5),))
     with pytest.raises(ValueError, match=r"'fc1' has no prunable channels.*model's input"):
         mlp_pruner.resolve(plan)
 
@@ -472,18 +472,18 @@ def resnet_pruner() -> Pruner:
 
 def test_a_residual_coupled_layer_must_be_addressed_by_its_group_leader(resnet_pruner):
     # The identity skip of block1 adds stem.conv's and block1.conv2's outputs channel by channel.
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("block1.conv2", 0.5),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("block1.conv2", 0.5),))
     with pytest.raises(ValueError, match=r"'block1.conv2' is coupled with.*'stem.conv'"):
         resnet_pruner.resolve(plan)
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("block3.conv2", 0.5),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("block3.conv2", 0.5),))
     with pytest.raises(ValueError, match=r"set the amount on 'block2.conv2'"):
         resnet_pruner.resolve(plan)
-    plan = PruningPlan(method="filters", scope="layer", layer_amounts=(("fc", 0.5),))
+    plan = PruningPlan(method="filters", scope="layer", unit_amounts=(("fc", 0.5),))
     with pytest.raises(ValueError, match=r"'fc' cannot lose output channels"):
         resnet_pruner.resolve(plan)
     # The leader takes it, and the coupled producers lose the same channels.
     state = resnet_pruner.resolve(
-        PruningPlan(method="filters", scope="layer", layer_amounts=(("stem.conv", 0.5),))
+        PruningPlan(method="filters", scope="layer", unit_amounts=(("stem.conv", 0.5),))
     )
     stem = state.masks["stem.conv.weight"].amax(dim=(1, 2, 3))
     block1 = state.masks["block1.conv2.weight"].amax(dim=(1, 2, 3))
@@ -494,13 +494,13 @@ def test_a_residual_coupled_layer_must_be_addressed_by_its_group_leader(resnet_p
 def test_heads_errors_name_the_reason(mlp_pruner, vit_pruner):
     with pytest.raises(ValueError, match="no attention heads"):
         mlp_pruner.resolve(PruningPlan(method="heads", amount=0.5))
-    plan = PruningPlan(method="heads", scope="layer", layer_amounts=(("block1.attn.qkv", 0.5),))
+    plan = PruningPlan(method="heads", scope="layer", unit_amounts=(("block1.attn.qkv", 0.5),))
     with pytest.raises(ValueError, match=r"belongs to attention 'block1.attn'"):
         vit_pruner.resolve(plan)
-    plan = PruningPlan(method="heads", scope="layer", layer_amounts=(("nosuch", 0.5),))
-    with pytest.raises(ValueError, match=r"unknown layer 'nosuch'.*'block1.attn'"):
+    plan = PruningPlan(method="heads", scope="layer", unit_amounts=(("nosuch", 0.5),))
+    with pytest.raises(ValueError, match=r"unknown unit 'nosuch'.*'block1.attn'"):
         vit_pruner.resolve(plan)
-    plan = PruningPlan(method="filters", layer_amounts=(("block1.attn.qkv", 0.5),))
+    plan = PruningPlan(method="filters", unit_amounts=(("block1.attn.qkv", 0.5),))
     with pytest.raises(ValueError, match="prune its heads instead"):
         vit_pruner.resolve(plan)
 
@@ -536,7 +536,7 @@ def test_random_criterion_is_reproducible_per_seed_and_exact(mlp_pruner):
 
 
 def test_torch_pruned_model_reproduces_pruned_model(mlp, mlp_pruner, eval_images):
-    plan = PruningPlan(amount=0.7, layer_amounts=(("fc3", 0.2),))
+    plan = PruningPlan(amount=0.7, unit_amounts=(("fc3", 0.2),))
     pruned = mlp_pruner.pruned_model(plan)
     torch_model = mlp_pruner.torch_pruned_model(plan)
     for name in MLP_LAYERS:

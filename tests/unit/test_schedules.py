@@ -196,12 +196,12 @@ def test_training_sees_only_the_fit_split(lenet300, fit_small, eval_small, monke
 
 
 def test_overrides_are_scaled_to_their_own_amount_and_dense_layers_stay_dense(lenet300, fit_small):
-    plan = PruningPlan(amount=0.8, layer_amounts=(("fc1", 0.6),), dense_layers=("fc3",))
+    plan = PruningPlan(amount=0.8, unit_amounts=(("fc1", 0.6),), dense_units=("fc3",))
     result = gradual_prune(Pruner(lenet300, INPUT_SHAPE), plan, None, 3, TINY, fit=fit_small)
     fc1 = result.masks["fc1.weight"]
     assert int((fc1 == 0).sum()) == round(0.6 * fc1.numel())
     assert "fc3.weight" not in result.masks
-    assert dict(result.plan.layer_amounts) == {"fc1": 0.6}
+    assert dict(result.plan.unit_amounts) == {"fc1": 0.6}
     fc2 = result.masks["fc2.weight"]
     assert int((fc2 == 0).sum()) == round(0.8 * fc2.numel())  # the only global participant
 

@@ -115,7 +115,7 @@ def test_a_link_carries_the_sweeps_of_a_chart_and_reads_them_back():
     plans = [
         PruningPlan(amount=0.7),
         PruningPlan(criterion="random", seed=7, amount=0.2),
-        PruningPlan(method="filters", scope="layer", layer_amounts=(("conv1", 0.5),)),
+        PruningPlan(method="filters", scope="layer", unit_amounts=(("conv1", 0.5),)),
     ]
     text = sweeps_to_query(plans)
     assert "amount" not in text  # a sweep varies the amount: the link does not fix one

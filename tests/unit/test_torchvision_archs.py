@@ -223,9 +223,9 @@ def test_grouped_convs_are_unsupported_with_a_reason(resnext):
     assert "grouped conv 'layer1.0.conv2'" in outputs["layer1.0.conv2"]
     assert "grouped conv 'layer1.0.conv2'" in inputs["layer1.0.conv3"]  # it reads one
     with pytest.raises(ValueError, match=r"'layer2.1.conv1' cannot lose output.*grouped conv"):
-        resnext.resolve(PruningPlan(method="filters", layer_amounts=(("layer2.1.conv1", 0.5),)))
+        resnext.resolve(PruningPlan(method="filters", unit_amounts=(("layer2.1.conv1", 0.5),)))
     with pytest.raises(ValueError, match=r"'layer2.1.conv3' cannot lose input.*grouped conv"):
-        resnext.resolve(PruningPlan(method="channels", layer_amounts=(("layer2.1.conv3", 0.5),)))
+        resnext.resolve(PruningPlan(method="channels", unit_amounts=(("layer2.1.conv3", 0.5),)))
 
 
 def test_resnext_residual_groups_still_compact_to_equal_outputs(resnext):
@@ -374,7 +374,7 @@ def zero_heads_by_hand(model: nn.Module, heads: dict[str, list[int]]) -> nn.Modu
     [
         PruningPlan(method="heads", scope="layer", amount=0.5),
         PruningPlan(method="heads", amount=0.25),
-        PruningPlan(method="heads", scope="layer", layer_amounts=((attention_names()[1], 0.75),)),
+        PruningPlan(method="heads", scope="layer", unit_amounts=((attention_names()[1], 0.75),)),
     ],
     ids=["2-of-4-each", "global-2", "3-in-one-layer"],
 )
@@ -417,7 +417,7 @@ def test_compacted_attention_is_found_again_with_its_kept_heads(vit_pruner):
 
 def test_a_fully_pruned_attention_compacts_to_one_zero_head(vit_pruner):
     name = attention_names()[0]
-    plan = PruningPlan(method="heads", scope="layer", layer_amounts=((name, 1.0),))
+    plan = PruningPlan(method="heads", scope="layer", unit_amounts=((name, 1.0),))
     _, small = check_masked_equals_compacted(vit_pruner, plan, VIT_SHAPE)
     assert small.get_submodule(name).num_heads == 1
 

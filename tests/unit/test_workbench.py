@@ -64,8 +64,8 @@ def test_structured_report_matches_independent_computations(bench):
 
 def test_unstructured_report_has_no_compacted_model_and_warns_at_100_percent(bench):
     # The evaluator now holds the stage inputs of a plan that changed nothing before fc.
-    bench.evaluate(PruningPlan(scope="layer", layer_amounts=(("fc", 0.5),)))
-    plan = PruningPlan(scope="layer", layer_amounts=(("fc", 1.0),))
+    bench.evaluate(PruningPlan(scope="layer", unit_amounts=(("fc", 0.5),)))
+    plan = PruningPlan(scope="layer", unit_amounts=(("fc", 1.0),))
     report = bench.report(plan)
     assert report.params_compacted is None and report.flops_compacted is None
     assert report.size_compacted is None
