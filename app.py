@@ -12,16 +12,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import streamlit as st
 
 from explorer.app import ui
+from explorer.app.pages import PAGES as APP_PAGES
 
 PAGES = [
-    st.Page("pages/home.py", title="Model & data", icon=":material/model_training:", default=True),
-    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("pages/recover.py", title="Recover", icon=":material/healing:"),
-    st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
-    st.Page("pages/activations.py", title="Activations", icon=":material/bolt:"),
-    st.Page("pages/saliency.py", title="Saliency", icon=":material/visibility:"),
-    st.Page("pages/decisions.py", title="Decisions", icon=":material/alt_route:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page(page.script, title=page.title, icon=page.icon, default=page.default)
+    for page in APP_PAGES
 ]
 
 

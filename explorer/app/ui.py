@@ -2,7 +2,8 @@
 
 Caches (one dense model per name, shared by every session and never mutated), session-state
 keys, the URL <-> plan sync, and reusable widget groups (``*_ui``) that return plain values.
-A session holds only plain data: the model name and the plan.
+A session holds only plain data: the subject (model source, weights by content hash, data)
+and the plan.
 """
 
 from __future__ import annotations

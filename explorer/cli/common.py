@@ -20,7 +20,7 @@ from explorer.engine.importance import CRITERIA, get_criterion
 from explorer.engine.methods import unused_settings
 from explorer.engine.plan import SCOPES, PruningPlan
 from explorer.engine.pruning import METHODS, get_method
-from explorer.engine.subject import ModelSource, Subject
+from explorer.engine.subject import ModelSource, Subject, how_sources_are_written
 from explorer.engine.summary import human_bytes
 from explorer.engine.workbench import Workbench, open_workbench
 from explorer.keep.export import first_line as _one_line
@@ -446,8 +446,8 @@ def subject_from_args(args: argparse.Namespace) -> Subject:
         raise CliError(
             f"unknown model {source.ref!r}"
             + (f" (did you mean {close[0]!r}?)" if close else "")
-            + f"; bundled models: {', '.join(ZOO)}; or give torchvision:ARCH, timm:NAME, "
-            "path/to/model.py:ClassName, or a .pt2 / .onnx / .ts file"
+            + f"; bundled models: {', '.join(ZOO)}; or give "
+            + how_sources_are_written(bundled=False)
         )
     weights = None
     if args.weights:

@@ -1,4 +1,4 @@
-"""``pruning-explorer``: list, inspect, prune and evaluate the bundled models from a terminal.
+"""``pruning-explorer``: inspect, prune, evaluate, export and fine-tune any model from a terminal.
 
     pruning-explorer models
     pruning-explorer info lenet5
@@ -744,7 +744,8 @@ def _add_latency_options(parser: argparse.ArgumentParser, repeats: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="pruning-explorer", description="Prune the bundled models and read honest numbers."
+        prog="pruning-explorer",
+        description="Prune a model (bundled or your own) and read honest numbers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

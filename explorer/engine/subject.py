@@ -29,19 +29,66 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Suffixes that name a self-contained model file, and the kind each one is.
-MODEL_FILE_KINDS = {
-    ".pt2": "export",
-    ".onnx": "onnx",
-    ".ts": "torchscript",
-    ".torchscript": "torchscript",
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A kind of model source: where an architecture (and maybe its weights) comes from.
+
+    Attributes:
+        name: the kind, also the ``kind:`` prefix where ``prefixed``.
+        written: how a user writes one, for help texts and messages.
+        prefixed: whether ``kind:ref`` names it explicitly.
+        suffixes: file suffixes that name it without a prefix.
+        takes_args: built by calling a constructor, which takes keyword arguments.
+        runs_code: loading it can run code that came with it (see ``runs_user_code``).
+        reads_file: it reads a file (a path or a ``store:`` reference).
+    """
+
+    name: str
+    written: str
+    prefixed: bool = False
+    suffixes: tuple[str, ...] = ()
+    takes_args: bool = False
+    runs_code: bool = False
+    reads_file: bool = True
+
+
+#: Every kind of model source, in the order help texts list them. The loaders
+#: (``explorer.loading.models.LOADERS``) are keyed by the same names (a test holds them equal).
+SOURCE_KINDS: dict[str, SourceKind] = {
+    kind.name: kind
+    for kind in (
+        SourceKind("zoo", "a bundled name", reads_file=False),
+        SourceKind("torchvision", "torchvision:ARCH", True, takes_args=True, reads_file=False),
+        SourceKind("timm", "timm:NAME", True, takes_args=True, reads_file=False),
+        SourceKind("python", "path/to/model.py:ClassName", takes_args=True, runs_code=True),
+        SourceKind("export", "a .pt2 file", True, (".pt2",), runs_code=True),
+        SourceKind("onnx", "a .onnx file", True, (".onnx",)),
+        SourceKind(
+            "torchscript",
+            "a .ts file or torchscript:FILE",
+            True,
+            (".ts", ".torchscript"),
+            runs_code=True,
+        ),
+        SourceKind("pickle", "pickle:FILE", True, runs_code=True),
+    )
 }
+#: Suffixes that name a self-contained model file, and the kind each one is.
+MODEL_FILE_KINDS = {suffix: k.name for k in SOURCE_KINDS.values() for suffix in k.suffixes}
 #: Explicit prefixes ``kind:ref``.
-MODEL_PREFIXES = ("torchvision", "timm", "torchscript", "pickle", "export", "onnx")
-#: Every kind of model source: where an architecture (and maybe its weights) comes from.
-MODEL_KINDS = ("zoo", "torchvision", "timm", "python", "export", "onnx", "torchscript", "pickle")
+MODEL_PREFIXES = tuple(name for name, kind in SOURCE_KINDS.items() if kind.prefixed)
+MODEL_KINDS = tuple(SOURCE_KINDS)
 #: Kinds built by calling a constructor, which takes keyword arguments.
-ARGS_KINDS = ("python", "torchvision", "timm")
+ARGS_KINDS = tuple(name for name, kind in SOURCE_KINDS.items() if kind.takes_args)
+
+
+def how_sources_are_written(bundled: bool = True) -> str:
+    """The ways to name a model source, for messages ("a bundled name, torchvision:ARCH, …")."""
+    ways = [k.written for k in SOURCE_KINDS.values() if bundled or k.name != "zoo"]
+    return ", ".join(ways[:-1]) + " or " + ways[-1]
+
+
 STORE_PREFIX = "store:"
 HASH_PREFIX = "sha256:"
 
@@ -123,9 +170,7 @@ class ModelSource:
             )
         if "/" in text or "\\" in text or Path(text).suffix:
             raise ValueError(
-                f"{text!r} is not a model source this tool knows: give a bundled name, "
-                "torchvision:ARCH, timm:NAME, path/to/model.py:ClassName, a .pt2, .onnx or .ts "
-                "file, torchscript:FILE or pickle:FILE"
+                f"{text!r} is not a model source this tool knows: give " + how_sources_are_written()
             )
         return cls("zoo", text, payload, digest)
 
@@ -146,12 +191,12 @@ class ModelSource:
         unpickled; a TorchScript file is a program, and torch.export.load evaluates parts of a
         .pt2 (shape expressions through sympy, pickled constants). ONNX and weights are data;
         torchvision and timm architectures are our dependencies' code."""
-        return self.kind in ("python", "pickle", "export", "torchscript")
+        return SOURCE_KINDS[self.kind].runs_code
 
     @property
     def file(self) -> str | None:
         """The file this source reads (a path or a ``store:`` reference), if any."""
-        if self.kind in ("zoo", "torchvision", "timm"):
+        if not SOURCE_KINDS[self.kind].reads_file:
             return None
         return self.ref.rpartition(":")[0] if self.kind == "python" else self.ref
 

@@ -1,4 +1,4 @@
-"""Pruning *during* training (issue 10): sparsity schedules and gradual (iterative) pruning.
+"""Pruning *during* training: sparsity schedules and gradual (iterative) pruning.
 
 One-shot pruning removes everything at once and then fine-tunes. Gradual pruning removes a bit,
 lets the network recover, and removes a bit more; the survivors take over the work of the

@@ -1,4 +1,4 @@
-"""Pruning *before* training (issue 10): SNIP and lottery tickets.
+"""Pruning *before* training: SNIP and lottery tickets.
 
 Both start from the network's **initial weights**, the values it had before training:
 

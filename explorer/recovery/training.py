@@ -1,4 +1,4 @@
-"""Fine-tuning a pruned model with its masks held (issue 10): recovery without reviving zeros.
+"""Fine-tuning a pruned model with its masks held: recovery without reviving zeros.
 
 The loop trains a *copy* of the dense model, pruned by a ``PrunedState``'s masks, on the **fit**
 split only, and keeps every pruned weight at exactly zero:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from explorer.app.pages import PAGES as APP_PAGES
 from explorer.engine.plan import PruningPlan
 from explorer.engine.subject import DataSpec, Subject
 from explorer.engine.workbench import open_workbench
@@ -19,7 +20,9 @@ from explorer.zoo.models import weights_path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES_DIR = "pages"
-PAGES = ("home", "prune", "weights", "activations", "saliency", "decisions")
+#: Every page of the app's own list; Recover and Compare render here too (their flows have
+#: their own tests).
+PAGES = tuple(page.name for page in APP_PAGES)
 TIMEOUT = 120
 LENET5 = Subject.bundled("lenet5").to_json()  # what the app's caches are keyed by
 
@@ -108,7 +111,7 @@ def test_layer_slider_overrides_one_layer(lenet5):
     plan = PruningPlan(scope="layer", amount=0.5, unit_amounts=(("fc1", 0.95),))
     assert at.session_state["plan"] == plan
     assert metric(at, "Accuracy") == expected_accuracy(lenet5, plan)
-    assert at.query_params["layers"] == "fc1:0.95"
+    assert at.query_params["units"] == "fc1:0.95"
     # Reset brings the layer back to the global amount.
     at.button(key="reset::lenet5::unstructured::fc1").click().run()
     assert at.session_state["plan"] == PruningPlan(scope="layer", amount=0.5)
@@ -137,7 +140,7 @@ def test_locking_a_layer_dense(lenet5):
 
 
 def test_full_layer_gives_a_warning_not_an_exception():
-    at = start("prune", model="lenet5", scope="layer", layers="fc2:1")
+    at = start("prune", model="lenet5", scope="layer", units="fc2:1")
     assert_clean(at)
     assert any("100%" in w.value for w in at.warning)
 
@@ -195,7 +198,7 @@ def test_link_reopens_the_same_state():
 
 
 def test_switching_model_keeps_what_applies():
-    at = start("prune", model="lenet5", amount="0.5", layers="fc1:0.9")
+    at = start("prune", model="lenet5", amount="0.5", units="fc1:0.9")
     keyed(at.sidebar.selectbox, "model_picker::").set_value(Subject.bundled("lenet300")).run()
     assert_clean(at)
     plan = at.session_state["plan"]

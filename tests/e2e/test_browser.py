@@ -59,7 +59,7 @@ def test_moving_the_global_slider_updates_metrics_and_url(app_url):
         # Global 90% prunes exactly 90% of the prunable weights, and moving the global slider
         # must never turn layers into per-layer overrides (a stale-widget race once did).
         assert metric_value(page, "Sparsity") == "90.0%"
-        assert "layers=" not in page.url
+        assert "units=" not in page.url and "layers=" not in page.url
         assert "own setting" not in page.inner_text("body")
         assert not exceptions(page)
         assert page.locator("[data-testid=stPlotlyChart]").count() >= 1

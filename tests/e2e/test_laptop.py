@@ -113,7 +113,7 @@ def test_keyboard_steps_a_layer_slider_one_press_at_a_time(app_url):
             page.wait_for_timeout(250)  # a press, then the page reruns while the user goes on
         page.wait_for_function(
             "(want) => decodeURIComponent(location.search).includes(want)",
-            arg=f"layers=fc1:{(start + 8) / 100:g}",
+            arg=f"units=fc1:{(start + 8) / 100:g}",
             timeout=60_000,
         )
         wait_until_settled(page)

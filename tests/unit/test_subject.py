@@ -138,3 +138,22 @@ def test_uploaded_sources_keep_their_kind_and_read_short():
         ModelSource.parse("models/net.py:Net"), "sha256:" + "c" * 64, DataSpec("x/y.zip")
     )
     assert local.label == "net.py:Net · weights cccccc · data y.zip"
+
+
+def test_every_source_kind_has_its_loader_and_its_way_of_being_written():
+    # One registry of source kinds (explorer.engine.subject.SOURCE_KINDS): the loaders, the
+    # parser's prefixes and the messages all follow it, so a new kind is one entry there and
+    # its loader.
+    from explorer.engine.subject import SOURCE_KINDS, how_sources_are_written
+    from explorer.loading.models import LOADERS
+
+    assert set(LOADERS) == set(SOURCE_KINDS)
+    text = how_sources_are_written()
+    for kind in SOURCE_KINDS.values():
+        assert kind.written in text
+        if kind.prefixed:
+            assert ModelSource.parse(f"{kind.name}:x.bin").kind == kind.name
+        for suffix in kind.suffixes:
+            assert ModelSource.parse(f"model{suffix}").kind == kind.name
+    with pytest.raises(ValueError, match=r"torchvision:ARCH, timm:NAME, path/to/model\.py"):
+        ModelSource.parse("dir/thing.xyz")
