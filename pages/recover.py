@@ -265,13 +265,10 @@ def outcome_ui(record: ui.JobRecord) -> None:
         outcomes[record.id] = outcome
     if outcome.stopped:
         st.info(f"Stopped after {outcome.steps:,} of {outcome.total_steps:,} steps.")
-    cols = st.columns(4)
-    cols[0].metric("Dense", f"{outcome.dense_accuracy:.2%}", help="The dense model, eval split.")
-    cols[1].metric(
-        "Pruned",
-        f"{outcome.pruned_accuracy:.2%}",
-        **ui.metric_change((outcome.pruned_accuracy - outcome.dense_accuracy) * 100, ".2f", " pts"),
-        help="The plan applied to the dense weights, before fine-tuning.",
+    cols = dense_and_pruned_tiles(
+        outcome.dense_accuracy,
+        outcome.pruned_accuracy,
+        "The plan applied to the dense weights, before fine-tuning.",
     )
     cols[2].metric(
         "Pruned + fine-tuned",
@@ -404,19 +401,29 @@ def finetune_ui() -> None:
         outcome_ui(record)
 
 
-def starting_point_ui(bench: ui.Workbench) -> None:
-    """Before any run: the accuracy fine-tuning starts from (the plan on the dense weights)."""
-    state = ui.resolve_current()
-    with st.spinner("Evaluating the plan on every eval image…"):
-        pruned = bench.evaluator.evaluate_state(state).result.accuracy
-    dense = bench.dense.accuracy
+def dense_and_pruned_tiles(dense: float, pruned: float, pruned_help: str) -> list:
+    """A row of four tiles, the first two the dense and the pruned accuracy (the others for
+    the caller): the same before a run and after it."""
     cols = st.columns(4)
     cols[0].metric("Dense", f"{dense:.2%}", help="The dense model, eval split.")
     cols[1].metric(
         "Pruned",
         f"{pruned:.2%}",
         **ui.metric_change((pruned - dense) * 100, ".2f", " pts"),
-        help="The plan applied to the dense weights, before fine-tuning: where a run starts.",
+        help=pruned_help,
+    )
+    return cols
+
+
+def starting_point_ui(bench: ui.Workbench) -> None:
+    """Before any run: the accuracy fine-tuning starts from (the plan on the dense weights)."""
+    state = ui.resolve_current()
+    with st.spinner("Evaluating the plan on every eval image…"):
+        pruned = bench.evaluator.evaluate_state(state).result.accuracy
+    cols = dense_and_pruned_tiles(
+        bench.dense.accuracy,
+        pruned,
+        "The plan applied to the dense weights, before fine-tuning: where a run starts.",
     )
     cols[2].caption("Fine-tuning starts from the pruned accuracy; its result appears here.")
 

@@ -66,7 +66,7 @@ SOURCE_KINDS: dict[str, SourceKind] = {
         SourceKind("onnx", "a .onnx file", True, (".onnx",)),
         SourceKind(
             "torchscript",
-            "a .ts file or torchscript:FILE",
+            "torchscript:FILE (or a .ts file)",
             True,
             (".ts", ".torchscript"),
             runs_code=True,
