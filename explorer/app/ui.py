@@ -1,6 +1,6 @@
 """Streamlit glue, the only module of ``explorer`` that imports streamlit.
 
-Caches (one dense model per name, shared by every session and never mutated), session-state
+Caches (one dense model per subject, shared by every session and never mutated), session-state
 keys, the URL <-> plan sync, and reusable widget groups (``*_ui``) that return plain values.
 A session holds only plain data: the subject (model source, weights by content hash, data)
 and the plan.
